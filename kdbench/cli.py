@@ -1,0 +1,199 @@
+"""Command line: `python run_bench.py [options]` and `python run_bench.py summarize DIR`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConfigError, KdbenchError
+
+EPILOG = """examples:
+  python run_bench.py                                   # the default benchmark (preset tiny, toy world)
+  python run_bench.py --preset ci --out /tmp/kd          # the smallest end-to-end run
+  python run_bench.py --methods sft,kd --seeds 10,20,30 --set distill.lr=1e-3
+  python run_bench.py summarize results/tiny             # rebuild the leaderboard from cells
+  python run_bench.py --list                            # registered methods, tasks, metrics, presets
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_bench.py", description="kdbench: compare knowledge-distillation methods for LLMs",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("--methods", help="comma-separated method names, or 'all'")
+    p.add_argument("--tasks", help="comma-separated task names to evaluate on, or 'all'")
+    p.add_argument("--train-task", help="task whose train split trains teacher and students (default: toy)")
+    p.add_argument("--preset", default="tiny", help="benchmark preset (default: tiny)")
+    p.add_argument("--teacher", help="teacher: model preset, hub name or local path")
+    p.add_argument("--student", help="student(s), comma-separated: model preset, hub name or local path")
+    p.add_argument("--seeds", help="evaluation seeds, comma-separated (MiniLLM: 10,20,30,40,50)")
+    p.add_argument("--out", help="output folder (default: results/<preset>)")
+    p.add_argument("--cache-dir", help="stage cache (default: <out>/cache); share it across runs to reuse teachers")
+    p.add_argument("--data-dir", help="folder with real task data (also env KDBENCH_DATA)")
+    p.add_argument("--config", help="YAML file with config overrides")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set distill.lr=1e-3 (repeatable)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    p.add_argument("--teacher-device", help="same | cpu | cuda:N (where the teacher sits)")
+    p.add_argument("--list", action="store_true", help="list methods, tasks, metrics and presets, then exit")
+    p.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, train nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def list_registered() -> str:
+    from .method import METHODS
+    from .metrics.base import METRICS
+    from .models import MODEL_PRESETS
+    from .plugins import load_plugins
+    from .presets import PRESETS
+    from .task import TASKS
+
+    load_plugins()
+    lines = []
+    for title, reg in (("methods", METHODS), ("tasks", TASKS), ("metrics", METRICS), ("presets", PRESETS),
+                       ("model presets", MODEL_PRESETS)):
+        lines.append(f"{title}:")
+        width = max((len(n) for n in reg.names()), default=0)
+        for n in reg.names():
+            lines.append(f"  {n.ljust(width)}  {reg.describe(n)}")
+    return "\n".join(lines)
+
+
+def resolve_config(args: argparse.Namespace):
+    """preset -> YAML -> flags -> --set, validated into a BenchConfig."""
+    import yaml
+
+    from .config import BenchConfig, deep_update, from_dict, set_dotted
+    from .method import METHODS
+    from .plugins import load_plugins
+    from .presets import PRESETS
+    from .registry import parse_names
+    from .task import TASKS
+
+    load_plugins()
+    data: dict = {"preset": args.preset}
+    data = deep_update(data, PRESETS.get(args.preset, "--preset"))
+    if args.config:
+        path = Path(args.config)
+        if not path.exists():
+            raise ConfigError(f"--config: file '{path}' does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"--config {where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of config keys at the top level")
+        data = deep_update(data, loaded)
+    if args.methods:
+        data["methods"] = parse_names(args.methods, METHODS, "--methods")
+    if args.tasks:
+        data["tasks"] = parse_names(args.tasks, TASKS, "--tasks")
+    if args.train_task:
+        TASKS.get(args.train_task, "--train-task")
+        data["train_task"] = args.train_task
+    if args.teacher:
+        data["teacher"] = args.teacher
+    if args.student:
+        data["students"] = [s.strip() for s in args.student.split(",") if s.strip()]
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds: expected comma-separated integers like 10,20,30, got '{args.seeds}'") from None
+        data.setdefault("eval", {})["seeds"] = seeds
+    data_dir = args.data_dir or os.environ.get("KDBENCH_DATA")
+    if data_dir:
+        data["data_dir"] = data_dir
+    for flag, key in (("device", "device"), ("dtype", "dtype"), ("teacher_device", "teacher_device")):
+        if getattr(args, flag):
+            data[key] = getattr(args, flag)
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}': expected KEY=VALUE, e.g. --set distill.lr=1e-3")
+        k, v = item.split("=", 1)
+        set_dotted(data, k.strip(), yaml.safe_load(v))
+    cfg = from_dict(BenchConfig, data)
+    for m in cfg.methods:
+        METHODS.get(m, "methods")
+    for t in cfg.tasks + [cfg.train_task]:
+        TASKS.get(t, "tasks")
+    return cfg
+
+
+def setup_logging(out: Path | None) -> None:
+    logger = logging.getLogger("kdbench")
+    logger.setLevel(logging.INFO)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("[kdbench] %(message)s"))
+    logger.addHandler(console)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(out / "run.log", encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(fh)
+    logger.propagate = False
+
+
+def _offline_unless_hub(cfg) -> None:
+    """Stay offline unless the user named a hub model (nothing reaches the network otherwise)."""
+    from .models import is_preset
+
+    names = [cfg.teacher] + list(cfg.students)
+    if all(is_preset(n) or Path(n).expanduser().exists() for n in names):
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(k, "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if argv and argv[0] == "summarize":
+            if len(argv) != 2:
+                raise ConfigError("usage: python run_bench.py summarize DIR")
+            from .report import summarize
+
+            d = Path(argv[1])
+            if not (d / "cells").exists():
+                raise ConfigError(f"summarize: '{d}' has no cells/ folder; pass a benchmark output folder")
+            summarize(d)
+            return 0
+        args = build_parser().parse_args(argv)
+        if args.list:
+            print(list_registered())
+            return 0
+        cfg = resolve_config(args)
+        _offline_unless_hub(cfg)
+        out = Path(args.out) if args.out else Path("results") / cfg.preset
+        from .runner import Benchmark
+
+        bench = Benchmark(cfg, out, Path(args.cache_dir) if args.cache_dir else None,
+                          progress=not args.no_progress and sys.stderr.isatty())
+        if args.dry_run:
+            setup_logging(None)
+            bench.validate()
+            print(bench.dry_run_report())
+            return 0
+        bench.validate()  # before creating logs/ folders or doing any work
+        setup_logging(out)
+        t0 = time.time()
+        logging.getLogger("kdbench").info("benchmark '%s' -> %s", cfg.preset, out)
+        bench.run()
+        logging.getLogger("kdbench").info("finished in %.1fs", time.time() - t0)
+        if bench.failures:
+            print(f"\n{len(bench.failures)} cell(s) failed:", file=sys.stderr)
+            for f in bench.failures:
+                print(f"  {f['kind']} {f['name']}: {f['error']}", file=sys.stderr)
+            return 1
+        return 0
+    except KdbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,249 @@
+"""Typed configuration: dataclasses with paper defaults, validated on construction.
+
+Config flows one way: preset -> YAML file -> CLI flags / `--set key=value` -> these dataclasses ->
+the code. The resolved config is frozen (JSON) into every run and cell folder, and stage caches
+are keyed by a hash of the part of it that determines them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+from .registry import suggest
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {msg}")
+
+
+@dataclass
+class TrainConfig:
+    """One training stage's optimisation budget (defaults: MiniLLM's SFT/KD scripts)."""
+
+    steps: int = 500
+    batch_size: int = 32
+    grad_accum: int = 1  # micro-batches per step; the loss equals the full batch's exactly
+    lr: float = 5e-4
+    min_lr: float = 1e-7  # cosine floor (MiniLLM lr_min)
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | constant | linear
+    weight_decay: float = 1e-2
+    beta1: float = 0.9
+    beta2: float = 0.999
+    clip_grad: float = 1.0  # 0 disables
+    checkpoint_every: int = 0  # 0: only the final model is saved
+    log_every: int = 10
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        _check(self.batch_size % self.grad_accum == 0, "grad_accum",
+               f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.min_lr >= 0, "min_lr", f"must be >= 0, got {self.min_lr}")
+        _check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(self.schedule in ("cosine", "constant", "linear"), "schedule",
+               f"'{self.schedule}' is not one of cosine, constant, linear")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", "must be in [0, 1)")
+        _check(self.clip_grad >= 0, "clip_grad", f"must be >= 0, got {self.clip_grad}")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+        _check(self.log_every >= 1, "log_every", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol (defaults: MiniLLM's evaluate_main)."""
+
+    seeds: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50])
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filtering
+    max_new_tokens: int = 256
+    max_prompt_tokens: int = 256
+    batch_size: int = 32
+    no_repeat_ngram_size: int = 0  # upstream's hidden default was 6 but likely inert; explicit here
+    max_examples: int | None = None  # cap on test examples per task (presets use small caps)
+    coverage_samples: int = 8  # samples per multi-answer prompt for mode coverage (toy world)
+    metrics: list[str] | None = None  # None: each task's default metrics
+
+    def __post_init__(self) -> None:
+        _check(len(self.seeds) >= 1, "eval.seeds", "needs at least one seed")
+        _check(len(set(self.seeds)) == len(self.seeds), "eval.seeds", f"duplicate seeds in {self.seeds}")
+        _check(self.temperature > 0, "eval.temperature", f"must be > 0, got {self.temperature}")
+        _check(0 < self.top_p <= 1, "eval.top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.top_k >= 0, "eval.top_k", f"must be >= 0, got {self.top_k}")
+        _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+        _check(self.max_prompt_tokens >= 1, "eval.max_prompt_tokens", "must be >= 1")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
+        _check(self.coverage_samples >= 1, "eval.coverage_samples", "must be >= 1")
+        _check(self.max_examples is None or self.max_examples >= 1, "eval.max_examples", "must be >= 1 or null")
+
+
+@dataclass
+class ModelBuildConfig:
+    """How built-in presets are made: base pretraining on the task's text stream, then SFT."""
+
+    teacher_pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=1e-3, warmup_steps=50))
+    student_pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=2e-3, warmup_steps=30))
+    tokenizer: str = "word"  # word | bpe (tokenizer trained offline on the task's text)
+    bpe_vocab_size: int = 1024
+
+
+@dataclass
+class BenchConfig:
+    """Everything that determines a benchmark's numbers."""
+
+    preset: str = "tiny"
+    teacher: str = "gpt2-toy-m"  # model preset name, hub name, or local path
+    students: list[str] = field(default_factory=lambda: ["gpt2-toy-s"])
+    methods: list[str] = field(default_factory=lambda: ["sft", "kd"])
+    tasks: list[str] = field(default_factory=lambda: ["toy"])
+    train_task: str = "toy"  # whose train split trains teacher and students
+    max_length: int = 512  # prompt + response tokens in training (MiniLLM: 512)
+    max_prompt_length: int = 256
+    teacher_sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=5e-5))
+    distill: TrainConfig = field(default_factory=TrainConfig)  # default budget for every method
+    method_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method TrainConfig overrides
+    method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config overrides
+    build: ModelBuildConfig = field(default_factory=ModelBuildConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data_dir: str | None = None
+    max_train_examples: int | None = None
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task extra settings
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (training mixed precision on GPU)
+    teacher_device: str = "same"  # same | cpu | cuda:N
+    threads: int = 0  # torch threads on CPU; 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        _check(len(self.students) >= 1, "students", "needs at least one student")
+        _check(len(self.methods) >= 1, "methods", "needs at least one method")
+        _check(len(self.tasks) >= 1, "tasks", "needs at least one task")
+        _check(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}")
+        _check(1 <= self.max_prompt_length < self.max_length, "max_prompt_length",
+               f"must be in [1, max_length={self.max_length}), got {self.max_prompt_length}")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
+               f"'{self.dtype}' is not one of float32, bfloat16, float16")
+        _check(self.threads >= 0, "threads", "must be >= 0")
+
+    def train_config_for(self, method: str) -> TrainConfig:
+        base = dataclasses.asdict(self.distill)
+        base.update(self.method_train.get(method, {}))
+        return from_dict(TrainConfig, base, where=f"method_train.{method}")
+
+
+# ------------------------------------------------------------------------------------------------
+# dict <-> dataclass with validation of keys and types
+
+
+def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
+    """Build dataclass `cls` from a dict, rejecting unknown keys (with did-you-mean) and bad types."""
+    data = dict(data or {})
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'. Valid keys: {', '.join(names)}." + suggest(key, names))
+        kwargs[key] = _coerce(hints[key], value, full)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if where and "config key '" in str(e) and f"'{where}." not in str(e):
+            raise ConfigError(str(e).replace("config key '", f"config key '{where}.", 1)) from None
+        raise
+
+
+def _coerce(tp, value, key):
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, key)
+    if origin is type(None) or tp is type(None):
+        return value
+    # Optional[X] / X | None
+    if args and type(None) in args:
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(args[0], v, key) for v in value] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def to_dict(obj) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def deep_update(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def set_dotted(d: dict, dotted: str, value: Any) -> None:
+    """Apply `--set a.b.c=value` to a nested dict (values parsed as YAML scalars)."""
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is not a section")
+    cur[keys[-1]] = value
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """Hash of a JSON-able object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]

@@ -1,0 +1,268 @@
+"""Token-level divergences between a student and a teacher next-token distribution.
+
+Every public loss has the signature ``f(student_logits [B,T,V], teacher_logits [B,T,V], mask [B,T],
+...) -> scalar`` with p = softmax(teacher) and q = softmax(student). The per-position value is
+averaged over the masked-in positions of the whole batch (one token, one vote), so a row with three
+response tokens weighs three times a row with one.
+
+- fp32: inputs are cast with ``.float()`` first. Softmax, logsumexp and the p*log(p/q) products lose
+  too much in fp16/bf16 (small probabilities underflow, KL of near-equal distributions rounds to
+  noise), and a benchmark must not let its numbers depend on the model's storage dtype.
+- masking: prompt and padding positions carry no loss. Masked positions are excluded with
+  ``torch.where`` rather than multiplied by zero, so inf/NaN garbage there cannot leak into the
+  result; an all-zero mask gives 0 (with a graph), not NaN.
+- -inf logits (banned tokens, top-k/top-p masks): log-probs come from ``log_softmax`` and every
+  product is guarded with ``torch.where`` (never an eps that would shift the value). A term whose
+  weight is 0 is 0 (0*log 0 = 0). A term the divergence would make +inf, i.e. weight > 0 where the
+  other distribution is exactly 0, is left out of the sum, as MiniLLM and DistiLLM do with their
+  ``inf_mask``; this keeps losses and gradients finite when only one model bans a token. The
+  value is then a sum over the shared support only (not a true divergence; it can be negative).
+  When both models share their -inf entries (MiniLLM re-applies one mask to both), nothing is
+  dropped and the value is exact.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .errors import UnknownNameError
+from .registry import suggest
+
+NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` [B,T] over positions with mask > 0, weighted by the mask.
+
+    ``sum(values * mask) / sum(mask)`` over the whole batch. Masked-out positions are dropped with
+    ``torch.where`` so inf/NaN there cannot poison the sum. An empty mask returns a zero that is
+    still connected to ``values`` (so ``backward()`` works on an all-prompt batch).
+    """
+    if values.shape != mask.shape:
+        raise ValueError(f"masked_mean: values shape {tuple(values.shape)} != mask shape {tuple(mask.shape)}")
+    m = mask.to(values.dtype) if values.is_floating_point() else mask.float()
+    keep = mask > 0
+    total = torch.where(keep, values * m, torch.zeros_like(values)).sum()
+    denom = m.sum()
+    # denominator 1 for an empty mask: total is an exact 0 there, and keeps the graph
+    return total / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def _check(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "differ in shape; student and teacher must share the tokenizer/vocabulary and the batch"
+        )
+    if student_logits.dim() < 1:
+        raise ValueError("logits must have a vocabulary dimension last, e.g. [B, T, V]")
+    if mask is not None and tuple(mask.shape) != tuple(student_logits.shape[:-1]):
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal the logits shape without the vocabulary "
+            f"dimension, {tuple(student_logits.shape[:-1])}"
+        )
+
+
+def _check_unit(name: str, value: float) -> float:
+    value = float(value)
+    if not (0.0 <= value <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log q, log p) in fp32."""
+    return (
+        torch.log_softmax(student_logits.float(), dim=-1),
+        torch.log_softmax(teacher_logits.float(), dim=-1),
+    )
+
+
+def _kl_from_log(log_w: torch.Tensor, log_o: torch.Tensor) -> torch.Tensor:
+    """Per-position sum_v w (log w - log o) from log-probs, reduced over the last dimension.
+
+    Entries with w == 0 (log w = -inf) contribute 0; entries with o == 0 and w > 0 (true +inf) are
+    dropped (see module docstring). The double ``where`` (sanitise inputs, then select) keeps the
+    backward pass free of inf - inf and 0 * inf.
+    """
+    ok = (log_w > NEG_INF) & (log_o > NEG_INF)
+    zero = torch.zeros_like(log_w)
+    lw = torch.where(ok, log_w, zero)
+    lo = torch.where(ok, log_o, zero)
+    return torch.where(ok, lw.exp() * (lw - lo), zero).sum(-1)
+
+
+def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(weight_a * a + (1 - weight_a) * b), computed in log space.
+
+    The endpoints return an input unchanged (log 0 would otherwise enter the sum). Entries where
+    both terms are -inf are sanitised before ``logaddexp`` whose backward would give exp(-inf+inf).
+    """
+    if weight_a == 0.0:
+        return log_b
+    if weight_a == 1.0:
+        return log_a
+    x = log_a + math.log(weight_a)
+    y = log_b + math.log1p(-weight_a)
+    both = (x == NEG_INF) & (y == NEG_INF)
+    zero = torch.zeros_like(x)
+    out = torch.logaddexp(torch.where(both, zero, x), torch.where(both, zero, y))
+    return torch.where(both, torch.full_like(out, NEG_INF), out)
+
+
+# --------------------------------------------------------------------------- per-position values
+
+
+def token_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per position, shape [B,T] (unreduced; used by metrics)."""
+    _check(student_logits, teacher_logits)
+    log_q, log_p = _log_probs(student_logits, teacher_logits)
+    return _kl_from_log(log_p, log_q)
+
+
+def token_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) per position, shape [B,T] (unreduced; used by metrics)."""
+    _check(student_logits, teacher_logits)
+    log_q, log_p = _log_probs(student_logits, teacher_logits)
+    return _kl_from_log(log_q, log_p)
+
+
+def token_js(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """beta*KL(p||m) + (1-beta)*KL(q||m), m = beta*p + (1-beta)*q, per position [B,T]."""
+    beta = _check_unit("beta", beta)
+    _check(student_logits, teacher_logits)
+    log_q, log_p = _log_probs(student_logits, teacher_logits)
+    if beta in (0.0, 1.0):  # m equals one of the two and the other term has weight 0
+        return _kl_from_log(log_q, log_q)  # an exact 0 that keeps the graph (log_q*0 is NaN at -inf)
+    log_m = _log_mix(log_p, log_q, beta)
+    return beta * _kl_from_log(log_p, log_m) + (1.0 - beta) * _kl_from_log(log_q, log_m)
+
+
+def token_generalized_jsd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5
+) -> torch.Tensor:
+    """GKD's generalized JSD per position [B,T]; see ``generalized_jsd``."""
+    beta = _check_unit("beta", beta)
+    if beta == 0.0:
+        return token_forward_kl(student_logits, teacher_logits)
+    if beta == 1.0:
+        return token_reverse_kl(student_logits, teacher_logits)
+    return token_js(student_logits, teacher_logits, beta)
+
+
+def token_tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """0.5 * sum_v |p - q| per position [B,T]."""
+    _check(student_logits, teacher_logits)
+    log_q, log_p = _log_probs(student_logits, teacher_logits)
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)  # exp(-inf) = 0 exactly, no guard needed
+
+
+def token_skew_forward_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1
+) -> torch.Tensor:
+    """KL(p || alpha*p + (1-alpha)*q) per position [B,T]."""
+    alpha = _check_unit("alpha", alpha)
+    _check(student_logits, teacher_logits)
+    log_q, log_p = _log_probs(student_logits, teacher_logits)
+    return _kl_from_log(log_p, _log_mix(log_p, log_q, alpha))
+
+
+def token_skew_reverse_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1
+) -> torch.Tensor:
+    """KL(q || alpha*q + (1-alpha)*p) per position [B,T]."""
+    alpha = _check_unit("alpha", alpha)
+    _check(student_logits, teacher_logits)
+    log_q, log_p = _log_probs(student_logits, teacher_logits)
+    return _kl_from_log(log_q, _log_mix(log_q, log_p, alpha))
+
+
+# --------------------------------------------------------------------------- batch losses
+
+
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Forward KL, sum_v p (log p - log q): mode-covering (word-level KD up to the teacher entropy)."""
+    _check(student_logits, teacher_logits, mask)
+    return masked_mean(token_forward_kl(student_logits, teacher_logits), mask)
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Reverse KL, sum_v q (log q - log p): mode-seeking (MiniLLM's single-step term)."""
+    _check(student_logits, teacher_logits, mask)
+    return masked_mean(token_reverse_kl(student_logits, teacher_logits), mask)
+
+
+def js(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, beta: float = 0.5
+) -> torch.Tensor:
+    """Skewed Jensen-Shannon: beta*KL(p||m) + (1-beta)*KL(q||m) with m = beta*p + (1-beta)*q.
+
+    beta = 0.5 is the symmetric JS divergence, bounded by ln 2. At beta = 0 or 1 it is identically 0.
+    DistiLLM's ``jsd`` with lambda = 0.9 (its GKD baseline) is ``js(beta=0.1)``.
+    """
+    _check(student_logits, teacher_logits, mask)
+    return masked_mean(token_js(student_logits, teacher_logits, beta), mask)
+
+
+def generalized_jsd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, beta: float = 0.5
+) -> torch.Tensor:
+    """Generalized JSD in the GKD / TRL ``GKDTrainer`` convention.
+
+    beta = 0: forward KL(p || q). beta = 1: reverse KL(q || p). In between, with the mixture
+    M = (1-beta)*q + beta*p, the loss is beta*KL(p||M) + (1-beta)*KL(q||M).
+
+    Relation to ``js``: for 0 < beta < 1 the two are identical; they differ only at the endpoints,
+    which GKD special-cases (the mixture formula would give 0 there). The function is therefore
+    discontinuous at beta = 0 and 1 (near 0 it is about beta * KL(p||q)).
+    """
+    _check(student_logits, teacher_logits, mask)
+    return masked_mean(token_generalized_jsd(student_logits, teacher_logits, beta), mask)
+
+
+def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Total variation distance 0.5 * sum_v |p - q|, in [0, 1]."""
+    _check(student_logits, teacher_logits, mask)
+    return masked_mean(token_tvd(student_logits, teacher_logits), mask)
+
+
+def skew_forward_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float = 0.1
+) -> torch.Tensor:
+    """DistiLLM's skew KL (SKL): KL(p || alpha*p + (1-alpha)*q); alpha = 0 is forward KL."""
+    _check(student_logits, teacher_logits, mask)
+    return masked_mean(token_skew_forward_kl(student_logits, teacher_logits, alpha), mask)
+
+
+def skew_reverse_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float = 0.1
+) -> torch.Tensor:
+    """DistiLLM's skew reverse KL (SRKL): KL(q || alpha*q + (1-alpha)*p); alpha = 0 is reverse KL."""
+    _check(student_logits, teacher_logits, mask)
+    return masked_mean(token_skew_reverse_kl(student_logits, teacher_logits, alpha), mask)
+
+
+DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
+    "forward_kl": forward_kl,
+    "reverse_kl": reverse_kl,
+    "js": js,
+    "generalized_jsd": generalized_jsd,
+    "tvd": tvd,
+    "skew_forward_kl": skew_forward_kl,
+    "skew_reverse_kl": skew_reverse_kl,
+}
+
+
+def get_divergence(name: str) -> Callable[..., torch.Tensor]:
+    """Look up a divergence by name; unknown names list the valid ones."""
+    if name not in DIVERGENCES:
+        valid = sorted(DIVERGENCES)
+        raise UnknownNameError(
+            f"unknown divergence '{name}'. Valid divergences: {', '.join(valid)}." + suggest(str(name), valid)
+        )
+    return DIVERGENCES[name]

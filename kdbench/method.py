@@ -1,0 +1,214 @@
+"""KD methods and the small interface the engine gives them.
+
+A method is one file in methods/:
+
+    @dataclass
+    class MyConfig(MethodConfig):
+        ratio: float = 0.5                      # defaults from the paper
+        def __post_init__(self): check_range("ratio", self.ratio, 0, 1)
+
+    @METHODS.register("mine")
+    class Mine(Method):
+        description = "one line for --list"
+        Config = MyConfig
+        requires_teacher = True
+        def train(self, ctx: MethodContext) -> None:
+            def loss_fn(batch):
+                s = ctx.logits(ctx.student, batch)
+                t = ctx.teacher_logits(batch)
+                return LossOutput(forward_kl(s, t, batch.loss_mask))
+            ctx.fit(loss_fn, ctx.gold_batches())
+
+Everything a method needs goes through `MethodContext`: the models, the data (gold batches, prompt
+batches, teacher samples, pretraining blocks), forward passes, sampling (plain or teacher-mixed),
+and `fit` (the shared training loop). Methods never touch files, devices or caches.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import torch
+
+from .config import TrainConfig, from_dict
+from .data import Batch, collate, encode_pair, infinite_batches, lm_batch
+from .errors import ConfigError
+from .registry import Registry
+from .sampling import Rollout, SamplingConfig, sample
+from .schema import Example
+from .trainer import LossOutput, Trainer
+
+METHODS: Registry[type["Method"]] = Registry("method")
+
+
+def check_range(key: str, value: float, lo: float, hi: float, method: str = "") -> None:
+    if not (lo <= value <= hi):
+        where = f"method_config.{method}.{key}" if method else key
+        raise ConfigError(f"config key '{where}': must be in [{lo}, {hi}], got {value}")
+
+
+@dataclass
+class MethodConfig:
+    """Base for method configs (dataclasses with paper defaults, validated in __post_init__)."""
+
+
+class Method:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = MethodConfig
+    requires_teacher: ClassVar[bool] = False
+    # Student initialisation: "base" (the pretrained student) or "sft" (the cached SFT student,
+    # as MiniLLM starts from).
+    student_init: ClassVar[str] = "base"
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def make_config(cls, overrides: dict | None, name: str):
+        return from_dict(cls.Config, overrides or {}, where=f"method_config.{name}")
+
+    def train(self, ctx: "MethodContext") -> None:
+        raise NotImplementedError
+
+
+def make_method(name: str, overrides: dict | None = None) -> Method:
+    cls = METHODS.get(name, "--methods")
+    return cls(cls.make_config(overrides, name))
+
+
+class Counters(dict):
+    """Cost accounting for the leaderboard's cost table."""
+
+    def add(self, key: str, n: int) -> None:
+        self[key] = self.get(key, 0) + int(n)
+
+
+class MethodContext:
+    def __init__(self, *, student, teacher, tokenizer, train_examples: Sequence[Example], train_cfg: TrainConfig,
+                 max_length: int, max_prompt_length: int, run_dir, log: logging.Logger | None = None,
+                 pretrain_blocks: torch.Tensor | None = None, sampling: SamplingConfig | None = None,
+                 teacher_samples_fn: Callable[[], list[Example]] | None = None, device: str = "auto",
+                 dtype: str = "float32", method_name: str = "", progress: bool = True):
+        self.student = student
+        self.teacher = teacher
+        self.tokenizer = tokenizer
+        self.train_examples = list(train_examples)
+        self.train_cfg = train_cfg
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.run_dir = run_dir
+        self.log = log or logging.getLogger("kdbench")
+        self.pretrain_blocks = pretrain_blocks
+        # Rollout decoding defaults to MiniLLM's (T=1, top-p 1, top-k 0), bounded by max_length.
+        self.sampling = sampling or SamplingConfig(max_new_tokens=max_length - max_prompt_length)
+        self._teacher_samples_fn = teacher_samples_fn
+        self.method_name = method_name
+        self.trainer = Trainer(train_cfg, run_dir, desc=method_name or "train", device=device, dtype=dtype,
+                               progress=progress)
+        self.device = self.trainer.device
+        self.student.to(self.device)
+        if self.teacher is not None:
+            self.teacher.eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        self.counters = Counters()
+        self.history: list[dict] = []
+
+    # -- data ------------------------------------------------------------------------------------
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def encode(self, examples: Sequence[Example], responses: Sequence[str] | None = None) -> Batch:
+        """Batch of prompt + response (+EOS); responses default to each example's target."""
+        seqs = [encode_pair(self.tokenizer, ex.prompt, ex.target if responses is None else responses[i],
+                            self.max_length, self.max_prompt_length) for i, ex in enumerate(examples)]
+        return collate(seqs, self.pad_id)
+
+    def prompt_ids(self, examples: Sequence[Example]) -> list[list[int]]:
+        return [encode_pair(self.tokenizer, ex.prompt, None, self.max_length, self.max_prompt_length)[0]
+                for ex in examples]
+
+    def example_batches(self, examples: Sequence[Example] | None = None, batch_size: int | None = None,
+                        seed_offset: int = 0) -> Iterator[list[Example]]:
+        """Infinite, seeded, reshuffled-every-epoch batches of examples."""
+        exs = list(examples if examples is not None else self.train_examples)
+        for idx in infinite_batches(len(exs), batch_size or self.train_cfg.batch_size, self.train_cfg.seed + seed_offset):
+            yield [exs[i] for i in idx]
+
+    def gold_batches(self, examples: Sequence[Example] | None = None, batch_size: int | None = None) -> Iterator[Batch]:
+        for exs in self.example_batches(examples, batch_size):
+            yield self.encode(exs)
+
+    def pretrain_batches(self, batch_size: int | None = None, seed_offset: int = 7) -> Iterator[Batch]:
+        """The LM / pretraining stream (MiniLLM's L_PT); every position is a target."""
+        if self.pretrain_blocks is None:
+            raise ConfigError(f"method '{self.method_name}' needs a pretraining corpus (lm loss) but the train "
+                              "task provides none; set its lm_coef to 0")
+        blocks = self.pretrain_blocks
+        for idx in infinite_batches(len(blocks), batch_size or self.train_cfg.batch_size, self.train_cfg.seed + seed_offset):
+            yield lm_batch(blocks[idx])
+
+    def teacher_samples(self) -> list[Example]:
+        """Train examples whose target is a teacher sample (generated once, cached, shared)."""
+        if self._teacher_samples_fn is None:
+            raise ConfigError(f"method '{self.method_name}' needs teacher samples but no teacher is configured")
+        return self._teacher_samples_fn()
+
+    # -- model calls -----------------------------------------------------------------------------
+    def logits(self, model, batch: Batch) -> torch.Tensor:
+        """[B, L, V] logits aligned with batch.labels."""
+        batch = batch.to(self.device)
+        if model is self.student:
+            self.counters.add("student_tokens", int(batch.attention_mask.sum()))
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+    @torch.no_grad()
+    def teacher_logits(self, batch: Batch) -> torch.Tensor:
+        if self.teacher is None:
+            raise ConfigError(f"method '{self.method_name}' needs a teacher")
+        batch = batch.to(self.device)
+        self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
+        tdev = next(self.teacher.parameters()).device
+        out = self.teacher(input_ids=batch.input_ids.to(tdev), attention_mask=batch.attention_mask.to(tdev)).logits
+        return out.to(self.device)
+
+    def sample(self, model, examples: Sequence[Example], seed: int, mix_alpha: float = 0.0,
+               cfg: SamplingConfig | None = None) -> Rollout:
+        """Sample responses from `model`; with mix_alpha > 0, teacher-mixed sampling."""
+        cfg = cfg or self.sampling
+        r = sample(model, self.prompt_ids(examples), cfg, self.eos_id, self.pad_id, seed,
+                   batch_size=max(len(examples), 1), mix_model=self.teacher if mix_alpha > 0 else None,
+                   mix_alpha=mix_alpha)
+        self.counters.add("generated_tokens", r.n_generated)
+        if mix_alpha > 0:
+            self.counters.add("teacher_forward_tokens", r.n_generated)
+        return r
+
+    def rollout_batch(self, rollout: Rollout, token_extras: dict[str, list[list[float]]] | None = None) -> Batch:
+        """A training Batch from a rollout; per-response-token extras aligned with labels."""
+        return collate(list(zip(rollout.prompt_ids, rollout.response_ids)), self.pad_id, token_extras)
+
+    # -- training --------------------------------------------------------------------------------
+    def fit(self, loss_fn: Callable[[Batch], LossOutput], batches: Iterator[Batch]) -> list[dict]:
+        self.history = self.trainer.fit(self.student, loss_fn, batches)
+        return self.history
+
+
+def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] per position, fp32; 0 where label is ignored."""
+    lp = torch.log_softmax(logits.float(), -1)
+    out = lp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return out * (labels >= 0)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean cross-entropy over labelled positions, fp32."""
+    mask = (labels >= 0).float()
+    return -(gather_logprobs(logits, labels) * mask).sum() / mask.sum().clamp(min=1)

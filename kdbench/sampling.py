@@ -1,0 +1,182 @@
+"""Batched, seeded sampling with a KV cache, and teacher-mixed sampling over two models.
+
+Our own loop rather than `generate()`: teacher-mixed sampling (MiniLLM) draws each token from
+(1 - alpha) * q_student + alpha * p_teacher, which needs both models stepping together with their
+own caches; upstream needed a forked transformers for this, we need ~40 lines. Plain sampling goes
+through the same loop so every number comes from one code path.
+
+Prompts are left-padded; position ids come from the attention mask so left padding does not
+shift positions (GPT-2 and Llama-style models both accept `position_ids`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    no_repeat_ngram_size: int = 0
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]  # generated tokens, EOS included when produced
+    # per response token (mixed sampling only): log q_student(y), log p_teacher(y), log mix(y)
+    student_logp: list[list[float]] = field(default_factory=list)
+    teacher_logp: list[list[float]] = field(default_factory=list)
+    mix_logp: list[list[float]] = field(default_factory=list)
+
+    def texts(self, tokenizer) -> list[str]:
+        return [decode_response(tokenizer, r) for r in self.response_ids]
+
+    @property
+    def n_generated(self) -> int:
+        return sum(len(r) for r in self.response_ids)
+
+
+def decode_response(tokenizer, ids: Sequence[int]) -> str:
+    ids = list(ids)
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Temperature, top-k (0 = off), top-p (1 = off). Returns fp32 logits with -inf filtered."""
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k and cfg.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cum - sorted_logits.softmax(-1) > cfg.top_p  # keep the token that crosses top_p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    return logits
+
+
+def _ban_repeated_ngrams(logits: torch.Tensor, seqs: list[list[int]], n: int) -> torch.Tensor:
+    for b, seq in enumerate(seqs):
+        if len(seq) < n:
+            continue
+        prefix = tuple(seq[-(n - 1):]) if n > 1 else ()
+        banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i: i + n - 1]) == prefix}
+        if banned:
+            logits[b, list(banned)] = float("-inf")
+    return logits
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    att = torch.zeros((len(prompts), L), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, L - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            att[i, L - len(p):] = 1
+    return ids, att
+
+
+class _Stepper:
+    """Runs one model token by token with its KV cache."""
+
+    def __init__(self, model, ids, att):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.att = att.to(self.device)
+        pos = (self.att.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids.to(self.device), attention_mask=self.att, position_ids=pos, use_cache=True)
+        self.past = out.past_key_values
+        self.logits = out.logits[:, -1, :].float()
+        self.next_pos = pos[:, -1:] + 1
+
+    def step(self, tokens: torch.Tensor) -> None:
+        self.att = torch.cat([self.att, torch.ones_like(self.att[:, :1])], dim=1)
+        out = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=self.att,
+                         position_ids=self.next_pos, past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        self.logits = out.logits[:, -1, :].float()
+        self.next_pos = self.next_pos + 1
+
+
+@torch.no_grad()
+def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, eos_id: int, pad_id: int,
+                 generator: torch.Generator, mix_model=None, mix_alpha: float = 0.0) -> Rollout:
+    """Sample one response per prompt. With `mix_model` (the teacher) and alpha > 0, each token is
+    drawn from (1 - alpha) * q + alpha * p and the per-token log-probs of q, p and the mixture
+    are returned (importance weight w_t = q(y_t) / mix(y_t))."""
+    was_training = model.training
+    model.eval()
+    ids, att = _left_pad(prompts, pad_id)
+    student = _Stepper(model, ids, att)
+    teacher = _Stepper(mix_model, ids, att) if mix_model is not None else None
+    B = len(prompts)
+    done = torch.zeros(B, dtype=torch.bool)
+    out: list[list[int]] = [[] for _ in range(B)]
+    s_lp: list[list[float]] = [[] for _ in range(B)]
+    t_lp: list[list[float]] = [[] for _ in range(B)]
+    m_lp: list[list[float]] = [[] for _ in range(B)]
+    for _ in range(cfg.max_new_tokens):
+        logits = student.logits.cpu()
+        if cfg.no_repeat_ngram_size:
+            logits = _ban_repeated_ngrams(logits, [list(p) + o for p, o in zip(prompts, out)], cfg.no_repeat_ngram_size)
+        q_logp = torch.log_softmax(filter_logits(logits, cfg), -1)
+        if teacher is not None:
+            p_logp = torch.log_softmax(filter_logits(teacher.logits.cpu(), cfg), -1)
+            # log((1-a) q + a p) computed stably in log space
+            mix = torch.logaddexp(q_logp + torch.log1p(torch.tensor(-mix_alpha)), p_logp + torch.log(torch.tensor(mix_alpha))) \
+                if 0 < mix_alpha < 1 else (p_logp if mix_alpha >= 1 else q_logp)
+        else:
+            mix = q_logp
+        tok = torch.multinomial(mix.exp(), 1, generator=generator).squeeze(1)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        for b in range(B):
+            if not done[b]:
+                y = int(tok[b])
+                out[b].append(y)
+                if teacher is not None:
+                    s_lp[b].append(float(q_logp[b, y]))
+                    t_lp[b].append(float(p_logp[b, y]))
+                    m_lp[b].append(float(mix[b, y]))
+        done = done | (tok == eos_id)
+        if bool(done.all()):
+            break
+        student.step(tok)
+        if teacher is not None:
+            teacher.step(tok)
+    if was_training:
+        model.train()
+    return Rollout([list(p) for p in prompts], out, s_lp, t_lp, m_lp)
+
+
+def sample(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, eos_id: int, pad_id: int, seed: int,
+           batch_size: int = 32, mix_model=None, mix_alpha: float = 0.0, progress=None) -> Rollout:
+    """Sample in batches with one seeded generator: the same seed gives the same samples."""
+    g = torch.Generator().manual_seed(seed)
+    total = Rollout([], [], [], [], [])
+    # Sort by prompt length to waste less compute on padding; restore order afterwards.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        r = sample_batch(model, [prompts[i] for i in idx], cfg, eos_id, pad_id, g, mix_model, mix_alpha)
+        total.prompt_ids += r.prompt_ids
+        total.response_ids += r.response_ids
+        total.student_logp += r.student_logp
+        total.teacher_logp += r.teacher_logp
+        total.mix_logp += r.mix_logp
+        if progress is not None:
+            progress.update(len(idx))
+    inv = {j: i for i, j in enumerate(order)}
+    re = [inv[i] for i in range(len(prompts))]
+    pick = lambda xs: [xs[i] for i in re] if xs else xs  # noqa: E731
+    return Rollout(pick(total.prompt_ids), pick(total.response_ids), pick(total.student_logp),
+                   pick(total.teacher_logp), pick(total.mix_logp))

@@ -1,0 +1,239 @@
+"""The toy world: a procedurally generated instruction world with an exact checker.
+
+Written for kdbench (no copied data). A seeded world has named creatures, each with a colour, a
+home and a food. From it we generate:
+
+- a pretraining text stream: facts about every creature, in several phrasings, so that a base
+  model can learn the world's knowledge before it ever sees an instruction;
+- instruction families, each with a known set of valid responses:
+    fact     one right answer, knowledge from pretraining   "what color is the bako ?"
+    reverse  one right answer, algorithmic                  "reverse the words" + "red cave plum"
+    sort     one right answer, algorithmic                  "sort the numbers" + "five two four"
+    count    one right answer, algorithmic                  "count the words" + "red cave"
+    choose   several right answers with known probabilities ("name a fruit"): mode-seeking
+             students pick the top mode, mode-covering ones spread mass (and may invent blends)
+    describe long form, three sentences                     "describe the bako"
+    yesno    yes/no question, used for calibration          "is the bako red ?"
+- fixed seeded train/dev/test splits where the test split holds combinations never seen in
+  training (held-out creature x question pairs, new word lists).
+
+`check(example, response)` says whether a response is valid and, for `choose`, which mode it is.
+Everything is whitespace-tokenised words, so a word-level tokenizer covers the world exactly.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink"]
+HOMES = ["cave", "lake", "hill", "forest", "river", "desert", "swamp", "valley"]
+FOODS = ["plums", "seeds", "fish", "roots", "berries", "nuts", "leaves", "honey"]
+NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+# choose-family categories: three modes each, with fixed probabilities (most likely first)
+CATEGORIES = {
+    "fruit": ["apple", "pear", "mango"],
+    "tool": ["hammer", "saw", "drill"],
+    "bird": ["crow", "owl", "hawk"],
+    "boat": ["canoe", "raft", "ferry"],
+    "tree": ["oak", "pine", "elm"],
+    "drink": ["tea", "milk", "juice"],
+}
+MODE_PROBS = [0.5, 0.3, 0.2]
+SYLLABLES_A = ["ba", "ko", "ti", "mu", "ze", "ra", "po", "lu", "fe", "gi", "no", "sa"]
+SYLLABLES_B = ["ko", "ru", "mi", "ta", "lo", "ne", "pi", "sa", "du", "ve", "zo", "ga"]
+FUNCTION_WORDS = (
+    "the is lives in eats what color where does live eat reverse sort count name a an describe yes no "
+    ". ? : , instruction input response words numbers of its likes home food has and it"
+).split()
+FAMILIES = ("fact", "reverse", "sort", "count", "choose", "describe", "yesno")
+LIST_WORDS = COLORS + HOMES + FOODS  # items for reverse / count
+
+
+@dataclass
+class ToyWorldConfig:
+    seed: int = 0
+    n_creatures: int = 40
+    n_train: int = 4000  # instruction examples in the train split
+    n_dev: int = 140
+    n_test: int = 280
+    held_out_fraction: float = 0.25  # creature x question pairs reserved for dev/test
+    min_list: int = 2
+    max_list: int = 5
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    pretrain_docs: int = 3000
+
+    def __post_init__(self) -> None:
+        from .errors import ConfigError
+
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad:
+            raise ConfigError(f"config key 'toy.families': unknown {bad}; valid: {list(FAMILIES)}")
+        if not 4 <= self.n_creatures <= len(SYLLABLES_A) * len(SYLLABLES_B):
+            raise ConfigError(f"config key 'toy.n_creatures': must be in [4, {len(SYLLABLES_A) * len(SYLLABLES_B)}]")
+        if not 0 < self.held_out_fraction < 1:
+            raise ConfigError("config key 'toy.held_out_fraction': must be in (0, 1)")
+        if not 1 <= self.min_list <= self.max_list <= 8:
+            raise ConfigError("config key 'toy.min_list/max_list': need 1 <= min_list <= max_list <= 8")
+        for k in ("n_train", "n_dev", "n_test", "pretrain_docs"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"config key 'toy.{k}': must be >= 1")
+
+
+def render_prompt(instruction: str, input: str) -> str:
+    """The toy world's compact prompt template (short, so tiny models train fast). The trailing
+    space lets `prompt + response` tokenise the same way for every tokenizer."""
+    if input:
+        return f"instruction : {instruction} input : {input} response : "
+    return f"instruction : {instruction} response : "
+
+
+class ToyWorld:
+    def __init__(self, config: ToyWorldConfig | None = None):
+        self.config = config or ToyWorldConfig()
+        rng = random.Random(self.config.seed)
+        names = [a + b for a in SYLLABLES_A for b in SYLLABLES_B if a != b]
+        rng.shuffle(names)
+        self.creatures: dict[str, dict[str, str]] = {}
+        for name in names[: self.config.n_creatures]:
+            self.creatures[name] = {"color": rng.choice(COLORS), "home": rng.choice(HOMES), "food": rng.choice(FOODS)}
+        # Held-out creature x family pairs: these questions never appear in the train split.
+        self.held_out: set[tuple[str, str]] = set()
+        for name in self.creatures:
+            for fam in ("fact:color", "fact:home", "fact:food", "describe", "yesno", "choose"):
+                if rng.random() < self.config.held_out_fraction:
+                    self.held_out.add((name, fam))
+
+    # -- vocabulary and text -------------------------------------------------------------------
+    def vocabulary(self) -> list[str]:
+        words = list(FUNCTION_WORDS) + COLORS + HOMES + FOODS + NUMBERS + list(CATEGORIES)
+        for modes in CATEGORIES.values():
+            words += modes
+        words += list(self.creatures)
+        seen: dict[str, None] = {}
+        for w in words:
+            seen.setdefault(w, None)
+        return list(seen)
+
+    def fact_sentences(self, name: str) -> list[str]:
+        c = self.creatures[name]
+        return [f"the {name} is {c['color']} .", f"the {name} lives in the {c['home']} .", f"the {name} eats {c['food']} ."]
+
+    def pretrain_texts(self) -> list[str]:
+        """Documents of the world's text: each states a creature's facts in varied phrasings."""
+        rng = random.Random(self.config.seed + 1)
+        names = list(self.creatures)
+        docs = []
+        for _ in range(self.config.pretrain_docs):
+            name = rng.choice(names)
+            c = self.creatures[name]
+            phrasings = [
+                self.fact_sentences(name),
+                [f"the color of the {name} is {c['color']} .", f"the home of the {name} is the {c['home']} .",
+                 f"the food of the {name} is {c['food']} ."],
+                [f"the {name} has color {c['color']} .", f"the {name} has home {c['home']} .",
+                 f"the {name} likes {c['food']} ."],
+            ]
+            sents = [rng.choice(p) for p in zip(*phrasings)]
+            rng.shuffle(sents)
+            # Sometimes a second creature in the same document, so the model learns to bind names.
+            if rng.random() < 0.3:
+                sents.append(rng.choice(self.fact_sentences(rng.choice(names))))
+            docs.append(" ".join(sents))
+        return docs
+
+    # -- instruction examples ------------------------------------------------------------------
+    def make(self, family: str, rng: random.Random, split: str) -> dict[str, Any] | None:
+        """One example of `family` for `split`, or None if this draw is not allowed in the split."""
+        names = list(self.creatures)
+        if family in ("fact", "describe", "yesno", "choose"):
+            name = rng.choice(names)
+            key = family
+            attr = None
+            if family == "fact":
+                attr = rng.choice(["color", "home", "food"])
+                key = f"fact:{attr}"
+            held = (name, key) in self.held_out
+            if held != (split != "train"):
+                return None
+            c = self.creatures[name]
+            if family == "fact":
+                instr = {"color": f"what color is the {name} ?", "home": f"where does the {name} live ?",
+                         "food": f"what does the {name} eat ?"}[attr]
+                ref = self.fact_sentences(name)[["color", "home", "food"].index(attr)]
+                return dict(instruction=instr, input="", references=[ref], meta={"family": family})
+            if family == "describe":
+                return dict(instruction=f"describe the {name}", input="",
+                            references=[" ".join(self.fact_sentences(name))], meta={"family": family})
+            if family == "yesno":
+                truth = rng.random() < 0.5
+                color = c["color"] if truth else rng.choice([x for x in COLORS if x != c["color"]])
+                return dict(instruction=f"is the {name} {color} ?", input="", references=["yes" if truth else "no"],
+                            meta={"family": family, "label_words": ["no", "yes"], "label": int(truth)})
+            # choose: the answer distribution depends on the category only; the creature varies
+            # the prompt so that held-out creature x category prompts exist.
+            cat = rng.choice(list(CATEGORIES))
+            modes = CATEGORIES[cat]
+            art = "an" if cat[0] in "aeiou" else "a"
+            return dict(instruction=f"name {art} {cat} for the {name}", input="",
+                        references=list(modes), sample_probs=MODE_PROBS,
+                        meta={"family": family, "modes": list(modes), "mode_probs": list(MODE_PROBS)})
+        n = rng.randint(self.config.min_list, self.config.max_list)
+        if family == "reverse":
+            items = [rng.choice(LIST_WORDS) for _ in range(n)]
+            return dict(instruction="reverse the words", input=" ".join(items), references=[" ".join(items[::-1])],
+                        meta={"family": family})
+        if family == "sort":
+            items = rng.sample(NUMBERS, n)
+            out = sorted(items, key=NUMBERS.index)
+            return dict(instruction="sort the numbers", input=" ".join(items), references=[" ".join(out)],
+                        meta={"family": family})
+        if family == "count":
+            n = rng.randint(1, 8)
+            items = [rng.choice(LIST_WORDS) for _ in range(n)]
+            return dict(instruction="count the words", input=" ".join(items), references=[NUMBERS[n - 1]],
+                        meta={"family": family})
+        raise ValueError(family)
+
+    def split(self, split: str) -> list[dict[str, Any]]:
+        """Examples of a split as dicts: instruction, input, prompt, references, target, meta."""
+        cfg = self.config
+        n = {"train": cfg.n_train, "dev": cfg.n_dev, "test": cfg.n_test}[split]
+        rng = random.Random(f"{cfg.seed}-{split}")
+        fams = list(cfg.families)
+        out: list[dict[str, Any]] = []
+        seen_inputs: set[str] = set()
+        if split != "train":
+            # list inputs seen in training are excluded from dev/test (held-out combinations)
+            seen_inputs = {e["input"] for e in self.split("train") if e["input"]}
+        i = 0
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > 200 * n:
+                raise RuntimeError(f"toy world: could not generate {n} {split} examples; relax the config")
+            fam = fams[i % len(fams)]
+            ex = self.make(fam, rng, split)
+            if ex is None or (ex["input"] and ex["input"] in seen_inputs):
+                continue
+            probs = ex.pop("sample_probs", None)
+            # The training target of a multi-answer prompt is drawn from its mode distribution;
+            # all modes remain references for evaluation.
+            ex["target"] = rng.choices(ex["references"], weights=probs)[0] if probs else ex["references"][0]
+            ex["prompt"] = render_prompt(ex["instruction"], ex["input"])
+            ex["id"] = f"toy-{split}-{len(out)}"
+            out.append(ex)
+            i += 1
+        return out
+
+    # -- checking ------------------------------------------------------------------------------
+    @staticmethod
+    def check(references: list[str], meta: dict[str, Any], response: str) -> dict[str, Any]:
+        """Exact validity of a response. For `choose`, also which mode it names."""
+        resp = " ".join(response.split())
+        fam = meta.get("family")
+        if fam == "choose":
+            modes = meta["modes"]
+            mode = resp if resp in modes else None
+            return {"valid": mode is not None, "mode": mode}
+        return {"valid": resp in {" ".join(r.split()) for r in references}, "mode": None}

@@ -1,0 +1,46 @@
+"""The built-in toy world as a task (see kdbench/toyworld.py for the world itself)."""
+from __future__ import annotations
+
+from kdbench.config import from_dict
+from kdbench.schema import Example
+from kdbench.task import TASKS, Task, TaskOptions
+from kdbench.toyworld import ToyWorld, ToyWorldConfig
+
+
+@TASKS.register("toy")
+class ToyTask(Task):
+    description = "built-in procedurally generated instruction world with an exact checker (offline)"
+    version = 1
+    splits = ("train", "dev", "test")
+    default_metrics = ("rouge_l", "validity", "exact_match", "mode_coverage")
+
+    def __init__(self, options: TaskOptions | None = None, world: dict | None = None):
+        super().__init__(options)
+        extra = dict(getattr(self.options, "extra", None) or {})
+        if world:
+            extra.update(world)
+        self.world_config = from_dict(ToyWorldConfig, extra, where="task_options.toy")
+        self.world = ToyWorld(self.world_config)
+
+    def load_split(self, split: str) -> list[Example]:
+        out = []
+        for d in self.world.split(split):
+            meta = dict(d["meta"])
+            meta["target"] = d["target"]
+            out.append(Example(id=d["id"], instruction=d["instruction"], input=d["input"], prompt=d["prompt"],
+                               references=d["references"], meta=meta))
+        return out
+
+    def pretrain_texts(self) -> list[str]:
+        return self.world.pretrain_texts()
+
+    def vocabulary(self) -> list[str]:
+        return self.world.vocabulary()
+
+    def check(self, example: Example, response: str) -> dict:
+        return self.world.check(example.references, example.meta, response)
+
+    def fingerprint(self) -> dict:
+        fp = super().fingerprint()
+        fp["world"] = vars(self.world_config)
+        return fp
