@@ -15,6 +15,7 @@ EPILOG = """examples:
   python run_bench.py --preset ci --out /tmp/kd          # the smallest end-to-end run
   python run_bench.py --methods sft,kd --seeds 10,20,30 --set distill.lr=1e-3
   python run_bench.py summarize results/tiny             # rebuild the leaderboard from cells
+  python run_bench.py summarize results/tiny --baseline kd   # delta table against kd instead of sft
   python run_bench.py --list                            # registered methods, tasks, metrics, presets
 """
 
@@ -157,14 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if argv and argv[0] == "summarize":
-            if len(argv) != 2:
-                raise ConfigError("usage: python run_bench.py summarize DIR")
+            sp = argparse.ArgumentParser(prog="run_bench.py summarize",
+                                         description="rebuild leaderboards, plots and report.html from a run folder")
+            sp.add_argument("dir", help="benchmark output folder (holds cells/)")
+            sp.add_argument("--baseline", help="method the delta table compares with (default: sft, if present)")
+            sargs = sp.parse_args(argv[1:])
             from .report import summarize
 
-            d = Path(argv[1])
+            d = Path(sargs.dir)
             if not (d / "cells").exists():
                 raise ConfigError(f"summarize: '{d}' has no cells/ folder; pass a benchmark output folder")
-            summarize(d)
+            summarize(d, baseline=sargs.baseline)
             return 0
         args = build_parser().parse_args(argv)
         if args.list:
@@ -179,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
                           progress=not args.no_progress and sys.stderr.isatty())
         if args.dry_run:
             setup_logging(None)
-            bench.validate()
-            print(bench.dry_run_report())
+            bench.validate(data=False)  # names, configs, models, devices; data is loaded per task below
+            report = bench.dry_run()
+            print(report.text)
+            if report.errors:
+                print(f"error: the dry run found {len(report.errors)} problem(s), listed above", file=sys.stderr)
+                return 2
             return 0
         bench.validate()  # before creating logs/ folders or doing any work
         setup_logging(out)

@@ -123,6 +123,7 @@ class BenchConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16 (training mixed precision on GPU)
     teacher_device: str = "same"  # same | cpu | cuda:N
     threads: int = 0  # torch threads on CPU; 0 = leave torch's default
+    judge: dict[str, Any] = field(default_factory=dict)  # LLM-judge settings (kdbench.metrics.judge.JudgeConfig)
 
     def __post_init__(self) -> None:
         _check(len(self.students) >= 1, "students", "needs at least one student")
@@ -223,12 +224,15 @@ def to_dict(obj) -> dict[str, Any]:
 
 
 def deep_update(base: dict, override: dict) -> dict:
-    out = dict(base)
+    """A new dict: `override` merged into `base`; neither input is mutated or aliased."""
+    import copy
+
+    out = copy.deepcopy(base)
     for k, v in override.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = deep_update(out[k], v)
         else:
-            out[k] = v
+            out[k] = copy.deepcopy(v)
     return out
 
 

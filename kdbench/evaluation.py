@@ -43,7 +43,8 @@ def label_word_logprobs(model, tokenizer, examples: Sequence[Example], max_promp
 
 
 def evaluate(model, tokenizer, task, examples: Sequence[Example], seed: int, ev: EvalConfig, metrics: Sequence[str],
-             teacher=None, max_prompt_length: int = 256, model_label: str = "") -> tuple[dict[str, float], list[dict], dict]:
+             teacher=None, max_prompt_length: int = 256, model_label: str = "", teacher_fn=None,
+             settings: dict | None = None, run_dir=None) -> tuple[dict[str, float], list[dict], dict]:
     """Returns (metric values, generation records, artifacts)."""
     model.eval()
     scfg = sampling_config(ev)
@@ -59,8 +60,9 @@ def evaluate(model, tokenizer, task, examples: Sequence[Example], seed: int, ev:
 
     ctx = EvalContext(task=task, examples=list(examples), predictions=preds, seed=seed, model=model,
                       tokenizer=tokenizer, teacher=teacher, model_label=model_label, eval_config=ev,
-                      sample_fn=sample_fn)
+                      sample_fn=sample_fn, sampling=scfg, teacher_fn=teacher_fn, settings=dict(settings or {}))
     ctx.cache["max_prompt_length"] = max_prompt_length
+    ctx.cache["run_dir"] = run_dir
     if "ece" in metrics:
         scores = label_word_logprobs(model, tokenizer, examples, max_prompt_length)
         if scores is not None:
@@ -77,15 +79,18 @@ def evaluate(model, tokenizer, task, examples: Sequence[Example], seed: int, ev:
                     values[k] = float(v)
         else:
             values[name] = float(out)
-    checks = [task.check(ex, p) for ex, p in zip(examples, preds)]
+    checks = ctx.cache.get("checks") or [task.check(ex, p) for ex, p in zip(examples, preds)]
+    ratings = ctx.cache.get("judge_ratings") or [None] * len(preds)
     gens = []
-    for ex, p, resp, chk in zip(examples, preds, roll.response_ids, checks):
+    for ex, p, resp, chk, rating in zip(examples, preds, roll.response_ids, checks, ratings):
         rec = {"id": ex.id, "prompt": ex.prompt, "response": p, "references": ex.references,
                "n_tokens": len(resp)}
         if chk is not None:
             rec["check"] = chk
         if "family" in ex.meta:
             rec["family"] = ex.meta["family"]
+        if rating is not None:
+            rec["judge"] = rating
         gens.append(rec)
     ctx.artifacts["avg_response_tokens"] = sum(len(r) for r in roll.response_ids) / max(len(preds), 1)
     return values, gens, ctx.artifacts

@@ -34,6 +34,7 @@ import torch
 from .config import TrainConfig, from_dict
 from .data import Batch, collate, encode_pair, infinite_batches, lm_batch
 from .errors import ConfigError
+from .models import slice_vocab
 from .registry import Registry
 from .sampling import Rollout, SamplingConfig, sample
 from .schema import Example
@@ -115,6 +116,7 @@ class MethodContext:
                 p.requires_grad_(False)
         self.counters = Counters()
         self.history: list[dict] = []
+        self.vocab_size: int | None = None  # real vocabulary (set by the runner); logits are cut to it
 
     # -- data ------------------------------------------------------------------------------------
     @property
@@ -167,7 +169,8 @@ class MethodContext:
         batch = batch.to(self.device)
         if model is self.student:
             self.counters.add("student_tokens", int(batch.attention_mask.sum()))
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return slice_vocab(out, self.vocab_size)
 
     @torch.no_grad()
     def teacher_logits(self, batch: Batch) -> torch.Tensor:
@@ -177,7 +180,7 @@ class MethodContext:
         self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
         tdev = next(self.teacher.parameters()).device
         out = self.teacher(input_ids=batch.input_ids.to(tdev), attention_mask=batch.attention_mask.to(tdev)).logits
-        return out.to(self.device)
+        return slice_vocab(out, self.vocab_size).to(self.device)
 
     def sample(self, model, examples: Sequence[Example], seed: int, mix_alpha: float = 0.0,
                cfg: SamplingConfig | None = None) -> Rollout:

@@ -3,16 +3,35 @@
 Presets are GPT-2-architecture models (transformers' own classes) built from a config with a
 tokenizer kdbench trains offline on the task's text; they are saved with `save_pretrained` and
 loaded back with `AutoModelForCausalLM.from_pretrained`, exactly like any hub model or local path.
+
+Real models (hub names or local folders, any causal LM family) follow these rules:
+
+* One vocabulary: the teacher's tokenizer is the one everyone uses. Teacher and student tokenizers
+  must map the same tokens to the same ids (`check_same_vocab`); embedding matrices may be padded
+  to different sizes (OPT: 50272 rows for 50265 tokens, Qwen2.5: 151936 or 152064 for 151665), so
+  logits are cut to the real vocabulary (`slice_vocab`) before any loss or divergence.
+* Pad/EOS: a tokenizer without a pad token pads with EOS (GPT-2, Llama, as MiniLLM does). Padding
+  is never a target (labels -100, attention mask 0), so EOS-as-pad cannot leak into the loss, and
+  the one EOS that ends a response is a trained target (kdbench.data.collate).
+* dtype: models that are trained keep fp32 master weights; `--dtype` bfloat16/float16 then means
+  mixed precision (accelerate, GPU only). Frozen models (the teacher while distilling, models
+  being evaluated) are loaded in `--dtype` to save memory, as MiniLLM loads its teacher in fp16.
+* Placement: `--device` (auto | cpu | cuda | cuda:N | mps) for the student and evaluation;
+  `--teacher-device` same | cpu (offload: the teacher runs on CPU, logits are moved over) |
+  cuda:N | mps (a second accelerator). `check_placement` rejects what this machine cannot do.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .registry import Registry
+
+log = logging.getLogger("kdbench")
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
@@ -59,16 +78,24 @@ def check_model_name(name: str, where: str) -> None:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"{where}: model path '{name}' does not exist. Valid: a built-in preset "
                          f"({', '.join(MODEL_PRESETS.names())}), a local folder from save_pretrained, or a hub id")
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+    if _offline() and not in_hub_cache(name):
         # Offline: a hub id only works if it is already in the local HF cache.
-        try:
-            from huggingface_hub import try_to_load_from_cache
+        raise ModelError(f"{where}: '{name}' is not a preset, not a local folder, and not in the local "
+                         f"Hugging Face cache (offline mode). Presets: {', '.join(MODEL_PRESETS.names())}")
 
-            if try_to_load_from_cache(name, "config.json") is None:
-                raise ModelError(f"{where}: '{name}' is not a preset, not a local folder, and not in the local "
-                                 f"Hugging Face cache (offline mode). Presets: {', '.join(MODEL_PRESETS.names())}")
-        except ImportError:
-            pass
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def in_hub_cache(name: str) -> bool:
+    """Whether hub id `name` has a config.json in the local Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # cannot tell: let loading decide
+        return True
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,8 +144,58 @@ def build_preset_model(preset: str, tokenizer, n_positions: int, seed: int):
     return GPT2LMHeadModel(cfg)
 
 
+RANDOM_FAMILIES = ("gpt2", "opt", "llama", "qwen2")
+
+
+def build_random_model(family: str, tokenizer, *, hidden: int = 32, layers: int = 2, heads: int = 2,
+                       n_positions: int = 256, vocab_rows: int | None = None, init_std: float = 0.02,
+                       seed: int = 0):
+    """A randomly initialised causal LM of a real family (tests, smoke runs of the real-model path).
+
+    `vocab_rows` pads the embedding beyond the tokenizer (as OPT/Qwen checkpoints do); it defaults
+    to the tokenizer's size. Dropout is off, special-token ids come from the tokenizer.
+    """
+    import torch
+    import transformers as tf
+
+    rows = vocab_rows or len(tokenizer)
+    ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    if family == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=rows, n_positions=n_positions, n_embd=hidden, n_layer=layers, n_head=heads,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=init_std, **ids)
+        cls = tf.GPT2LMHeadModel
+    elif family == "opt":
+        cfg = tf.OPTConfig(vocab_size=rows, max_position_embeddings=n_positions, hidden_size=hidden,
+                           word_embed_proj_dim=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           ffn_dim=4 * hidden, dropout=0.0, attention_dropout=0.0, init_std=init_std, **ids)
+        cls = tf.OPTForCausalLM
+    elif family in ("llama", "qwen2"):
+        cfg_cls, cls = ((tf.LlamaConfig, tf.LlamaForCausalLM) if family == "llama"
+                        else (tf.Qwen2Config, tf.Qwen2ForCausalLM))
+        # one KV head: exercises grouped-query attention, as in real Llama/Qwen2 checkpoints
+        cfg = cfg_cls(vocab_size=rows, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=n_positions,
+                      initializer_range=init_std, **ids)
+    else:
+        raise ConfigError(f"unknown model family '{family}'; valid: {', '.join(RANDOM_FAMILIES)}")
+    torch.manual_seed(seed)
+    return cls(cfg)
+
+
 # ------------------------------------------------------------------------------------------------
 # loading
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ConfigError(f"config key 'dtype': '{name}' is not one of {', '.join(DTYPES)}")
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def load_tokenizer(path: str):
@@ -128,6 +205,9 @@ def load_tokenizer(path: str):
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - re-raised with context
         raise ModelError(f"could not load a tokenizer from '{path}': {e}") from e
+    if tok.eos_token_id is None:
+        raise ModelError(f"tokenizer of '{path}' has no EOS token; kdbench ends every response with EOS "
+                         "(MiniLLM's format). Set eos_token in its tokenizer_config.json")
     if tok.pad_token_id is None:
         # Families without a pad token (GPT-2, Llama) pad with EOS, as MiniLLM does.
         tok.pad_token = tok.eos_token
@@ -135,13 +215,29 @@ def load_tokenizer(path: str):
     return tok
 
 
+def load_config(path: str):
+    """The model's config.json only (no weights): cheap enough for up-front validation."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"could not read the model config of '{path}': {e}") from e
+
+
+def embedding_rows(config) -> int:
+    """Rows of the model's (output) embedding matrix, which may exceed the tokenizer's vocabulary."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(cfg.vocab_size)
+
+
 def load_model(path: str, dtype: str = "float32", device: str = "cpu"):
-    import torch
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"could not load a causal LM from '{path}': {e}") from e
     return model.to(device)
@@ -155,6 +251,7 @@ def save_model(model, tokenizer, path: Path) -> None:
 
 
 def real_vocab(tokenizer) -> dict[str, int]:
+    """token -> id over the tokenizer's real vocabulary (base + added tokens), never embedding padding."""
     return tokenizer.get_vocab()
 
 
@@ -174,6 +271,72 @@ def check_same_vocab(teacher_tok, student_tok, where: str = "--teacher/--student
 
 def vocab_size_of(tokenizer) -> int:
     return len(tokenizer.get_vocab())
+
+
+def slice_vocab(logits, vocab_size: int | None):
+    """Logits cut to the real vocabulary: padded embedding rows are not tokens, and a teacher and
+    student padded to different sizes must be compared over the same ids."""
+    if vocab_size is None or logits.shape[-1] <= vocab_size:
+        return logits
+    return logits[..., :vocab_size]
+
+
+def check_real_models(teacher: str, students: Sequence[str]) -> None:
+    """Before any work: a real student needs a real teacher with the same vocabulary, and every real
+    model's embedding must cover its tokenizer. Reads tokenizers and config.json only."""
+    real_students = [s for s in students if not is_preset(s)]
+    if is_preset(teacher):
+        if real_students:
+            raise ConfigError(f"--student '{real_students[0]}' is a real model but --teacher '{teacher}' is a built-in "
+                              "preset with its own tokenizer; use a real teacher of the same family")
+        return
+    t_tok = load_tokenizer(teacher)
+    n = len(t_tok)
+    for name, where in [(teacher, "--teacher")] + [(s, "--student") for s in real_students]:
+        tok = t_tok if name == teacher else load_tokenizer(name)
+        if name != teacher:
+            check_same_vocab(t_tok, tok, f"--teacher '{teacher}' / --student '{name}'")
+            if tok.eos_token_id != t_tok.eos_token_id:  # the teacher's tokenizer is used for everyone
+                log.warning("%s '%s': EOS token %r differs from the teacher's %r; responses end with the teacher's",
+                            where, name, tok.eos_token, t_tok.eos_token)
+        rows = embedding_rows(load_config(name))
+        if rows < n:
+            raise ModelError(f"{where} '{name}': embedding has {rows} rows but the shared tokenizer has {n} tokens; "
+                             "the model cannot score every token of the vocabulary")
+
+
+_DEVICE_FORMS = "auto | cpu | cuda | cuda:N | mps"
+
+
+def check_placement(device: str, teacher_device: str) -> None:
+    """--device and --teacher-device name devices that exist here (fails before any work)."""
+    import torch
+
+    def ok(name: str, key: str, allowed: str) -> None:
+        if name in ("auto", "same") and name in allowed:
+            return
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"config key '{key}': '{name}' is not a device; valid: {allowed}") from None
+        if dev.type == "cpu":
+            return
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"config key '{key}': '{name}' needs CUDA, which this machine does not have "
+                                  "(torch.cuda.is_available() is False); use cpu")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ConfigError(f"config key '{key}': '{name}' does not exist; this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            return
+        if dev.type == "mps":
+            if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+                raise ConfigError(f"config key '{key}': 'mps' is not available on this machine; use cpu")
+            return
+        raise ConfigError(f"config key '{key}': device type '{dev.type}' is not supported; valid: {allowed}")
+
+    ok(device, "device", _DEVICE_FORMS)
+    ok(teacher_device, "teacher_device", "same | cpu | cuda | cuda:N | mps")
 
 
 def count_parameters(model) -> int:

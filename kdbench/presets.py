@@ -28,3 +28,71 @@ PRESETS.add("tiny", {
     "distill": {"steps": 500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20, "log_every": 50},
     "eval": {"seeds": [10, 20, 30], "max_new_tokens": 24, "max_prompt_tokens": 24, "batch_size": 64},
 }, "default: toy world, 1M teacher, 0.1M student, sft+kd, 3 seeds (~5-8 min on 2 CPU cores)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Real-task presets (tasks/dolly.py ... tasks/unni.py; data from --data-dir or KDBENCH_DATA)
+
+# MiniLLM's GPT-2 setting (reference/minillm.md §1.6; scripts/gpt2/{sft,kd}/*.sh, 16 GPUs x batch 2 = 32).
+# Epochs become steps over MiniLLM's Dolly train split: raw.jsonl 12,435 records - 1,000 dev = 11,435;
+# one epoch = floor(11,435 / 32) = 357 steps (kdbench never yields a partial batch), so
+# 10 epochs = 3,570 steps and 20 epochs = 7,140. Prompts over 256 tokens are dropped first (a few
+# percent with the GPT-2 tokenizer), so these are upper bounds of upstream's step counts.
+_GPT2_EPOCH_STEPS = 357
+_GPT2_COMMON = {
+    "teacher": "gpt2-xl",  # MiniLLM's teacher: GPT-2 XL (1.5B) after SFT on Dolly (teacher_sft below)
+    "methods": ["sft", "kd"],
+    "train_task": "dolly",
+    "tasks": ["dolly", "self_inst", "vicuna", "sni", "unni"],
+    "max_length": 512, "max_prompt_length": 256,
+    # sft_xlarge.sh: lr 5e-5, 10 epochs, cosine to lr_min 1e-7, wd 1e-2, no warmup, clip 1.0, seed 10
+    "teacher_sft": {"steps": 10 * _GPT2_EPOCH_STEPS, "batch_size": 32, "lr": 5e-5, "min_lr": 1e-7,
+                    "warmup_steps": 0, "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0,
+                    "seed": 10, "log_every": 50},
+    # evaluate_main: sampling T=1, top-p 1, top-k 0, <= 256 new tokens, seeds 10..50
+    "eval": {"seeds": [10, 20, 30, 40, 50], "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+             "max_new_tokens": 256, "max_prompt_tokens": 256, "batch_size": 32},
+    "dtype": "float16",  # the scripts run DeepSpeed fp16 (teacher loaded in fp16); bfloat16 suits newer GPUs
+}
+
+
+def _gpt2_students(students: list[str], lr: float, epochs: int) -> dict:
+    # sft_{base,medium,large}.sh and kd_*.sh share lr and epochs per student size; kd-ratio 0.5 is
+    # the kd method's default (methods/kd.py)
+    return {**_GPT2_COMMON, "students": students,
+            "distill": {"steps": epochs * _GPT2_EPOCH_STEPS, "batch_size": 32, "lr": lr, "min_lr": 1e-7,
+                        "warmup_steps": 0, "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0,
+                        "seed": 10, "log_every": 50}}
+
+
+PRESETS.add("gpt2", _gpt2_students(["gpt2", "gpt2-medium", "gpt2-large"], 5e-4, 20),
+            "MiniLLM's GPT-2 setting: gpt2-xl teacher (SFT), students gpt2/-medium/-large on Dolly, 5 eval "
+            "tasks, 5 seeds; all students use the gpt2 (120M) script's lr 5e-4 / 20 epochs (presets "
+            "gpt2-340m, gpt2-760m: the per-size scripts). Needs the hub models and GPUs")
+PRESETS.add("gpt2-120m", _gpt2_students(["gpt2"], 5e-4, 20),
+            "MiniLLM's sft_base.sh / kd_base.sh: gpt2 (120M) from gpt2-xl, lr 5e-4, 20 epochs (7,140 steps)")
+PRESETS.add("gpt2-340m", _gpt2_students(["gpt2-medium"], 1e-4, 20),
+            "MiniLLM's sft_medium.sh / kd_medium.sh: gpt2-medium (340M) from gpt2-xl, lr 1e-4, 20 epochs (7,140 steps)")
+PRESETS.add("gpt2-760m", _gpt2_students(["gpt2-large"], 1e-4, 10),
+            "MiniLLM's sft_large.sh / kd_large.sh: gpt2-large (760M) from gpt2-xl, lr 1e-4, 10 epochs (3,570 steps)")
+
+# The real-task pipeline end to end on a 2-core CPU: a BPE tokenizer and tiny GPT-2 models trained
+# on whatever Dolly data is present (with only MiniLLM's dev.jsonl: the dev-only fallback, ~900
+# train records). Base models pretrain on the Dolly train split's text (task_options.dolly.
+# pretrain_on_train). Lengths fit the data: with BPE 2048, ~84% of Dolly and ~69% of S-NI prompts
+# are <= 192 tokens (the rest are dropped and counted); 48 new tokens keep evaluation cheap.
+# Quality is not the point; the path is.
+PRESETS.add("tiny-real", {
+    "teacher": "gpt2-toy-m", "students": ["gpt2-toy-s"], "methods": ["sft", "kd"],
+    "train_task": "dolly", "tasks": ["dolly", "self_inst", "vicuna", "sni"],
+    "max_length": 256, "max_prompt_length": 192,
+    "task_options": {"dolly": {"pretrain_on_train": True}},
+    "build": {"tokenizer": "bpe", "bpe_vocab_size": 2048,
+              "teacher_pretrain": {"steps": 150, "batch_size": 16, "lr": 1e-3, "warmup_steps": 15, "log_every": 25},
+              "student_pretrain": {"steps": 150, "batch_size": 16, "lr": 2e-3, "warmup_steps": 15, "log_every": 25}},
+    "teacher_sft": {"steps": 150, "batch_size": 16, "lr": 1e-3, "warmup_steps": 10, "log_every": 25},
+    "distill": {"steps": 150, "batch_size": 16, "lr": 2e-3, "warmup_steps": 10, "log_every": 25},
+    "eval": {"seeds": [10, 20], "max_new_tokens": 48, "max_prompt_tokens": 192, "max_examples": 40,
+             "batch_size": 40},
+}, "real tasks on CPU: BPE 2048 + tiny GPT-2s trained on the Dolly data present, eval on 40 prompts x 4 tasks "
+   "x 2 seeds (pipeline check, ~10 min on 2 CPU cores)")

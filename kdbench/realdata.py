@@ -341,6 +341,9 @@ class RealTask(Task):
         else:
             where = ("No local data folder is configured: set data_dir in the benchmark config "
                      "(TaskOptions.data_dir) or the KDBENCH_DATA environment variable.")
+        absent = [str(r) for r in self.data_roots() if not r.is_dir()]
+        if absent:  # most often a typo in data_dir / KDBENCH_DATA
+            where += "\nThese data roots do not exist: " + ", ".join(absent)
         if hub is None:
             hub_line = "No Hugging Face fallback for this split."
         elif hub_error:
@@ -351,14 +354,15 @@ class RealTask(Task):
         return DataError(f"no data found for task '{self.name}' split '{split}'.\n{where}\n{hub_line}\n"
                          f"How to get it: {self.how_to_get}")
 
-    def load_hf_rows(self, split: str, src: Source, repo: str, **kwargs: Any) -> list[tuple[str, dict]]:
-        """Rows of a hub dataset as (where, record); failures become a DataError with the lookup list."""
+    def load_hf_rows(self, task_split: str, src: Source, repo: str, /, **kwargs: Any) -> list[tuple[str, dict]]:
+        """Rows of `datasets.load_dataset(repo, **kwargs)` as (where, record); failures become a DataError
+        with the lookup list. Positional-only, so `split=` in kwargs is the hub's split name."""
         try:
             import datasets
 
             ds = datasets.load_dataset(repo, **kwargs)
         except Exception as e:  # network, auth, missing file: all end the same way for the user
-            raise self.missing_error(split, src, f"{type(e).__name__}: {e}") from None
+            raise self.missing_error(task_split, src, f"{type(e).__name__}: {e}") from None
         return [(f"hf:{src.hf} row {i + 1}", dict(r)) for i, r in enumerate(ds)]
 
     # -- loading -----------------------------------------------------------------------------------
@@ -492,7 +496,8 @@ _DIGESTS: dict[tuple, str] = {}
 
 
 def _digest(paths: Sequence[Path]) -> str:
-    """sha256 over file contents; a folder contributes its *.json files. Memoised on (path, size, mtime)."""
+    """sha256 of the file contents (names included when several); a folder contributes its *.json files.
+    Memoised on (path, size, mtime) so repeated fingerprints do not reread large files."""
     files: list[Path] = []
     for p in paths:
         files.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
@@ -500,7 +505,8 @@ def _digest(paths: Sequence[Path]) -> str:
     if key not in _DIGESTS:
         h = hashlib.sha256()
         for f in files:
-            h.update(f.name.encode() + b"\0")
+            if len(files) > 1:  # a lone file hashes to its plain sha256 (comparable with SOURCE.md)
+                h.update(f.name.encode() + b"\0")
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
@@ -534,10 +540,7 @@ class BucketSettings:
     bucket folders (upstream files, a flat valid.jsonl) is bucketed here by the whitespace word count
     of the first reference."""
 
-    length_bucket: str = "11_"
-
-    def __post_init__(self) -> None:
-        parse_bucket(self.length_bucket, "task_options length_bucket")
+    length_bucket: str = "11_"  # validated by BucketedTask.__init__, which names the task in the error
 
 
 class BucketedTask(RealTask):
@@ -545,6 +548,10 @@ class BucketedTask(RealTask):
     then the upstream layouts of the subclass (`upstream_layouts`)."""
 
     hf_repo: ClassVar[str] = ""
+
+    def __init__(self, options: TaskOptions | None = None, **settings: Any):
+        super().__init__(options, **settings)
+        parse_bucket(self.settings.length_bucket, f"task_options.{self.name}.length_bucket")
 
     @property
     def bucket(self) -> tuple[int, int | None] | None:

@@ -66,7 +66,9 @@ class Benchmark:
     # ------------------------------------------------------------------------------------------
     # validation (before any expensive work)
 
-    def validate(self) -> None:
+    def validate(self, data: bool = True) -> None:
+        """Everything checkable before work; data=False skips loading task data (the dry run
+        loads it itself, task by task, to report every task rather than stop at the first)."""
         cfg = self.cfg
         for m in cfg.methods:
             make_method(m, cfg.method_config.get(m))
@@ -80,6 +82,8 @@ class Benchmark:
         M.check_model_name(cfg.teacher, "--teacher")
         for s in cfg.students:
             M.check_model_name(s, "--student")
+        M.check_placement(cfg.device, cfg.teacher_device)
+        M.check_real_models(cfg.teacher, cfg.students)  # tokenizer mismatch fails here, before any work
         all_tasks = list(dict.fromkeys([cfg.train_task] + cfg.tasks))
         for t in all_tasks:
             self.task(t)
@@ -87,6 +91,8 @@ class Benchmark:
         if not train.has_train:
             raise ConfigError(f"config key 'train_task': task '{cfg.train_task}' has no train split; "
                               f"tasks with one: {', '.join(n for n in self._trainable())}")
+        if not data:
+            return
         for t in all_tasks:  # load data now so malformed files fail before training
             task = self.task(t)
             for split in (["train"] if t == cfg.train_task else []) + ["test"]:
@@ -254,7 +260,7 @@ class Benchmark:
 
         def build(folder: Path):
             tok = self.tokenizer()
-            model = M.load_model(base[0], self.cfg.dtype if self.cfg.dtype != "float32" else "float32")
+            model = M.load_model(base[0])  # trained: fp32 master weights; --dtype is mixed precision
             ctx = self._context(model, None, train, folder, "sft", role)
             make_method("sft").train(ctx)
             model = ctx.trainer.accelerator.unwrap_model(ctx.student)
@@ -290,7 +296,8 @@ class Benchmark:
 
         def build(folder: Path):
             tok = self.tokenizer()
-            model = M.load_model(teacher_path)
+            model = M.load_model(teacher_path, self.cfg.dtype)  # frozen: loaded in --dtype
+            self._place_teacher(model)
             prompts = [encode_pair(tok, ex.prompt, None, c_max, self.cfg.max_prompt_length)[0] for ex in exs]
             r = sample(model, prompts, scfg, tok.eos_token_id, tok.pad_token_id, seed, batch_size=64)
             atomic_write_jsonl(folder / "samples.jsonl",
@@ -308,13 +315,15 @@ class Benchmark:
         return out
 
     def _context(self, model, teacher, train: TrainConfig, run_dir: Path, method_name: str, label: str):
-        return MethodContext(student=model, teacher=teacher, tokenizer=self.tokenizer(),
-                             train_examples=self._train_examples(), train_cfg=train,
-                             max_length=self.cfg.max_length, max_prompt_length=self.cfg.max_prompt_length,
-                             run_dir=run_dir, pretrain_blocks=self._pretrain_blocks(),
-                             teacher_samples_fn=self.teacher_samples if teacher is not None else None,
-                             device=self.cfg.device, dtype=self.cfg.dtype, method_name=f"{method_name} ({label})",
-                             progress=self.progress)
+        ctx = MethodContext(student=model, teacher=teacher, tokenizer=self.tokenizer(),
+                            train_examples=self._train_examples(), train_cfg=train,
+                            max_length=self.cfg.max_length, max_prompt_length=self.cfg.max_prompt_length,
+                            run_dir=run_dir, pretrain_blocks=self._pretrain_blocks(),
+                            teacher_samples_fn=self.teacher_samples if teacher is not None else None,
+                            device=self.cfg.device, dtype=self.cfg.dtype, method_name=f"{method_name} ({label})",
+                            progress=self.progress)
+        ctx.vocab_size = len(self.tokenizer())  # logits are cut to the real vocabulary (padded embeddings)
+        return ctx
 
     # ------------------------------------------------------------------------------------------
     # cells
@@ -357,7 +366,7 @@ class Benchmark:
         t0 = time.time()
         log.info("train %s/%s: starting (init=%s)", label_of(student), method_name, method.student_init)
         model = M.load_model(init[0])
-        teacher = M.load_model(teacher_path) if teacher_path else None
+        teacher = M.load_model(teacher_path, c.dtype) if teacher_path else None  # frozen: loaded in --dtype
         if teacher is not None:
             self._place_teacher(teacher)
         ctx = self._context(model, teacher, train, cell, method_name, label_of(student))
@@ -398,7 +407,9 @@ class Benchmark:
         exs = self._filter_prompts(task.examples("test"), f"{task_name}/test")
         t0 = time.time()
         values, gens, artifacts = evaluate(model, self.tokenizer(), task, exs, seed, c.eval, metrics, teacher=teacher,
-                                           max_prompt_length=c.max_prompt_length, model_label=model_label)
+                                           max_prompt_length=c.max_prompt_length, model_label=model_label,
+                                           teacher_fn=self._eval_teacher, settings={"judge": dict(c.judge)},
+                                           run_dir=self.out)
         atomic_write_jsonl(cell / "generations.jsonl", gens)
         out = {"group": group, "model": model_label, "task": task_name, "seed": seed, "metrics": values,
                "n_examples": len(exs), "task_version": task.version,
@@ -410,13 +421,23 @@ class Benchmark:
         return out
 
     _model_cache: dict = {}
+    _teacher_cache: dict = {}
+
+    def _eval_teacher(self):
+        """The teacher for model metrics (exposure bias); loaded once, only when a metric asks."""
+        if "t" not in self._teacher_cache:
+            from .trainer import get_accelerator
+
+            path, _ = self.teacher_model()
+            self._teacher_cache["t"] = M.load_model(path, self.cfg.dtype).to(get_accelerator(self.cfg.device, self.cfg.dtype).device).eval()
+        return self._teacher_cache["t"]
 
     def _load_cached(self, path: str):
         if path not in self._model_cache:
             self._model_cache.clear()  # keep one model in memory at a time
             from .trainer import get_accelerator
 
-            self._model_cache[path] = M.load_model(path).to(get_accelerator(self.cfg.device, self.cfg.dtype).device)
+            self._model_cache[path] = M.load_model(path, self.cfg.dtype).to(get_accelerator(self.cfg.device, self.cfg.dtype).device)
         return self._model_cache[path]
 
     # ------------------------------------------------------------------------------------------
@@ -484,23 +505,133 @@ class Benchmark:
         self.failures.append({k: v for k, v in rec.items() if k != "traceback"})
 
 
-def _dry_run_report(self: Benchmark) -> str:
-    """Per task: examples loaded, dropped (and why), one rendered prompt; nothing is trained."""
+@dataclasses.dataclass
+class DryRun:
+    """What `--dry-run` found. Exit status policy (cli): errors -> 2; unavailable eval tasks alone -> 0.
+
+    The dry run is an inventory: an eval task whose data is simply absent (no local files, hub not
+    reachable or offline) is listed as unavailable with its lookup list, and the others are still
+    reported. Malformed data, a train task without data, or a bad config are errors. A real run is
+    stricter: its validate() stops on any task without data, so drop unavailable tasks from --tasks.
+    """
+
+    text: str
+    errors: list[str]
+    unavailable: list[str]
+
+
+_PROMPT_SHOWN = 1200  # characters of the example prompt printed (long contexts are cut, with a count)
+
+
+def _dry_run_tokenizer(self: Benchmark, loaded: list[Task]):
+    """(tokenizer, description) the run would use, without writing anything: a real teacher's own
+    tokenizer, a cached tokenizer stage, or the preset recipe rebuilt in memory on the loaded tasks."""
     c = self.cfg
+    if not M.is_preset(c.teacher):
+        return M.load_tokenizer(c.teacher), f"the teacher's ({c.teacher})"
+    word = c.build.tokenizer == "word" and all(hasattr(t, "vocabulary") for t in loaded)
+    if word:
+        words: list[str] = []
+        for t in loaded:
+            words += t.vocabulary()
+        return M.build_word_tokenizer(words), "word-level over the tasks' vocabulary (built in memory, not saved)"
+    texts: list[str] = []
+    for t in loaded:
+        texts += t.tokenizer_texts()
+    tok = M.build_bpe_tokenizer(texts, c.build.bpe_vocab_size)
+    return tok, f"byte-level BPE {c.build.bpe_vocab_size} trained on the tasks' text (in memory, not saved)"
+
+
+def _dry_run(self: Benchmark) -> DryRun:
+    """Per task and split: examples loaded, dropped (and why), prompts over max_prompt_length under
+    the run's tokenizer, and one rendered prompt. Trains no model and writes nothing. Call
+    validate(data=False) first (names, configs, models, devices)."""
+    from .errors import DataError
+
+    c = self.cfg
+    errors: list[str] = []
+    unavailable: list[str] = []
+    n_models = 1 + len(c.students) * (1 + len(c.methods))  # teacher + per student: base + one per method
     lines = [f"preset {c.preset}: teacher {c.teacher}; students {', '.join(c.students)}; methods {', '.join(c.methods)}",
-             f"evaluation seeds {c.eval.seeds}; train task {c.train_task}"]
+             f"train task {c.train_task}; eval tasks {', '.join(c.tasks)}; seeds {c.eval.seeds}; "
+             f"max_length {c.max_length}, max_prompt_length {c.max_prompt_length}, "
+             f"max_new_tokens {c.eval.max_new_tokens}, eval.max_examples {c.eval.max_examples}",
+             f"plan: {len(c.students) * len(c.methods)} training cells, "
+             f"{n_models * len(c.tasks) * len(c.eval.seeds)} evaluation cells; device {c.device}, "
+             f"teacher_device {c.teacher_device}, dtype {c.dtype}", ""]
+    loaded: dict[str, dict[str, list[Example]]] = {}
+    failed: dict[str, str] = {}
     for name in dict.fromkeys([c.train_task] + c.tasks):
         task = self.task(name)
-        for split in [s for s in ("train", "test") if s in task.splits and (s == "test" or name == c.train_task)]:
-            exs = task.examples(split)
-            info = task.describe_load() if hasattr(task, "describe_load") else {}
-            lines.append(f"{name}/{split}: {len(exs)} examples loaded"
-                         + (f"; dropped {info.get('dropped')}" if info.get("dropped") else "")
-                         + (f"; source {info.get('source')}" if info.get("source") else ""))
-        ex = task.examples("test")[0]
-        lines.append(f"  example prompt: {ex.prompt!r}")
-        lines.append(f"  references[0]: {ex.references[0]!r}")
-    return "\n".join(lines)
+        splits = (["train"] if name == c.train_task else []) + (["test"] if name in c.tasks or not task.has_train else [])
+        loaded[name] = {}
+        for split in splits:
+            try:
+                exs = task.examples(split)
+            except DataError as e:
+                absent = hasattr(task, "find_local") and task.find_local(split) is None
+                failed[name] = str(e)
+                if absent and name != c.train_task:
+                    unavailable.append(name)
+                else:
+                    errors.append(f"{name}/{split}: {e}")
+                break
+            if not exs:
+                errors.append(f"{name}/{split}: split is empty")
+            loaded[name][split] = exs
+    ready = [self.task(n) for n in loaded if n not in failed]
+    tok, tok_desc = _dry_run_tokenizer(self, ready) if ready else (None, "")
+    if tok is not None:
+        lines.append(f"prompt lengths counted with: {tok_desc}")
+        lines.append("")
+    for name, by_split in loaded.items():
+        task = self.task(name)
+        for split, exs in by_split.items():
+            head = f"{name}/{split}: {len(exs)} examples loaded"
+            info = task.describe_load(split) if hasattr(task, "describe_load") else {}
+            if info.get("dropped"):
+                head += "; dropped while loading: " + ", ".join(f"{k} {v}" for k, v in info["dropped"].items())
+            lines.append(head)
+            if info.get("source"):
+                lines.append(f"  source: {info['source']}")
+            for k, v in (info.get("notes") or {}).items():
+                lines.append(f"  note: {k}: {v}")
+            if tok is not None and exs:
+                n_tok = [len(ids) for ids in tok([ex.prompt for ex in exs], add_special_tokens=False)["input_ids"]]
+                over = sum(n > c.max_prompt_length for n in n_tok)
+                lines.append(f"  prompt length: {len(exs) - over} kept, {over} dropped as prompt_too_long "
+                             f"(> max_prompt_length {c.max_prompt_length} tokens; longest {max(n_tok)})")
+                if over > len(exs) / 2:
+                    lines.append(f"  warning: most prompts of {name}/{split} exceed max_prompt_length; "
+                                 "raise it or use a preset made for real tasks (--preset tiny-real)")
+        if name in failed:
+            status = "UNAVAILABLE" if name in unavailable else "ERROR"
+            lines.append(f"{name}: {status}")
+            lines += ["  " + ln for ln in failed[name].splitlines()]
+        elif by_split:
+            shown_exs = by_split.get("test") or next(iter(by_split.values()))
+            ex = shown_exs[0] if shown_exs else None
+            if ex is not None:
+                shown = ex.prompt if len(ex.prompt) <= _PROMPT_SHOWN else (
+                    ex.prompt[:_PROMPT_SHOWN] + f"[... {len(ex.prompt) - _PROMPT_SHOWN} more characters]")
+                lines.append(f"  example prompt ({ex.id}):")
+                lines += ["  | " + ln for ln in shown.split("\n")]
+                lines.append(f"  reference: {ex.references[0][:200]!r}" + (" ..." if len(ex.references[0]) > 200 else ""))
+        lines.append("")
+    ok = [n for n in loaded if n not in failed]
+    lines.append(f"ready: {', '.join(ok) or 'none'}")
+    if unavailable:
+        lines.append(f"unavailable (no data; listed above with where it was looked for): {', '.join(unavailable)}. "
+                     "A real run stops at validation on these: remove them from --tasks or add their data.")
+    if errors:
+        lines.append(f"errors ({len(errors)}):")
+        lines += [f"  - {e.splitlines()[0]}" for e in errors]
+    return DryRun("\n".join(lines), errors, unavailable)
 
 
+def _dry_run_report(self: Benchmark) -> str:
+    return _dry_run(self).text
+
+
+Benchmark.dry_run = _dry_run
 Benchmark.dry_run_report = _dry_run_report

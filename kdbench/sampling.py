@@ -86,24 +86,33 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
     return ids, att
 
 
+def _cache_kwarg(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.x); support both."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class _Stepper:
     """Runs one model token by token with its KV cache."""
 
     def __init__(self, model, ids, att):
         self.model = model
+        self.kw = _cache_kwarg(model)
         self.device = next(model.parameters()).device
         self.att = att.to(self.device)
         pos = (self.att.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids.to(self.device), attention_mask=self.att, position_ids=pos, use_cache=True)
-        self.past = out.past_key_values
+        self.past = out[self.kw]
         self.logits = out.logits[:, -1, :].float()
         self.next_pos = pos[:, -1:] + 1
 
     def step(self, tokens: torch.Tensor) -> None:
         self.att = torch.cat([self.att, torch.ones_like(self.att[:, :1])], dim=1)
         out = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=self.att,
-                         position_ids=self.next_pos, past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+                         position_ids=self.next_pos, use_cache=True, **{self.kw: self.past})
+        self.past = out[self.kw]
         self.logits = out.logits[:, -1, :].float()
         self.next_pos = self.next_pos + 1
 
@@ -127,11 +136,16 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
     m_lp: list[list[float]] = [[] for _ in range(B)]
     for _ in range(cfg.max_new_tokens):
         logits = student.logits.cpu()
+        t_logits = teacher.logits.cpu() if teacher is not None else None
+        if t_logits is not None and t_logits.shape[-1] != logits.shape[-1]:
+            # embeddings padded to different sizes: only the shared leading ids are real tokens of both
+            n = min(logits.shape[-1], t_logits.shape[-1])
+            logits, t_logits = logits[..., :n], t_logits[..., :n]
         if cfg.no_repeat_ngram_size:
             logits = _ban_repeated_ngrams(logits, [list(p) + o for p, o in zip(prompts, out)], cfg.no_repeat_ngram_size)
         q_logp = torch.log_softmax(filter_logits(logits, cfg), -1)
         if teacher is not None:
-            p_logp = torch.log_softmax(filter_logits(teacher.logits.cpu(), cfg), -1)
+            p_logp = torch.log_softmax(filter_logits(t_logits, cfg), -1)
             # log((1-a) q + a p) computed stably in log space
             mix = torch.logaddexp(q_logp + torch.log1p(torch.tensor(-mix_alpha)), p_logp + torch.log(torch.tensor(mix_alpha))) \
                 if 0 < mix_alpha < 1 else (p_logp if mix_alpha >= 1 else q_logp)

@@ -44,7 +44,7 @@ SYLLABLES_A = ["ba", "ko", "ti", "mu", "ze", "ra", "po", "lu", "fe", "gi", "no",
 SYLLABLES_B = ["ko", "ru", "mi", "ta", "lo", "ne", "pi", "sa", "du", "ve", "zo", "ga"]
 FUNCTION_WORDS = (
     "the is lives in eats what color where does live eat reverse sort count name a an describe yes no "
-    ". ? : , instruction input response words numbers of its likes home food has and it"
+    ". ? : , instruction input response words numbers of its likes home food has and it for"
 ).split()
 FAMILIES = ("fact", "reverse", "sort", "count", "choose", "describe", "yesno")
 LIST_WORDS = COLORS + HOMES + FOODS  # items for reverse / count

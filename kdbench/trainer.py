@@ -45,6 +45,8 @@ def get_accelerator(device: str = "auto", dtype: str = "float32"):
         from accelerate import Accelerator
 
         cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        if device.startswith("cuda:"):  # accelerate uses the current CUDA device: make it the one asked for
+            torch.cuda.set_device(torch.device(device))
         mp = "no"
         if not cpu and dtype in ("bfloat16", "float16"):
             mp = "bf16" if dtype == "bfloat16" else "fp16"
@@ -146,7 +148,7 @@ class Trainer:
                     raise NonFiniteLossError(f"{self.desc}: non-finite loss {float(out.loss)} at step {step + 1}"
                                              f" (terms: {terms or 'loss'})")
                 self.accelerator.backward(out.loss * (w / total))
-                for k, v in {"loss": float(out.loss), **out.logs}.items():
+                for k, v in {"loss": float(out.loss.detach()), **out.logs}.items():
                     step_logs[k] = step_logs.get(k, 0.0) + float(v) * w / total
             if cfg.clip_grad > 0:
                 gn = self.accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)

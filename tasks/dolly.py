@@ -15,6 +15,9 @@ from kdbench.task import TASKS
 class DollySettings:
     dev_num: int = 1000  # dev = first dev_num records of the full pool (MiniLLM's --dev-num 1000)
     fallback_dev_num: int = 100  # with only dev.jsonl: its last N records become dev, the rest train
+    # pretrain_texts() = the train split as plain documents, so built-in tiny presets (tiny-real) can
+    # pretrain base models; off by default: real base models come pretrained (MiniLLM's PT corpus is OpenWebText)
+    pretrain_on_train: bool = False
 
     def __post_init__(self) -> None:
         for k in ("dev_num", "fallback_dev_num"):
@@ -43,7 +46,9 @@ class Dolly(RealTask):
       contains the test examples, and Dolly itself has a few duplicates.
     * Hub fallback: `MiniLLM/dolly` (`valid.jsonl` for test, `raw.jsonl` as the pool).
 
-    Task options (task_options.dolly): dev_num (1000), fallback_dev_num (100).
+    Task options (task_options.dolly): dev_num (1000), fallback_dev_num (100), pretrain_on_train (false:
+    when true, `pretrain_texts()` returns each train record's instruction, context and response as one
+    plain document, the pretraining / LM-loss text for built-in preset models; never dev or test text).
     Prompt-length filtering (MiniLLM drops prompts over 256 tokens) is the runner's call to
     `filter_by_prompt_length` with the student tokenizer.
     """
@@ -78,6 +83,12 @@ class Dolly(RealTask):
 
     def hf_source(self, split: str) -> Source:
         return Source("hf", hf=f"{self.HF_REPO} ({'valid.jsonl' if split == 'test' else 'raw.jsonl'})")
+
+    def pretrain_texts(self) -> list[str] | None:
+        if not self.settings.pretrain_on_train:
+            return None
+        return ["\n\n".join(t for t in (ex.instruction, ex.input, ex.references[0]) if t)
+                for ex in self.examples("train")]
 
     # -- records -----------------------------------------------------------------------------------
     def _examples(self, split: str, rows: Sequence[tuple[str, dict]], info: LoadInfo) -> list[Example]:
@@ -144,8 +155,8 @@ class Dolly(RealTask):
             info_pool = LoadInfo(label)
             pool = clean(self._examples("pool", self._rows("train", src), info_pool), info_pool)
             parts = {"dev": pool[: s.dev_num], "train": pool[s.dev_num:]}
-            infos = {k: LoadInfo(label, notes={"split_rule": rule}) for k, rule in
-                     (("dev", f"first {s.dev_num} records of the pool"), ("train", f"records after the first {s.dev_num}"))}
+            rules = {"dev": f"first {s.dev_num} records of the pool", "train": f"records after the first {s.dev_num}"}
+            infos = {k: LoadInfo(label, notes={"split_rule": rule}) for k, rule in rules.items()}
             # drops happened before the cut; attribute them by position would be guesswork, so report on train
             infos["train"].dropped.update(info_pool.dropped)
             infos["train"].notes.update(info_pool.notes)
@@ -162,7 +173,7 @@ class Dolly(RealTask):
                 raise DataError(f"{label}: {len(pool)} usable records; the dev-only fallback needs more than "
                                 f"fallback_dev_num={n} (train = all but the last {n}, dev = the last {n})")
             parts = {"train": pool[:-n], "dev": pool[-n:]}
-            infos = {"train": LoadInfo(label, notes={"split_rule": f"fallback: all but the last {n} records of dev.jsonl"}),
+            infos = {"train": LoadInfo(label, notes={"split_rule": f"fallback: all but the last {n} of dev.jsonl"}),
                      "dev": LoadInfo(label, notes={"split_rule": f"fallback: last {n} records of dev.jsonl"})}
             infos["train"].dropped.update(info_pool.dropped)
             infos["train"].notes.update(info_pool.notes)

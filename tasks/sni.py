@@ -16,9 +16,9 @@ class SNISettings(BucketSettings):
     max_instances_per_task: int = 100
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.max_instances_per_task < 1:
-            raise ConfigError(f"task_options.sni.max_instances_per_task must be >= 1, got {self.max_instances_per_task}")
+            raise ConfigError("task_options.sni.max_instances_per_task must be >= 1, "
+                              f"got {self.max_instances_per_task}")
 
 
 @TASKS.register("sni")

@@ -12,7 +12,8 @@ class ToyTask(Task):
     description = "built-in procedurally generated instruction world with an exact checker (offline)"
     version = 1
     splits = ("train", "dev", "test")
-    default_metrics = ("rouge_l", "validity", "exact_match", "mode_coverage")
+    default_metrics = ("rouge_l", "judge", "validity", "exact_match", "mode_coverage", "ece", "dist4",
+                       "exposure_bias", "lm_loss")
 
     def __init__(self, options: TaskOptions | None = None, world: dict | None = None):
         super().__init__(options)

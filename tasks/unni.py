@@ -19,7 +19,6 @@ class UnNISettings(BucketSettings):
     sample_seed: int = 0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.num_examples is not None and self.num_examples < 1:
             raise ConfigError(f"task_options.unni.num_examples must be >= 1 or null, got {self.num_examples}")
 
@@ -57,7 +56,8 @@ class UnNI(BucketedTask):
     Settings = UnNISettings
     hf_repo = "MiniLLM/uinst"
     how_to_get = ("put MiniLLM's <bucket>/valid.jsonl (huggingface.co/datasets/MiniLLM/uinst) into <data_dir>/uinst/, "
-                  "or the unzipped core_data.jsonl from github.com/orhonovich/unnatural-instructions (data/core_data.zip).")
+                  "or the unzipped core_data.jsonl from github.com/orhonovich/unnatural-instructions "
+                  "(data/core_data.zip).")
 
     def upstream_layouts(self) -> list[tuple[str, tuple[str, ...]]]:
         return [("upstream", ("core_data.jsonl",)), ("upstream", ("data/core_data.jsonl",))]

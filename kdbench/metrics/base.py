@@ -23,12 +23,21 @@ class EvalContext:
     seed: int
     model: Any = None  # the evaluated model (torch.nn.Module) or None
     tokenizer: Any = None
-    teacher: Any = None
+    teacher: Any = None  # prefer get_teacher(): the teacher is loaded lazily, only if a metric needs it
+    teacher_fn: Optional[Callable] = None
     model_label: str = ""
     eval_config: Any = None  # kdbench.config.EvalConfig
     sample_fn: Optional[Callable] = None  # sample_fn(prompts, n_per_prompt, seed) -> list[list[str]]
+    sampling: Any = None  # kdbench.sampling.SamplingConfig of this evaluation (metrics that sample reuse it)
     artifacts: dict[str, Any] = field(default_factory=dict)  # metrics may leave per-cell data here
     cache: dict[str, Any] = field(default_factory=dict)  # shared between metrics of one cell
+    settings: dict[str, Any] = field(default_factory=dict)  # BenchConfig sections metrics read (e.g. judge)
+
+    def get_teacher(self):
+        """The teacher model (None when the benchmark has none); loaded on first use."""
+        if self.teacher is None and self.teacher_fn is not None:
+            self.teacher = self.teacher_fn()
+        return self.teacher
 
 
 @dataclass

@@ -82,6 +82,12 @@ def render_judge_prompt(instruction: str, input: str, answer_1: str, answer_2: s
     return JUDGE_SYSTEM_PROMPT, user
 
 
+def judge_prompt_template() -> str:
+    """The exact judge prompt with its placeholders ({request}, {answer_1}, {answer_2}), as written
+    into a run folder so that a reader knows what the judge was asked."""
+    return prompt_text(JUDGE_SYSTEM_PROMPT, _JUDGE_USER_TEMPLATE)
+
+
 def prompt_text(system: str, user: str) -> str:
     """The full text that identifies a judge call (what the cache key hashes)."""
     return f"[system]\n{system}\n[user]\n{user}"

@@ -1,0 +1,243 @@
+"""Exposure bias as ExAccErr (Arora et al. 2022, as MiniLLM reports it), the teacher as oracle.
+
+For each prompt, k continuations are sampled from the evaluated model and k from the teacher with
+the evaluation's decoding. On every continuation the per-position error is the forward KL
+KL(p_teacher || q_model) of the next-token distributions that produced generated token t, for
+t = 1..n (the one that produced EOS included). Errors are accumulated over positions up to l (a
+continuation that ended before l adds nothing more), averaged over the k samples of a prompt, then
+over prompts:
+    R(l)   from model-generated text,   eps(l) from teacher-generated text,
+    ExAccErr(l) = (R(l) - eps(l)) / eps(l) * 100.
+Lower is better: the extra error a model accumulates on its own text beyond what it makes on the
+oracle's text.
+
+Differences from MiniLLM's `evaluate_exposure_bias.py`, on purpose:
+- alignment: upstream slices `logits[:, len(prompt):]`, so position t is scored with the
+  distribution that predicts token t + 1 (the first generated token is never scored, and one
+  position past the end is). Here the logits at position len(prompt) - 1 + t predict token t.
+- standard error: upstream writes (|std_R / R| + |std_eps / std_eps|) * ExAccErr, i.e. a relative
+  std plus a constant 1, scaled. Here it is the standard error over prompts of the ratio estimator
+  R/eps (delta method, paired by prompt): se = 100 / eps * sqrt(sum_i (R_i - r eps_i)^2 / (n (n-1)))
+  with r = R / eps. Prompts are the independent unit; the pairing keeps the (positive) covariance
+  of R_i and eps_i from inflating it.
+- samples that ended early: upstream divides by the number of samples still running at each
+  position (with k > 1); here each sample's accumulated error stays flat after its end, so R(l)
+  is an average of per-sample sums (the same as upstream with its default k = 1).
+
+The teacher row: the teacher is the oracle, its error on any text is 0 and ExAccErr is 0/0; we
+report 0 (no excess error by definition) with `artifacts['exposure_curve']['self'] = True`.
+Settings (eval config fields when present, else `settings['exposure']`): `exposure_prompts`
+(first N test examples, default 32) and `exposure_samples` (k, default 4).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..data import collate, encode_pair
+from ..divergences import token_forward_kl
+from ..sampling import SamplingConfig, sample
+from .base import EvalContext, register_metric
+
+log = logging.getLogger("kdbench")
+
+REPORT_LENGTHS = (8, 16)  # leaderboard sub-values besides the value at the maximum length
+DEFAULT_PROMPTS = 32
+DEFAULT_SAMPLES = 4
+
+
+# ------------------------------------------------------------------------------------------------
+# pure maths
+
+
+def accumulated(errors: Sequence[Sequence[float]], max_len: int) -> np.ndarray:
+    """[n_seqs, max_len]: row i at column l-1 is the sum of sequence i's first l errors (positions
+    past a sequence's end add 0; positions past max_len are ignored)."""
+    out = np.zeros((len(errors), max_len), dtype=np.float64)
+    for i, e in enumerate(errors):
+        e = np.asarray(e, dtype=np.float64)[:max_len]
+        if e.ndim != 1:
+            raise ValueError(f"per-position errors of sequence {i} must be 1-D, got shape {e.shape}")
+        if not np.all(np.isfinite(e)):
+            raise ValueError(f"per-position errors of sequence {i} contain NaN or inf")
+        out[i, : len(e)] = e
+    return np.cumsum(out, axis=1)
+
+
+def _per_prompt(groups: Sequence[Sequence[Sequence[float]]], max_len: int, what: str) -> np.ndarray:
+    rows = []
+    for i, g in enumerate(groups):
+        if len(g) == 0:
+            raise ValueError(f"{what}: prompt {i} has no samples")
+        rows.append(accumulated(g, max_len).mean(axis=0))
+    return np.stack(rows)
+
+
+def _none_if_nan(xs: np.ndarray) -> list[float | None]:
+    return [None if not math.isfinite(float(x)) else float(x) for x in xs]
+
+
+def exposure_curve(model_errors: Sequence[Sequence[Sequence[float]]],
+                   teacher_errors: Sequence[Sequence[Sequence[float]]],
+                   max_len: int | None = None) -> dict[str, Any]:
+    """ExAccErr curve from per-position errors.
+
+    `model_errors[i][j]` is the 1-D array of per-position errors on the j-th continuation the
+    evaluated model sampled for prompt i; `teacher_errors[i][j]` the same on the teacher's
+    continuations. Both must cover the same prompts in the same order (the standard error pairs
+    them). Returns lists over l = 1..max_len: lengths, R, eps, exaccerr, stderr (None where
+    undefined: eps = 0, or fewer than two prompts), plus n_prompts.
+    """
+    if len(model_errors) != len(teacher_errors):
+        raise ValueError(f"exposure_curve: {len(model_errors)} prompts of model samples but "
+                         f"{len(teacher_errors)} of teacher samples; they must be the same prompts")
+    if not model_errors:
+        raise ValueError("exposure_curve: no prompts")
+    if max_len is None:
+        max_len = max(len(e) for g in list(model_errors) + list(teacher_errors) for e in g)
+    if max_len < 1:
+        raise ValueError(f"exposure_curve: max_len must be >= 1, got {max_len}")
+    R_i = _per_prompt(model_errors, max_len, "model samples")
+    e_i = _per_prompt(teacher_errors, max_len, "teacher samples")
+    n = R_i.shape[0]
+    R, eps = R_i.mean(axis=0), e_i.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(eps > 0, R / np.where(eps > 0, eps, 1.0), np.nan)
+        if n >= 2:
+            resid = R_i - ratio[None, :] * e_i
+            se_ratio = np.sqrt((resid ** 2).sum(axis=0) / (n * (n - 1))) / eps
+        else:
+            se_ratio = np.full(max_len, np.nan)
+    return {
+        "lengths": list(range(1, max_len + 1)),
+        "R": _none_if_nan(R),
+        "eps": _none_if_nan(eps),
+        "exaccerr": _none_if_nan(100.0 * (ratio - 1.0)),
+        "stderr": _none_if_nan(100.0 * se_ratio),
+        "n_prompts": n,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# per-position errors from two models
+
+
+@torch.no_grad()
+def sequence_errors(model, teacher, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                    pad_id: int, batch_size: int = 32) -> list[np.ndarray]:
+    """Per generated token t of each (prompt, response): KL(p_teacher || q_model) of the two
+    next-token distributions at the position that predicts token t (the last prompt position for
+    t = 0). Raw logits (temperature 1, no filtering), fp32."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"sequence_errors: {len(prompts)} prompts but {len(responses)} responses")
+    dev_m = next(model.parameters()).device
+    dev_t = next(teacher.parameters()).device
+    out: list[np.ndarray] = []
+    for s in range(0, len(prompts), batch_size):
+        pairs = [(list(p), list(r)) for p, r in zip(prompts[s: s + batch_size], responses[s: s + batch_size])]
+        if any(not p for p, _ in pairs):
+            raise ValueError("sequence_errors: empty prompt (the first generated token has no predicting position)")
+        b = collate(pairs, pad_id)
+        q = model(input_ids=b.input_ids.to(dev_m), attention_mask=b.attention_mask.to(dev_m)).logits
+        p = teacher(input_ids=b.input_ids.to(dev_t), attention_mask=b.attention_mask.to(dev_t)).logits.to(dev_m)
+        v = min(q.shape[-1], p.shape[-1])  # padded vocabularies: the extra ids are never generated
+        kl = token_forward_kl(q[..., :v], p[..., :v]).cpu()
+        # collate's labels mark exactly the positions len(p)-1+t that predict response token t
+        mask = b.labels != -100
+        for i, (_, r) in enumerate(pairs):
+            row = kl[i][mask[i]].double().numpy()
+            assert len(row) == len(r), "label mask and response length disagree"
+            out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the metric
+
+# Teacher continuations depend only on (teacher, prompts, decoding, seed), not on the evaluated
+# model: sample them once per evaluation seed and reuse them for every model.
+_TEACHER_SAMPLES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _setting(ctx: EvalContext, name: str, default: int) -> int:
+    v = getattr(ctx.eval_config, f"exposure_{name}", None)
+    if v is None:
+        v = (ctx.settings.get("exposure") or {}).get(name)
+    v = default if v is None else v
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"exposure bias setting '{name}' must be a positive integer, got {v!r}")
+    return v
+
+
+def _is_teacher(ctx: EvalContext) -> bool:
+    # The runner evaluates the teacher under the label "teacher" (a separate copy of its weights).
+    return ctx.model_label == "teacher" or (ctx.teacher is not None and ctx.model is ctx.teacher)
+
+
+def _values(curve_ex: list, max_len: int) -> dict[str, float | None]:
+    vals = {f"exposure_bias@{L}": curve_ex[L - 1] for L in REPORT_LENGTHS if L < max_len}
+    vals["exposure_bias"] = curve_ex[max_len - 1]
+    return vals
+
+
+@register_metric("exposure_bias", version=1, higher_is_better=False, kind="model",
+                 description="ExAccErr % at the max generation length (teacher as oracle, lower is better)",
+                 sub_directions={"exposure_bias": False, **{f"exposure_bias@{L}": False for L in REPORT_LENGTHS}})
+def _exposure_metric(ctx: EvalContext):
+    if ctx.model is None or ctx.tokenizer is None:
+        return None
+    scfg: SamplingConfig = ctx.sampling or SamplingConfig(
+        max_new_tokens=getattr(ctx.eval_config, "max_new_tokens", 256))
+    max_len = scfg.max_new_tokens
+    n_prompts = _setting(ctx, "prompts", DEFAULT_PROMPTS)
+    k = _setting(ctx, "samples", DEFAULT_SAMPLES)
+    if _is_teacher(ctx):
+        zeros = [0.0] * max_len
+        ctx.artifacts["exposure_curve"] = {"lengths": list(range(1, max_len + 1)), "exaccerr": zeros,
+                                           "stderr": zeros, "self": True, "k": k}
+        return _values(zeros, max_len)
+    try:
+        teacher = ctx.get_teacher()
+    except Exception as e:  # noqa: BLE001 - one missing metric must not fail the cell
+        log.warning("exposure_bias: the teacher could not be loaded (%s: %s); skipped", type(e).__name__, e)
+        return None
+    if teacher is None:
+        return None
+    tok = ctx.tokenizer
+    exs = list(ctx.examples[:n_prompts])
+    if not exs:
+        return None
+    max_prompt = int(ctx.cache.get("max_prompt_length") or 256)
+    prompts = [encode_pair(tok, ex.prompt, None, 10**9, max_prompt)[0] for ex in exs]
+    rep = [p for p in prompts for _ in range(k)]
+    bs = int(getattr(ctx.eval_config, "batch_size", 32) or 32)
+    seed = ctx.seed + 2  # mode_coverage samples with seed + 1; keep the streams apart
+    was_training = ctx.model.training
+    ctx.model.eval()
+    try:
+        model_resp = sample(ctx.model, rep, scfg, tok.eos_token_id, tok.pad_token_id, seed,
+                            batch_size=bs * 4).response_ids
+        key = (tuple(map(tuple, rep)), tuple(sorted(vars(scfg).items())), seed, tok.eos_token_id, tok.pad_token_id)
+        per_teacher = _TEACHER_SAMPLES.setdefault(teacher, {})
+        if key not in per_teacher:
+            if len(per_teacher) >= 16:  # a few seeds x tasks; the runner interleaves seeds
+                per_teacher.pop(next(iter(per_teacher)))
+            per_teacher[key] = sample(teacher, rep, scfg, tok.eos_token_id, tok.pad_token_id, seed,
+                                      batch_size=bs * 4).response_ids
+        teacher_resp = per_teacher[key]
+        m_err = sequence_errors(ctx.model, teacher, rep, model_resp, tok.pad_token_id, bs)
+        t_err = sequence_errors(ctx.model, teacher, rep, teacher_resp, tok.pad_token_id, bs)
+    finally:
+        if was_training:
+            ctx.model.train()
+    group = lambda xs: [xs[i * k:(i + 1) * k] for i in range(len(exs))]  # noqa: E731
+    curve = exposure_curve(group(m_err), group(t_err), max_len)
+    curve["k"] = k
+    curve["self"] = False
+    ctx.artifacts["exposure_curve"] = curve
+    return _values(curve["exaccerr"], max_len)

@@ -1,0 +1,81 @@
+"""Test LM loss: teacher-forced cross-entropy of the evaluated model on the gold responses.
+
+MiniLLM logs it next to Rouge-L (its "knowledge coverage" column): how much probability the model
+still gives the human answer, independent of what it samples. Ours is the mean over response tokens
+of -log q(y_t | prompt, y_<t), EOS included, one token one vote over the whole test set (MiniLLM
+averages per batch, which weights short batches more). The gold response is the example's first
+reference, so multi-reference tasks score the same answer on every run.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..data import IGNORE, collate, encode_pair
+from .base import EvalContext, register_metric
+
+
+def model_max_positions(model) -> int | None:
+    cfg = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def eval_lengths(ctx: EvalContext) -> tuple[int, int]:
+    """(max_prompt, max_total) tokens for teacher-forced scoring in this evaluation: the prompt
+    limit plus the generation limit, capped by what the model can attend to."""
+    max_prompt = int(ctx.cache.get("max_prompt_length") or 256)
+    max_new = int(getattr(ctx.eval_config, "max_new_tokens", 256) or 256)
+    total = max_prompt + max_new
+    cap = model_max_positions(ctx.model)
+    return max_prompt, min(total, cap) if cap else total
+
+
+@torch.no_grad()
+def lm_loss(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32) -> float:
+    """Mean cross-entropy (nats) per response token of `model` on (prompt_ids, response_ids) pairs.
+
+    The response ids include EOS (as `encode_pair` returns them); prompt tokens carry no loss.
+    """
+    if not pairs:
+        raise ValueError("lm_loss: no (prompt, response) pairs")
+    if batch_size < 1:
+        raise ValueError(f"lm_loss: batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    for s in range(0, len(pairs), batch_size):
+        batch = collate(pairs[s: s + batch_size], pad_id)
+        logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+        labels = batch.labels.to(device)
+        # fp32 and a sum (not a per-batch mean): the result must not depend on batch size or dtype
+        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
+                                                reduction="sum")
+        total += float(nll)
+        n += int((labels != IGNORE).sum())
+    if n == 0:
+        raise ValueError("lm_loss: every response is empty after truncation")
+    return total / n
+
+
+@register_metric("lm_loss", version=1, higher_is_better=False, kind="model",
+                 description="teacher-forced cross-entropy per response token (EOS included) on the first reference")
+def _lm_loss_metric(ctx: EvalContext):
+    if ctx.model is None or ctx.tokenizer is None:
+        return None
+    exs = [ex for ex in ctx.examples if ex.references and ex.references[0]]
+    if not exs:
+        return None
+    max_prompt, max_total = eval_lengths(ctx)
+    pairs = [encode_pair(ctx.tokenizer, ex.prompt, ex.references[0], max_total, max_prompt) for ex in exs]
+    bs = int(getattr(ctx.eval_config, "batch_size", 32) or 32)
+    was_training = ctx.model.training
+    ctx.model.eval()
+    try:
+        return lm_loss(ctx.model, pairs, ctx.tokenizer.pad_token_id, bs)
+    finally:
+        if was_training:
+            ctx.model.train()

@@ -1,0 +1,573 @@
+"""Plots (PNG for the report, SVG for papers), each skipped cleanly when its data is absent.
+
+Every method has one colour and marker in every plot of every report (known methods a fixed one,
+others the next free one in method order), so figures can be compared side by side. Figures are
+built on `matplotlib.figure.Figure` (no pyplot global state) and written byte-identically on a
+rebuild (no dates in SVG, a fixed SVG id salt).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .data import BASE, REFERENCE_ROWS, TEACHER, Key, Run, records_by_key, tasks
+from .tables import human_count
+
+# Fixed colours for the methods kdbench ships, so a method looks the same in every report.
+KNOWN_COLORS = {
+    TEACHER: "#222222", BASE: "#a6a6a6",
+    "sft": "#1f77b4", "kd": "#ff7f0e", "seqkd": "#2ca02c", "minillm": "#d62728",
+    "minillm-no-single-step": "#ff9896", "minillm-no-teacher-mix": "#e377c2", "minillm-no-length-norm": "#c49c94",
+    "single_step": "#9467bd", "ranking": "#8c564b", "js": "#17becf", "tvd": "#bcbd22", "gkd": "#393b79",
+    "distillm": "#637939",
+}
+EXTRA_COLORS = ["#e7ba52", "#843c39", "#7b4173", "#3182bd", "#31a354", "#756bb1", "#636363", "#fd8d3c",
+                "#6baed6", "#74c476", "#9e9ac8", "#ad494a"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "d", "H", "8"]
+LINESTYLES = ["-", "--", ":", "-."]
+
+STYLE = {
+    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+    "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.3, "axes.axisbelow": True,
+    "svg.hashsalt": "kdbench", "svg.fonttype": "none",  # deterministic ids; text stays editable
+    "figure.dpi": 100,
+}
+DPI = 120
+
+
+@dataclass
+class Figure:
+    kind: str  # bars | exposure | reliability | validity_coverage | family | modes | training | scaling
+    stem: str  # file name without extension, under plots/
+    title: str
+    caption: str
+    png: Path
+    svg: Path
+
+
+@dataclass
+class Styles:
+    colors: dict[str, str]
+    markers: dict[str, str]
+    linestyles: dict[str | None, str]
+
+    def label(self, key: Key, several_students: bool) -> str:
+        s, m = key
+        return f"{m} [{s}]" if several_students and s is not None else m
+
+
+def styles_for(run: Run) -> Styles:
+    colors, markers = {}, {}
+    extra = iter(EXTRA_COLORS * 4)
+    for i, m in enumerate(run.methods):
+        colors[m] = KNOWN_COLORS.get(m) or next(extra)
+        markers[m] = "*" if m == TEACHER else ("x" if m == BASE else MARKERS[i % len(MARKERS)])
+    ls = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(run.students)}
+    ls[None] = "-"
+    return Styles(colors, markers, ls)
+
+
+def _new_figure(w: float, h: float):
+    from matplotlib.figure import Figure as MplFigure
+
+    return MplFigure(figsize=(w, h))
+
+
+def _save(fig, out: Path, stem: str) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    png, svg = out / f"{stem}.png", out / f"{stem}.svg"
+    fig.savefig(png, dpi=DPI, metadata={"Software": None})
+    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    return png, svg
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    ncol = max(1, min(max_cols, n))
+    return math.ceil(n / ncol), ncol
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
+
+
+# ------------------------------------------------------------------------------------------------
+# per-task metric bars
+
+
+def plot_bars(run: Run, st: Styles, out: Path) -> list[Figure]:
+    figs = []
+    several = len(run.students) > 1
+    groups = run.students or [None]
+    for task in tasks(run):
+        metrics = [m for t, m in run.columns if t == task]
+        methods = [m for m in run.methods if m != TEACHER]
+        nrow, ncol = _grid(len(metrics))
+        width = max(3.6, 0.28 * len(methods) * len(groups) + 1.4)
+        fig = _new_figure(width * ncol, 3.0 * nrow + 0.8)
+        axes = fig.subplots(nrow, ncol, squeeze=False)
+        bw = 0.8 / max(len(methods), 1)
+        labels = len(methods) * len(groups) <= 12  # value labels only while they fit above the bars
+        for ax, metric in zip(axes.flat, metrics):
+            col = (task, metric)
+            hib = next(r["higher_is_better"] for r in run.rows if (r["task"], r["metric"]) == col)
+            d = 3 if 0 < max(abs(r["mean"]) for r in run.rows if (r["task"], r["metric"]) == col) < 1 else 1
+            lows, highs = [0.0], [0.0]
+            for gi, s in enumerate(groups):
+                for mi, m in enumerate(methods):
+                    x = gi + (mi - (len(methods) - 1) / 2) * bw
+                    r = run.row((s, m), col)
+                    if r is None:
+                        if run.failed((s, m), col):  # failed shows as a red cross, never as a zero bar
+                            ax.plot([x], [0], marker="x", color="#c00000", markersize=7, mew=2, linestyle="none")
+                        continue
+                    ax.bar(x, r["mean"], bw * 0.92, yerr=r["std"], color=st.colors[m], edgecolor="black",
+                           linewidth=0.4, capsize=2, error_kw={"elinewidth": 0.8})
+                    lows.append(r["mean"] - r["std"])
+                    highs.append(r["mean"] + r["std"])
+                    if labels:
+                        ax.annotate(f"{r['mean']:.{d}f}", (x, max(r["mean"] + r["std"], r["mean"])),
+                                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+            t = run.row((None, TEACHER), col)
+            if t is not None:
+                ax.axhline(t["mean"], color=st.colors[TEACHER], linestyle="--", linewidth=1.1)
+                ax.axhspan(t["mean"] - t["std"], t["mean"] + t["std"], color=st.colors[TEACHER], alpha=0.06,
+                           linewidth=0)
+                lows.append(t["mean"] - t["std"])
+                highs.append(t["mean"] + t["std"])
+            lo, hi = min(lows), max(highs)
+            span = (hi - lo) or 1.0
+            ax.set_ylim(lo - 0.05 * span if lo < 0 else 0, hi + 0.12 * span)
+            ax.set_title(f"{metric} ({'higher' if hib else 'lower'} is better)")
+            ax.set_ylabel(metric)
+            ax.set_xticks(range(len(groups)) if several else [])
+            if several:
+                ax.set_xticklabels([s or "" for s in groups])
+            ax.set_xlim(-0.6, len(groups) - 0.4)
+            ax.grid(axis="x", visible=False)
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.set_visible(False)
+        _legend(fig, st, [m for m in run.methods], extra_teacher_line=True)
+        n = sorted({r["n_seeds"] for r in run.rows if r["task"] == task})
+        fig.suptitle(f"{task}: every metric per method (bars: mean ± std over {'/'.join(map(str, n))} seeds; "
+                     f"dashed: teacher)", fontsize=10)
+        h = fig.get_figheight()
+        legend_rows = math.ceil(len(run.methods) / 8)
+        fig.tight_layout(rect=(0, (0.1 + 0.22 * legend_rows) / h, 1, 1 - 0.35 / h))
+        png, svg = _save(fig, out, f"{_slug(task)}_metrics")
+        figs.append(Figure("bars", png.stem, f"{task}: metrics per method",
+                           "Bars: mean over seeds, whiskers: std; dashed line and band: the teacher; "
+                           "red cross: failed cell.", png, svg))
+    return figs
+
+
+def _legend(fig, st: Styles, methods: list[str], extra_teacher_line: bool = False) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = []
+    for m in methods:
+        if m == TEACHER and extra_teacher_line:
+            handles.append(Line2D([], [], color=st.colors[m], linestyle="--", label="teacher"))
+        else:
+            handles.append(Patch(facecolor=st.colors[m], edgecolor="black", linewidth=0.4, label=m))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), frameon=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# exposure bias
+
+
+def _curve(art) -> tuple[list[float], list[float], list[float]] | None:
+    if not isinstance(art, dict):
+        return None
+    xs = art.get("lengths")
+    ys = art.get("exaccerr", art.get("ExAccErr"))
+    if not xs or not ys or len(xs) != len(ys):
+        return None
+    se = art.get("stderr") or [0.0] * len(xs)
+    return list(xs), [float("nan") if y is None else float(y) for y in ys], \
+        [0.0 if e is None else float(e) for e in se]
+
+
+def plot_exposure(run: Run, st: Styles, out: Path) -> list[Figure]:
+    figs = []
+    several = len(run.students) > 1
+    for task in tasks(run):
+        curves = {}
+        for key, recs in records_by_key(run, task).items():
+            cs = [c for c in (_curve((r.get("artifacts") or {}).get("exposure_curve")) for r in recs) if c]
+            cs = [c for c in cs if c[0] == cs[0][0]] if cs else []  # average seeds on the same lengths
+            if cs:
+                ys = [statistics.fmean(v) for v in zip(*(c[1] for c in cs))]
+                se = [statistics.fmean(v) for v in zip(*(c[2] for c in cs))]
+                curves[key] = (cs[0][0], ys, se, len(cs))
+        if not curves:
+            continue
+        fig = _new_figure(6.4, 4.2)
+        ax = fig.subplots()
+        for key in [k for k in run.keys if k in curves]:
+            xs, ys, se, _ = curves[key]
+            c = st.colors[key[1]]
+            ax.plot(xs, ys, color=c, marker=st.markers[key[1]], markersize=4, linestyle=st.linestyles[key[0]],
+                    label=st.label(key, several), linewidth=1.4)
+            ax.fill_between(xs, [y - e for y, e in zip(ys, se)], [y + e for y, e in zip(ys, se)], color=c,
+                            alpha=0.12, linewidth=0)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("generation length l (tokens)")
+        ax.set_ylabel("ExAccErr(l) (%)")
+        ax.set_title(f"{task}: exposure bias, excess accumulated error vs the teacher (lower is better)")
+        ax.legend(frameon=False)
+        fig.tight_layout()
+        png, svg = _save(fig, out, f"{_slug(task)}_exposure_bias")
+        figs.append(Figure("exposure", png.stem, f"{task}: exposure bias",
+                           "ExAccErr against generation length, one line per model (mean over seeds; band: "
+                           "± standard error).", png, svg))
+    return figs
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration
+
+
+def _pooled_bins(recs: list[dict]) -> list[dict] | None:
+    """Reliability bins pooled over seeds: counts add, accuracy/confidence are count-weighted."""
+    pooled: dict[tuple, dict] = {}
+    for r in recs:
+        bins = (r.get("artifacts") or {}).get("reliability")
+        if not isinstance(bins, list):
+            continue
+        for b in bins:
+            if not isinstance(b, dict) or "lo" not in b:
+                continue
+            p = pooled.setdefault((b["lo"], b["hi"]), {"lo": b["lo"], "hi": b["hi"], "count": 0, "acc": 0.0, "conf": 0.0})
+            n = int(b.get("count") or 0)
+            if n and b.get("accuracy") is not None:
+                p["count"] += n
+                p["acc"] += n * float(b["accuracy"])
+                p["conf"] += n * float(b.get("confidence") or 0.0)
+    if not pooled:
+        return None
+    return [{"lo": p["lo"], "hi": p["hi"], "count": p["count"],
+             "accuracy": p["acc"] / p["count"] if p["count"] else None,
+             "confidence": p["conf"] / p["count"] if p["count"] else None} for _, p in sorted(pooled.items())]
+
+
+def plot_reliability(run: Run, st: Styles, out: Path) -> list[Figure]:
+    figs = []
+    several = len(run.students) > 1
+    for task in tasks(run):
+        by_key = {k: b for k, recs in records_by_key(run, task).items() if (b := _pooled_bins(recs))}
+        if not by_key:
+            continue
+        keys = [k for k in run.keys if k in by_key]
+        nrow, ncol = _grid(len(keys), 4)
+        fig = _new_figure(2.8 * ncol, 2.9 * nrow + 0.4)
+        # Shared axes: tick labels only on the outer panels (each label costs layout time, too).
+        axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
+        for i, (ax, key) in enumerate(zip(axes.flat, keys)):
+            full = [b for b in by_key[key] if b["accuracy"] is not None]
+            c = st.colors[key[1]]
+            ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=0.8)
+            lo = [b["lo"] for b in full]
+            w = [b["hi"] - b["lo"] for b in full]
+            ax.bar(lo, [b["accuracy"] for b in full], w, align="edge", color=c, alpha=0.85, edgecolor="black",
+                   linewidth=0.4)
+            gap_lo = [min(b["accuracy"], b["confidence"]) for b in full]
+            gap = [abs(b["accuracy"] - b["confidence"]) for b in full]
+            ax.bar(lo, gap, w, bottom=gap_lo, align="edge", color="#d62728", alpha=0.35, edgecolor="#c00000",
+                   linewidth=0.6)
+            e = run.row(key, (task, "ece"))
+            ax.set_title(f"{st.label(key, several)}" + (f" (ECE {e['mean']:.3f})" if e else ""))
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_aspect("equal")
+            if i // ncol == nrow - 1 or i + ncol >= len(keys):
+                ax.set_xlabel("confidence")
+                ax.xaxis.set_tick_params(labelbottom=True)
+            if i % ncol == 0:
+                ax.set_ylabel("accuracy")
+        for ax in list(axes.flat)[len(keys):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{task}: reliability diagrams (bars: accuracy per confidence bin; red: gap to "
+                     "perfect calibration; dashed: perfect)", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 0.96))
+        png, svg = _save(fig, out, f"{_slug(task)}_reliability")
+        figs.append(Figure("reliability", png.stem, f"{task}: calibration",
+                           "Reliability diagram per model, bins pooled over seeds; the diagonal is perfect "
+                           "calibration.", png, svg))
+    return figs
+
+
+# ------------------------------------------------------------------------------------------------
+# toy world: precision vs recall, per-family validity, mode histogram
+
+
+def plot_validity_coverage(run: Run, st: Styles, out: Path) -> list[Figure]:
+    figs = []
+    several = len(run.students) > 1
+    for task in tasks(run):
+        pts = [(k, run.row(k, (task, "validity")), run.row(k, (task, "mode_coverage"))) for k in run.keys]
+        pts = [(k, v, c) for k, v, c in pts if v is not None and c is not None]
+        if not pts:
+            continue
+        fig = _new_figure(6.0, 4.8)
+        ax = fig.subplots()
+        placed: list[tuple[float, float]] = []
+        xr = (max(c["mean"] for _, _, c in pts) - min(c["mean"] for _, _, c in pts)) or 10.0
+        yr = (max(v["mean"] for _, v, _ in pts) - min(v["mean"] for _, v, _ in pts)) or 10.0
+        for key, v, c in pts:
+            # Stack the labels of points that (nearly) coincide instead of printing them on top of each other.
+            near = sum(1 for px, py in placed if abs(px - c["mean"]) < 0.04 * xr and abs(py - v["mean"]) < 0.04 * yr)
+            placed.append((c["mean"], v["mean"]))
+            ax.errorbar(c["mean"], v["mean"], xerr=c["std"], yerr=v["std"], color=st.colors[key[1]],
+                        marker=st.markers[key[1]], markersize=9 if key[1] == TEACHER else 7,
+                        markeredgecolor="black", markeredgewidth=0.5, capsize=2, elinewidth=0.8,
+                        linestyle="none", label=st.label(key, several))
+            ax.annotate(st.label(key, several), (c["mean"], v["mean"]), xytext=(6, 4 + 10 * near),
+                        textcoords="offset points", fontsize=7)
+        ax.set_xlabel("mode coverage: % of valid answers hit in k samples (recall)")
+        ax.set_ylabel("validity: % valid responses (precision)")
+        xs = [c["mean"] for _, _, c in pts]
+        ys = [v["mean"] for _, v, _ in pts]
+        ax.set_xlim(max(0, min(xs) - 10), min(100, max(xs) + 10) if max(xs) < 95 else 102)
+        ax.set_ylim(max(0, min(ys) - 10), min(100, max(ys) + 10) if max(ys) < 95 else 102)
+        ax.text(0.02, 0.98, "mode-seeking ↖", transform=ax.transAxes, va="top", fontsize=8, color="#555555")
+        ax.text(0.98, 0.02, "mode-covering ↘", transform=ax.transAxes, ha="right", fontsize=8, color="#555555")
+        ax.set_title(f"{task}: precision vs recall per method (mean ± std over seeds)")
+        ax.legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.tight_layout()
+        png, svg = _save(fig, out, f"{_slug(task)}_validity_vs_coverage")
+        figs.append(Figure("validity_coverage", png.stem, f"{task}: validity vs mode coverage",
+                           "One point per method: up = more valid answers (precision), right = more of the "
+                           "valid answers produced (recall).", png, svg))
+    return figs
+
+
+def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
+    keys = sorted({k for d in dicts for k in d})
+    return {k: statistics.fmean(float(d.get(k, 0.0)) for d in dicts) for k in keys}
+
+
+def plot_family_validity(run: Run, st: Styles, out: Path) -> list[Figure]:
+    figs = []
+    several = len(run.students) > 1
+    for task in tasks(run):
+        data = {}
+        for key, recs in records_by_key(run, task).items():
+            ds = [d for r in recs if isinstance(d := (r.get("artifacts") or {}).get("validity_by_family"), dict) and d]
+            if ds:
+                data[key] = _mean_dicts(ds)
+        if not data:
+            continue
+        keys = [k for k in run.keys if k in data]
+        fams = sorted({f for d in data.values() for f in d})
+        fig = _new_figure(max(4.5, 0.75 * len(fams) + 2.6), 0.38 * len(keys) + 1.8)
+        ax = fig.subplots()
+        grid = [[data[k].get(f, float("nan")) for f in fams] for k in keys]
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                            color="black" if 25 < v < 85 else "white")
+        ax.set_xticks(range(len(fams)))
+        ax.set_xticklabels(fams, rotation=35, ha="right")
+        ax.set_yticks(range(len(keys)))
+        ax.set_yticklabels([st.label(k, several) for k in keys])
+        ax.grid(False)
+        fig.colorbar(im, ax=ax, label="% valid", fraction=0.05)
+        ax.set_title(f"{task}: validity per family (% valid, mean over seeds)")
+        fig.tight_layout()
+        png, svg = _save(fig, out, f"{_slug(task)}_validity_by_family")
+        figs.append(Figure("family", png.stem, f"{task}: validity per family",
+                           "Share of valid responses per prompt family and model.", png, svg))
+    return figs
+
+
+def plot_modes(run: Run, st: Styles, out: Path) -> list[Figure]:
+    figs = []
+    several = len(run.students) > 1
+    for task in tasks(run):
+        data = {}
+        for key, recs in records_by_key(run, task).items():
+            ds = [d for r in recs if isinstance(d := (r.get("artifacts") or {}).get("mode_histogram"), dict) and d]
+            if ds:
+                data[key] = _mean_dicts(ds)
+        if not data:
+            continue
+        keys = [k for k in run.keys if k in data]
+        names = sorted({n for d in data.values() for n in d if n != "invalid"},
+                       key=lambda n: (int(n[4:]) if n[4:].isdigit() else 10**6, n))
+        names += ["invalid"] if any("invalid" in d for d in data.values()) else []
+        from matplotlib import colormaps
+
+        blues = colormaps["Blues"]
+        colors = {n: blues(0.9 - 0.6 * i / max(len(names) - 2, 1)) for i, n in enumerate(names) if n != "invalid"}
+        colors["invalid"] = "#d62728"
+        fig = _new_figure(7.0, 0.38 * len(keys) + 1.9)
+        ax = fig.subplots()
+        for i, key in enumerate(keys):
+            left = 0.0
+            for n in names:
+                v = 100 * data[key].get(n, 0.0)
+                ax.barh(i, v, left=left, color=colors[n], edgecolor="white", linewidth=0.5,
+                        label=(n.replace("mode", "mode ") if n != "invalid" else "invalid") if i == 0 else None)
+                left += v
+        ax.set_yticks(range(len(keys)))
+        ax.set_yticklabels([st.label(k, several) for k in keys])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% of samples on multi-answer prompts (mode 0 = the most likely valid answer)")
+        ax.grid(axis="y", visible=False)
+        ax.legend(frameon=False, ncol=min(len(names), 6), loc="upper center", bbox_to_anchor=(0.5, -0.25),
+                  fontsize=7)
+        ax.set_title(f"{task}: where the samples land among the valid answers")
+        fig.tight_layout()
+        png, svg = _save(fig, out, f"{_slug(task)}_mode_histogram")
+        figs.append(Figure("modes", png.stem, f"{task}: mode histogram",
+                           "Share of samples per valid answer (ranked by probability) and invalid ones: "
+                           "mode-seeking students concentrate on mode 0.", png, svg))
+    return figs
+
+
+# ------------------------------------------------------------------------------------------------
+# training curves
+
+
+SKIP_TERMS = {"step", "lr", "grad_norm"}
+
+
+def _terms(histories: dict[Key, list[dict]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for h in histories.values():
+        for rec in h:
+            for k, v in rec.items():
+                if k not in SKIP_TERMS and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    seen.setdefault(k, None)
+    # The loss first, then divergence (KL-like) terms, then the rest: the brief's priority.
+    return sorted(seen, key=lambda k: (k != "loss", "kl" not in k.lower(), k))[:9]
+
+
+def plot_training(run: Run, st: Styles, out: Path) -> list[Figure]:
+    several = len(run.students) > 1
+    hist = {k: c["history"] for k, c in run.train.items()
+            if isinstance(c.get("history"), list) and c["history"] and k in run.keys}
+    if not hist:
+        return []
+    terms = _terms(hist)
+    nrow, ncol = _grid(len(terms))
+    fig = _new_figure(3.8 * ncol, 2.9 * nrow + 0.7)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for ax, term in zip(axes.flat, terms):
+        for key in [k for k in run.keys if k in hist]:
+            pts = [(r["step"], r[term]) for r in hist[key] if term in r and "step" in r
+                   and isinstance(r[term], (int, float)) and math.isfinite(r[term])]
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=st.colors[key[1]],
+                    linestyle=st.linestyles[key[0]], marker=st.markers[key[1]], markersize=3, linewidth=1.3,
+                    label=st.label(key, several))
+        ax.set_title(term + (" (the method's objective)" if term == "loss" else ""))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(term)
+    for ax in list(axes.flat)[len(terms):]:
+        ax.set_visible(False)
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    fig.suptitle("Training curves: each method's logged terms against steps (student training)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08 if len(labels) <= 6 else 0.13, 1, 0.95))
+    png, svg = _save(fig, out, "training_curves")
+    return [Figure("training", png.stem, "Training curves",
+                   "Loss and the divergence terms each method logs (history.json), against optimisation "
+                   "steps; a panel shows only the methods that log its term.", png, svg)]
+
+
+# ------------------------------------------------------------------------------------------------
+# scaling
+
+
+def plot_scaling(run: Run, st: Styles, out: Path) -> list[Figure]:
+    students = [s for s in run.students if s in run.params]
+    if len(students) < 2:
+        return []
+    figs = []
+    for task in tasks(run):
+        metrics = [m for t, m in run.columns if t == task]
+        nrow, ncol = _grid(len(metrics))
+        fig = _new_figure(4.0 * ncol, 3.1 * nrow + 0.8)
+        axes = fig.subplots(nrow, ncol, squeeze=False)
+        methods = [m for m in run.methods if m != TEACHER]
+        for ax, metric in zip(axes.flat, metrics):
+            col = (task, metric)
+            for m in methods:
+                pts = [(run.params[s], run.row((s, m), col)) for s in students]
+                pts = sorted(((p, r) for p, r in pts if r is not None), key=lambda x: x[0])
+                if not pts:
+                    continue
+                ax.errorbar([p for p, _ in pts], [r["mean"] for _, r in pts], yerr=[r["std"] for _, r in pts],
+                            color=st.colors[m], marker=st.markers[m], markersize=5, capsize=2, linewidth=1.3,
+                            label=m, linestyle=":" if m in REFERENCE_ROWS else "-")
+            t = run.row((None, TEACHER), col)
+            if t is not None:
+                ax.axhline(t["mean"], color=st.colors[TEACHER], linestyle="--", linewidth=1, label="teacher")
+            ax.set_xscale("log")
+            # Ticks at the students' sizes only: readable, and no costly minor log labels.
+            sizes = sorted({run.params[s] for s in students})
+            ax.set_xticks(sizes, [human_count(n) for n in sizes])
+            ax.minorticks_off()
+            ax.set_xlim(sizes[0] / 1.5, sizes[-1] * 1.5)
+            ax.set_xlabel("student parameters")
+            ax.set_ylabel(metric)
+            hib = next(r["higher_is_better"] for r in run.rows if (r["task"], r["metric"]) == col)
+            ax.set_title(f"{metric} ({'higher' if hib else 'lower'} is better)")
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.set_visible(False)
+        handles, labels = [], []
+        for ax in axes.flat:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False)
+        fig.suptitle(f"{task}: score against student size (mean ± std over seeds)", fontsize=10)
+        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+        png, svg = _save(fig, out, f"{_slug(task)}_scaling")
+        figs.append(Figure("scaling", png.stem, f"{task}: scaling",
+                           "Each method's score against the student's parameter count (log scale); dashed: "
+                           "the teacher.", png, svg))
+    return figs
+
+
+PLOTTERS: list[Callable[[Run, Styles, Path], list[Figure]]] = [
+    plot_bars, plot_validity_coverage, plot_modes, plot_family_validity, plot_exposure, plot_reliability,
+    plot_training, plot_scaling,
+]
+
+
+def make_plots(run: Run, out: Path) -> tuple[list[Figure], list[str]]:
+    """Every plot whose data exists; returns (figures, skipped plotter names with the reason)."""
+    import matplotlib  # Figure objects render without pyplot, so no backend is chosen or changed
+
+    st = styles_for(run)
+    figs: list[Figure] = []
+    problems: list[str] = []
+    with matplotlib.rc_context(STYLE):
+        for fn in PLOTTERS:
+            try:
+                figs += fn(run, st, out)
+            except Exception as e:  # noqa: BLE001 - one broken artifact must not lose the whole report
+                problems.append(f"{fn.__name__}: {type(e).__name__}: {e}")
+    return figs, problems

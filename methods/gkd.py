@@ -1,0 +1,84 @@
+"""GKD: generalized knowledge distillation (Agarwal et al., ICLR 2024), as in TRL's GKDTrainer.
+
+Data source: at every optimizer step one uniform draw decides the batch. With probability `lmbda`
+the batch is the current student's own samples for the step's prompts (on-policy); otherwise it is
+the gold responses (or, with `seq_kd`, the cached teacher samples). Divergence: the generalized
+JSD(beta) over the full vocabulary (`kdbench.divergences.generalized_jsd`; beta = 0 forward KL,
+beta = 1 reverse KL, in between beta*KL(p||M) + (1-beta)*KL(q||M), M = beta*p + (1-beta)*q).
+Update rule: gradient descent on the token-mean; no cross-entropy term (TRL's non-Liger path).
+
+Defaults are TRL's `GKDConfig` (lmbda 0.5, beta 0.5, sampling temperature 0.9, seq_kd off,
+dropout disabled). The temperature only shapes on-policy generation, never the loss. TRL draws
+once per micro-batch; we draw once per optimizer step so that gradient accumulation does not
+change which data a step sees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from kdbench.data import Batch
+from kdbench.divergences import generalized_jsd
+from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range
+from kdbench.trainer import LossOutput
+
+
+@dataclass
+class GKDConfig(MethodConfig):
+    lmbda: float = 0.5  # fraction of steps on student samples (TRL GKDConfig.lmbda)
+    beta: float = 0.5  # generalized-JSD interpolation (TRL GKDConfig.beta)
+    temperature: float = 0.9  # on-policy sampling temperature (TRL GKDConfig.temperature)
+    seq_kd: bool = False  # off-policy steps use teacher samples instead of gold (TRL GKDConfig.seq_kd)
+    disable_dropout: bool = True  # TRL GKDConfig.disable_dropout
+
+    def __post_init__(self) -> None:
+        check_range("lmbda", self.lmbda, 0.0, 1.0, "gkd")
+        check_range("beta", self.beta, 0.0, 1.0, "gkd")
+        check_range("temperature", self.temperature, 1e-3, 100.0, "gkd")
+
+
+def disable_dropout(model) -> None:
+    """Dropout off in place: on-policy samples are drawn without it, so train on them without it."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):  # Llama-style attention
+            m.attention_dropout = 0.0
+
+
+@METHODS.register("gkd")
+class GKD(Method):
+    description = "GKD: generalized JSD (beta 0.5) on student samples with prob. lambda 0.5, else gold (TRL defaults)"
+    Config = GKDConfig
+    requires_teacher = True
+    student_init = "sft"  # GKD distils supervised fine-tuned students
+
+    def train(self, ctx: MethodContext) -> None:
+        cfg = self.config
+        if cfg.disable_dropout:
+            disable_dropout(ctx.student)
+        scfg = dataclasses.replace(ctx.sampling, temperature=cfg.temperature)
+        data = ctx.teacher_samples() if cfg.seq_kd else ctx.train_examples
+
+        def batches() -> Iterator[Batch]:
+            rng = random.Random(ctx.train_cfg.seed)  # seeded: the same config gives the same data order
+            for k, exs in enumerate(ctx.example_batches(data)):
+                on_policy = rng.random() < cfg.lmbda
+                if on_policy:
+                    b = ctx.rollout_batch(ctx.sample(ctx.student, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1),
+                                                     cfg=scfg))
+                else:
+                    b = ctx.encode(exs)
+                b.extras["on_policy"] = torch.full((b.size,), float(on_policy))  # per row, for the logs
+                yield b
+
+        def loss_fn(batch):
+            d = generalized_jsd(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask,
+                                beta=cfg.beta)
+            return LossOutput(d, {"gjsd": float(d), "on_policy": float(batch.extras["on_policy"].mean())})
+
+        ctx.fit(loss_fn, batches())

@@ -1,0 +1,208 @@
+"""MiniLLM (Gu et al., ICLR 2024): sequence-level reverse KL, KL(q || p), by policy gradient.
+
+Data source: rollouts from teacher-mixed sampling, y_t ~ (1 - alpha) q + alpha p with alpha 0.2,
+corrected by per-token importance weights w_t = q(y_t) / mix(y_t) (from the sampler's log-probs).
+Update rule: PPO-style clipped policy gradient, no value network, several PPO epochs per round:
+
+    loss = PPO-clip(ratio = q_new / q_old * w, A)       long-range part
+         + mean_t KL(q(.|y_<t) || p(.|y_<t))           single-step part (exact, full vocabulary)
+         + lm_coef * LM loss on the pretraining stream  L_PT
+
+with rewards r_t = log p(y_t) - log q_old(y_t) and A_t = whiten(long_range_advantages(r, gamma 0.95,
+length-normalised)), whitened over the valid tokens of the whole rollout round.
+
+One round: sample `rollout_minibatches * batch_size` rollouts with the current student (no_grad),
+score them once (old log-probs, teacher log-probs, advantages), then yield `ppo_epochs` shuffled
+passes of `batch_size` minibatches, one per optimizer step. Paper: 256 rollouts, mini-batch 64,
+4 PPO epochs; the ratio 256 / 64 is `rollout_minibatches` = 4, so the round scales with the batch.
+
+Choices recorded (upstream LMOps code vs ours):
+- advantages use the paper's R_{t+1} (future after t), not the code's sum from t (see
+  kdbench.advantages); whitening excludes padding and spans the round, not one minibatch;
+- upstream scales rewards by 1/reward_scaling (x2) before whitening, which whitening undoes; omitted;
+- the single-step term is not importance-weighted (nor is it upstream);
+- L_PT is the paper's pure LM loss; the code mixes 0.5 forward KL to the teacher into it
+  (`pt_kd_ratio` = 0.5 reproduces that). With no pretraining corpus the term is skipped, logged;
+- the student is PPOModel-style dropout-free (upstream keeps the policy in eval mode).
+Learning rate, betas and schedule (paper: 5e-6, betas (0.9, 0.95), constant with 100 warm-up steps)
+live in the TrainConfig of the preset, like every method's budget.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import torch
+
+from kdbench.advantages import long_range_advantages, ppo_clipped_loss, sequence_rewards, whiten
+from kdbench.data import Batch
+from kdbench.divergences import forward_kl, masked_mean, reverse_kl
+from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy, gather_logprobs
+from kdbench.trainer import LossOutput
+
+
+@dataclass
+class MiniLLMConfig(MethodConfig):
+    method_name: ClassVar[str] = "minillm"
+    single_step: bool = True  # add the exact single-step reverse KL (--single-step-reg)
+    teacher_mix: bool = True  # teacher-mixed sampling for rollouts
+    teacher_mix_alpha: float = 0.2  # --teacher-mixed-alpha 0.2
+    length_norm: bool = True  # length-normalised long-range advantages (--length-norm)
+    gamma: float = 0.95  # discount of future rewards (--gamma)
+    clip: float = 0.2  # PPO ratio clip epsilon (--cliprange)
+    ppo_epochs: int = 4  # passes over each rollout round (--ppo-epochs 4)
+    rollout_minibatches: int = 4  # rollouts per round = this x batch_size (256 rollouts / mini-batch 64)
+    lm_coef: float = 1.0  # weight of L_PT on the pretraining stream (--lm-coef 1); 0 turns it off
+    pt_kd_ratio: float = 0.0  # forward-KL share inside L_PT (paper 0; LMOps code 0.5)
+    disable_dropout: bool = True  # upstream keeps the policy in eval mode
+
+    def __post_init__(self) -> None:
+        m = self.method_name
+        check_range("teacher_mix_alpha", self.teacher_mix_alpha, 0.0, 1.0, m)
+        check_range("gamma", self.gamma, 0.0, 1.0, m)
+        check_range("clip", self.clip, 0.0, 10.0, m)
+        check_range("ppo_epochs", self.ppo_epochs, 1, 1000, m)
+        check_range("rollout_minibatches", self.rollout_minibatches, 1, 1000, m)
+        check_range("lm_coef", self.lm_coef, 0.0, 1000.0, m)
+        check_range("pt_kd_ratio", self.pt_kd_ratio, 0.0, 1.0, m)
+
+
+def disable_dropout(model) -> None:
+    """Dropout off in place, so old and new log-probs of the PPO ratio come from the same function."""
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+        if isinstance(getattr(mod, "attention_dropout", None), float):  # Llama-style attention
+            mod.attention_dropout = 0.0
+
+
+def _trim(b: Batch) -> Batch:
+    """Drop trailing all-padding columns (a minibatch of a round is often shorter than the round)."""
+    L = max(1, int(b.attention_mask.sum(1).max()))
+    return Batch(b.input_ids[:, :L], b.attention_mask[:, :L], b.labels[:, :L],
+                 {k: v[:, :L] for k, v in b.extras.items()})
+
+
+@METHODS.register("minillm")
+class MiniLLM(Method):
+    description = "MiniLLM: reverse-KL policy gradient (teacher-mixed rollouts, single-step term, length norm, PT loss)"
+    Config = MiniLLMConfig
+    requires_teacher = True
+    student_init = "sft"  # MiniLLM starts from the SFT student
+
+    @torch.no_grad()
+    def _score(self, ctx: MethodContext, store: Batch, chunk: int) -> None:
+        """Old student and teacher log-probs of the sampled tokens, rewards and advantages, in place."""
+        cfg = self.config
+        was_training = ctx.student.training
+        ctx.student.eval()
+        old, teach = [], []
+        for idx in torch.arange(store.size).split(chunk):  # chunks: [N, L, V] logits would not fit
+            mb = store.select(idx)
+            labels = mb.labels.to(ctx.device)
+            old.append(gather_logprobs(ctx.logits(ctx.student, mb), labels).cpu())
+            teach.append(gather_logprobs(ctx.teacher_logits(mb), labels).cpu())
+        ctx.student.train(was_training)
+        mask = store.loss_mask
+        old_lp, t_lp = torch.cat(old), torch.cat(teach)
+        rewards = sequence_rewards(t_lp, old_lp, mask)
+        adv = whiten(long_range_advantages(rewards, mask, cfg.gamma, cfg.length_norm), mask)
+        store.extras.update(old_logp=old_lp, reward=rewards, adv=adv)
+
+    def train(self, ctx: MethodContext) -> None:
+        cfg = self.config
+        B = ctx.train_cfg.batch_size
+        alpha = cfg.teacher_mix_alpha if cfg.teacher_mix else 0.0
+        if cfg.disable_dropout:
+            disable_dropout(ctx.student)
+        pt_iter = None
+        if cfg.lm_coef > 0:
+            if ctx.pretrain_blocks is None:
+                ctx.log.warning("%s: the train task has no pretraining corpus; the LM loss (lm_coef=%g) is skipped",
+                                ctx.method_name or "minillm", cfg.lm_coef)
+            else:
+                pt_iter = ctx.pretrain_batches(batch_size=B)
+
+        def batches() -> Iterator[Batch]:
+            shuffle = torch.Generator().manual_seed(ctx.train_cfg.seed)
+            for k, exs in enumerate(ctx.example_batches(batch_size=B * cfg.rollout_minibatches)):
+                rollout = ctx.sample(ctx.student, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1), mix_alpha=alpha)
+                extras = None
+                if alpha > 0:  # w_t = q(y_t) / mix(y_t), from the sampler's own log-probs
+                    extras = {"w": [[math.exp(s - m) for s, m in zip(sl, ml)]
+                                    for sl, ml in zip(rollout.student_logp, rollout.mix_logp)]}
+                store = ctx.rollout_batch(rollout, extras)
+                self._score(ctx, store, B)
+                ctx.counters.add("rollouts", store.size)
+                for _ in range(cfg.ppo_epochs):
+                    for idx in torch.randperm(store.size, generator=shuffle).split(B):
+                        mb = _trim(store.select(idx))
+                        if pt_iter is not None:  # per-row extras, so micro-batch splitting keeps them paired
+                            pt = next(pt_iter)
+                            mb.extras["pt_input_ids"], mb.extras["pt_labels"] = pt.input_ids[: mb.size], pt.labels[: mb.size]
+                        yield mb
+
+        def loss_fn(batch: Batch) -> LossOutput:
+            mask = batch.loss_mask
+            s = ctx.logits(ctx.student, batch)
+            logp = gather_logprobs(s, batch.labels)
+            pg = ppo_clipped_loss(logp, batch.extras["old_logp"], batch.extras["adv"], mask, cfg.clip,
+                                  importance_weights=batch.extras.get("w"))
+            loss = pg
+            logs = {"pg": float(pg), "reward": float(masked_mean(batch.extras["reward"], mask))}
+            if cfg.single_step:
+                single = reverse_kl(s, ctx.teacher_logits(batch), mask)
+                loss = loss + single
+                logs["single_step"] = float(single)
+            if "pt_input_ids" in batch.extras:
+                lm = Batch(batch.extras["pt_input_ids"], torch.ones_like(batch.extras["pt_input_ids"]),
+                           batch.extras["pt_labels"])
+                lm_logits = ctx.logits(ctx.student, lm)
+                pt = cross_entropy(lm_logits, lm.labels)
+                if cfg.pt_kd_ratio > 0:
+                    pt = (1 - cfg.pt_kd_ratio) * pt + cfg.pt_kd_ratio * forward_kl(lm_logits, ctx.teacher_logits(lm),
+                                                                                   lm.loss_mask)
+                loss = loss + cfg.lm_coef * pt
+                logs["pt"] = float(pt)
+            return LossOutput(loss, logs)
+
+        ctx.fit(loss_fn, batches())
+
+
+# --- the paper's ablations (Table 5): one strategy off each -------------------------------------
+
+@dataclass
+class MiniLLMNoSingleStepConfig(MiniLLMConfig):
+    method_name: ClassVar[str] = "minillm-no-single-step"
+    single_step: bool = False
+
+
+@METHODS.register("minillm-no-single-step")
+class MiniLLMNoSingleStep(MiniLLM):
+    description = "MiniLLM ablation: without the single-step reverse-KL term"
+    Config = MiniLLMNoSingleStepConfig
+
+
+@dataclass
+class MiniLLMNoTeacherMixConfig(MiniLLMConfig):
+    method_name: ClassVar[str] = "minillm-no-teacher-mix"
+    teacher_mix: bool = False
+
+
+@METHODS.register("minillm-no-teacher-mix")
+class MiniLLMNoTeacherMix(MiniLLM):
+    description = "MiniLLM ablation: rollouts from the student alone (no teacher-mixed sampling)"
+    Config = MiniLLMNoTeacherMixConfig
+
+
+@dataclass
+class MiniLLMNoLengthNormConfig(MiniLLMConfig):
+    method_name: ClassVar[str] = "minillm-no-length-norm"
+    length_norm: bool = False
+
+
+@METHODS.register("minillm-no-length-norm")
+class MiniLLMNoLengthNorm(MiniLLM):
+    description = "MiniLLM ablation: long-range advantages without length normalisation"
+    Config = MiniLLMNoLengthNormConfig

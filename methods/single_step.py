@@ -1,0 +1,43 @@
+"""Single-step reverse KL (MiniLLM's "Alternative #1"): only the single-step part of the gradient.
+
+Data source: the current student's own samples, drawn fresh for every optimizer step (on-policy).
+Divergence: the exact full-vocabulary reverse KL, sum_v q (log q - log p), at every response
+position of those samples. Update rule: plain gradient descent on that token-mean.
+
+This is MiniLLM without the long-range (policy-gradient) term, without teacher-mixed sampling and
+without the pretraining loss; it equals GKD with lambda = 1, beta = 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from kdbench.data import Batch
+from kdbench.divergences import reverse_kl
+from kdbench.method import METHODS, Method, MethodConfig, MethodContext
+from kdbench.trainer import LossOutput
+
+
+@dataclass
+class SingleStepConfig(MethodConfig):
+    pass  # sampling follows ctx.sampling (MiniLLM's T=1, top-p 1, top-k 0); budget in TrainConfig
+
+
+@METHODS.register("single_step")
+class SingleStep(Method):
+    description = "MiniLLM alternative #1: token-level reverse KL on fresh student samples (on-policy)"
+    Config = SingleStepConfig
+    requires_teacher = True
+    student_init = "sft"  # as MiniLLM: sampling from the base model would give off-task text
+
+    def train(self, ctx: MethodContext) -> None:
+        def batches() -> Iterator[Batch]:
+            # one fresh rollout per optimizer step; generation runs under no_grad inside ctx.sample
+            for k, exs in enumerate(ctx.example_batches()):
+                yield ctx.rollout_batch(ctx.sample(ctx.student, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1)))
+
+        def loss_fn(batch):
+            rkl = reverse_kl(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask)
+            return LossOutput(rkl, {"rkl": float(rkl)})
+
+        ctx.fit(loss_fn, batches())

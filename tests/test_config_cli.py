@@ -1,0 +1,101 @@
+"""Config validation and CLI errors: what was wrong, where, and what would be valid."""
+import json
+
+import pytest
+
+from kdbench.cli import main
+from kdbench.config import BenchConfig, EvalConfig, TrainConfig, from_dict
+from kdbench.errors import ConfigError
+from kdbench.registry import Registry
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list_prints_every_registry_with_descriptions(capsys):
+    code, out, _ = run_cli(["--list"], capsys)
+    assert code == 0
+    for name in ("sft", "kd", "toy", "rouge_l", "validity", "ci", "tiny", "gpt2-toy-m"):
+        assert any(line.strip().startswith(name + " ") for line in out.splitlines()), name
+    for header in ("methods:", "tasks:", "metrics:", "presets:"):
+        assert header in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--methods", "sft,kdd"], "unknown method 'kdd'"),
+    (["--tasks", "toyy"], "Did you mean 'toy'?"),
+    (["--preset", "tinny"], "Did you mean 'tiny'?"),
+    (["--seeds", "10,x"], "--seeds"),
+    (["--set", "distill.lr=-1"], "'distill.lr': must be > 0"),
+    (["--set", "distill.batch_size=0"], "'distill.batch_size': must be >= 1"),
+    (["--set", "distil.lr=1e-3"], "unknown config key 'distil'. Valid keys:"),
+    (["--set", "max_prompt_length=48"], "max_prompt_length"),
+    (["--set", "eval.top_p=2"], "eval.top_p"),
+    (["--teacher", "./no/such/model"], "does not exist"),
+    (["--set", "method_config.kd.kd_ratio=1.5"], "method_config.kd.kd_ratio"),
+])
+def test_bad_input_fails_before_any_work(args, needle, capsys, tmp_path):
+    code, out, err = run_cli(args + ["--out", str(tmp_path / "o"), "--preset" if "--preset" not in args else "--no-progress"]
+                             + ([] if "--preset" in args else ["ci"]), capsys)
+    assert code == 2
+    assert needle in err
+    assert not (tmp_path / "o" / "cells").exists()
+
+
+def test_unknown_method_lists_the_valid_names(capsys, tmp_path):
+    code, _, err = run_cli(["--preset", "ci", "--methods", "kdd", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "Valid methods:" in err and "sft" in err and "Did you mean 'kd'?" in err
+
+
+def test_yaml_config_unknown_key_and_bad_yaml(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("distill:\n  stepz: 3\n")
+    code, _, err = run_cli(["--preset", "ci", "--config", str(cfg), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "unknown config key 'distill.stepz'" in err and "Did you mean 'steps'?" in err
+    cfg.write_text("distill: [\n")
+    code, _, err = run_cli(["--preset", "ci", "--config", str(cfg), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "invalid YAML" in err and "c.yaml:" in err
+
+
+def test_typed_configs_validate_on_construction():
+    with pytest.raises(ConfigError, match="grad_accum"):
+        TrainConfig(batch_size=6, grad_accum=4)
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="cosinus")
+    with pytest.raises(ConfigError, match="eval.seeds"):
+        EvalConfig(seeds=[10, 10])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        from_dict(TrainConfig, {"steps": "many"})
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        BenchConfig(max_length=64, max_prompt_length=64)
+    cfg = from_dict(BenchConfig, {"eval": {"seeds": "1,2"}, "distill": {"lr": "1e-3"}})
+    assert cfg.eval.seeds == [1, 2] and cfg.distill.lr == 1e-3
+
+
+def test_paper_defaults():
+    ev = EvalConfig()
+    assert ev.seeds == [10, 20, 30, 40, 50] and ev.temperature == 1.0 and ev.top_p == 1.0 and ev.top_k == 0
+    assert ev.max_new_tokens == 256 and ev.max_prompt_tokens == 256
+    assert BenchConfig().max_length == 512 and BenchConfig().max_prompt_length == 256
+
+
+def test_registry_did_you_mean():
+    reg = Registry("thing")
+    reg.add("alpha", object())
+    with pytest.raises(KeyError, match="Did you mean 'alpha'"):
+        reg.get("alpah")
+
+
+def test_summarize_needs_a_run_folder(tmp_path, capsys):
+    code, _, err = run_cli(["summarize", str(tmp_path)], capsys)
+    assert code == 2 and "no cells/ folder" in err
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(["--preset", "ci", "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and "not writable" in err
