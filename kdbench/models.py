@@ -158,6 +158,8 @@ def build_random_model(family: str, tokenizer, *, hidden: int = 32, layers: int 
     import torch
     import transformers as tf
 
+    if family not in RANDOM_FAMILIES:
+        raise ConfigError(f"unknown model family '{family}'; valid: {', '.join(RANDOM_FAMILIES)}")
     rows = vocab_rows or len(tokenizer)
     ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
@@ -170,15 +172,13 @@ def build_random_model(family: str, tokenizer, *, hidden: int = 32, layers: int 
                            word_embed_proj_dim=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                            ffn_dim=4 * hidden, dropout=0.0, attention_dropout=0.0, init_std=init_std, **ids)
         cls = tf.OPTForCausalLM
-    elif family in ("llama", "qwen2"):
+    else:
         cfg_cls, cls = ((tf.LlamaConfig, tf.LlamaForCausalLM) if family == "llama"
                         else (tf.Qwen2Config, tf.Qwen2ForCausalLM))
         # one KV head: exercises grouped-query attention, as in real Llama/Qwen2 checkpoints
         cfg = cfg_cls(vocab_size=rows, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=n_positions,
                       initializer_range=init_std, **ids)
-    else:
-        raise ConfigError(f"unknown model family '{family}'; valid: {', '.join(RANDOM_FAMILIES)}")
     torch.manual_seed(seed)
     return cls(cfg)
 

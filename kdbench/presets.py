@@ -11,10 +11,10 @@ PRESETS.add("ci", {
     **_TOY_LENGTHS,
     "teacher": "gpt2-toy-s", "students": ["gpt2-toy-xs"], "methods": ["sft", "kd"], "tasks": ["toy"],
     "task_options": {"toy": {"n_creatures": 16, "n_train": 600, "n_dev": 28, "n_test": 42, "pretrain_docs": 600}},
-    "build": {"teacher_pretrain": {"steps": 60, "batch_size": 32, "lr": 3e-3, "warmup_steps": 10, "log_every": 20},
-              "student_pretrain": {"steps": 30, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "log_every": 10}},
-    "teacher_sft": {"steps": 60, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "log_every": 20},
-    "distill": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 0, "log_every": 10},
+    "build": {"teacher_pretrain": {"steps": 60, "batch_size": 32, "lr": 3e-3, "warmup_steps": 10, "log_every": 20, "checkpoint_every": 10},
+              "student_pretrain": {"steps": 30, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 10}},
+    "teacher_sft": {"steps": 60, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "log_every": 20, "checkpoint_every": 10},
+    "distill": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 0, "log_every": 10, "checkpoint_every": 10},
     "eval": {"seeds": [10, 20], "max_new_tokens": 24, "max_prompt_tokens": 24, "batch_size": 64,
              "coverage_samples": 4},
 }, "smallest run that exercises every stage (plumbing, not quality; < 2 min on 2 CPU cores)")
@@ -22,10 +22,10 @@ PRESETS.add("ci", {
 PRESETS.add("tiny", {
     **_TOY_LENGTHS,
     "teacher": "gpt2-toy-m", "students": ["gpt2-toy-s"], "methods": ["sft", "kd"], "tasks": ["toy"],
-    "build": {"teacher_pretrain": {"steps": 500, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "log_every": 50},
-              "student_pretrain": {"steps": 300, "batch_size": 32, "lr": 2e-3, "warmup_steps": 30, "log_every": 50}},
-    "teacher_sft": {"steps": 700, "batch_size": 32, "lr": 1e-3, "warmup_steps": 30, "log_every": 50},
-    "distill": {"steps": 500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20, "log_every": 50},
+    "build": {"teacher_pretrain": {"steps": 500, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "log_every": 50, "checkpoint_every": 100},
+              "student_pretrain": {"steps": 300, "batch_size": 32, "lr": 2e-3, "warmup_steps": 30, "log_every": 50, "checkpoint_every": 100}},
+    "teacher_sft": {"steps": 700, "batch_size": 32, "lr": 1e-3, "warmup_steps": 30, "log_every": 50, "checkpoint_every": 100},
+    "distill": {"steps": 500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20, "log_every": 50, "checkpoint_every": 100},
     "eval": {"seeds": [10, 20, 30], "max_new_tokens": 24, "max_prompt_tokens": 24, "batch_size": 64},
 }, "default: toy world, 1M teacher, 0.1M student, sft+kd, 3 seeds (~5-8 min on 2 CPU cores)")
 
@@ -48,7 +48,7 @@ _GPT2_COMMON = {
     # sft_xlarge.sh: lr 5e-5, 10 epochs, cosine to lr_min 1e-7, wd 1e-2, no warmup, clip 1.0, seed 10
     "teacher_sft": {"steps": 10 * _GPT2_EPOCH_STEPS, "batch_size": 32, "lr": 5e-5, "min_lr": 1e-7,
                     "warmup_steps": 0, "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0,
-                    "seed": 10, "log_every": 50},
+                    "seed": 10, "log_every": 50, "checkpoint_every": 100},
     # evaluate_main: sampling T=1, top-p 1, top-k 0, <= 256 new tokens, seeds 10..50
     "eval": {"seeds": [10, 20, 30, 40, 50], "temperature": 1.0, "top_p": 1.0, "top_k": 0,
              "max_new_tokens": 256, "max_prompt_tokens": 256, "batch_size": 32},
@@ -62,7 +62,7 @@ def _gpt2_students(students: list[str], lr: float, epochs: int) -> dict:
     return {**_GPT2_COMMON, "students": students,
             "distill": {"steps": epochs * _GPT2_EPOCH_STEPS, "batch_size": 32, "lr": lr, "min_lr": 1e-7,
                         "warmup_steps": 0, "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0,
-                        "seed": 10, "log_every": 50}}
+                        "seed": 10, "log_every": 50, "checkpoint_every": 100}}
 
 
 PRESETS.add("gpt2", _gpt2_students(["gpt2", "gpt2-medium", "gpt2-large"], 5e-4, 20),

@@ -130,11 +130,11 @@ class Benchmark:
             log.info("stage %s: cached (%s)", kind, folder)
             return folder, key
         if folder.exists():
-            shutil.rmtree(folder)  # a crashed earlier attempt: never trust partial output
-        tmp = self.cache / f".{kind}-{key}.tmp{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+            shutil.rmtree(folder)  # no DONE marker: never trust partial output
+        # Built in a stable ".partial" folder so an interrupted stage resumes from its checkpoint;
+        # renamed into place only when complete (the DONE marker is written last).
+        tmp = self.cache / f".{kind}-{key}.partial"
+        tmp.mkdir(parents=True, exist_ok=True)
         atomic_write_json(tmp / "stage.json", {"kind": kind, "key": key, "spec": spec})
         t0 = time.time()
         log.info("stage %s: building (%s)", kind, folder.name)
@@ -231,7 +231,7 @@ class Benchmark:
             if blocks is not None and pretrain.steps > 0:
                 from .data import infinite_batches, lm_batch
 
-                trainer = Trainer(pretrain, None, desc=f"pretrain {role}", device=self.cfg.device,
+                trainer = Trainer(pretrain, folder, desc=f"pretrain {role}", device=self.cfg.device,
                                   dtype=self.cfg.dtype, progress=self.progress)
                 model.to(trainer.device)
 
@@ -246,6 +246,7 @@ class Benchmark:
                 model = trainer.accelerator.unwrap_model(model)
             M.save_model(model.cpu(), tok, folder / "model")
             atomic_write_json(folder / "history.json", hist)
+            (folder / "checkpoint.pt").unlink(missing_ok=True)
             return {"params": M.count_parameters(model)}
 
         folder, key = self._stage(f"{role}-base", spec, build)
@@ -266,7 +267,8 @@ class Benchmark:
             model = ctx.trainer.accelerator.unwrap_model(ctx.student)
             M.save_model(model.cpu(), tok, folder / "model")
             atomic_write_json(folder / "history.json", ctx.history)
-            return {"counters": dict(ctx.counters)}
+            (folder / "checkpoint.pt").unlink(missing_ok=True)
+            return {"counters": dict(ctx.counters), "params": M.count_parameters(model)}
 
         folder, key = self._stage(f"{role}-sft", spec, build)
         self._models[memo] = (str(folder / "model"), key)
@@ -444,9 +446,21 @@ class Benchmark:
     # the whole benchmark
 
     def run(self) -> list[dict]:
+        from .lock import FolderLock
+
+        self.validate()
+        locks = [FolderLock(self.out).acquire()]
+        try:
+            if self.cache.resolve() != self.out.resolve() and not str(self.cache.resolve()).startswith(str(self.out.resolve())):
+                locks.append(FolderLock(self.cache, "stage cache").acquire())
+            return self._run()
+        finally:
+            for lk in locks:
+                lk.release()
+
+    def _run(self) -> list[dict]:
         c = self.cfg
         t_start = time.time()
-        self.validate()
         atomic_write_json(self.out / "config.json", to_dict(c))
         self.tokenizer()
         models: list[tuple[str, str, str, str]] = []  # (group, label, path, key)

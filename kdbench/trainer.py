@@ -163,6 +163,9 @@ class Trainer:
                 rec = {"step": step + 1, "lr": sched.get_last_lr()[0], **{k: v / n_acc for k, v in acc.items()}}
                 self.history.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
+                # Without a progress bar (CI, logs), report about ten times per stage.
+                if not self.progress and (step + 1) % max(cfg.log_every, cfg.steps // 10 or 1) < cfg.log_every:
+                    log.info("%s: step %d/%d loss %.4f", self.desc, step + 1, cfg.steps, rec["loss"])
                 if on_step:
                     on_step(step + 1, rec)
                 acc, n_acc = {}, 0

@@ -92,13 +92,24 @@ class MiniLLM(Method):
     student_init = "sft"  # MiniLLM starts from the SFT student
 
     @torch.no_grad()
-    def _score(self, ctx: MethodContext, store: Batch, chunk: int) -> None:
-        """Old student and teacher log-probs of the sampled tokens, rewards and advantages, in place."""
+    def make_round(self, ctx: MethodContext, examples, seed: int) -> Batch:
+        """Sample one rollout round for `examples` and score it: a right-padded Batch whose extras
+        hold, per response token, the old log-prob, the reward, the whitened advantage and (with
+        teacher mixing) the importance weight w = q / mix."""
         cfg = self.config
+        alpha = cfg.teacher_mix_alpha if cfg.teacher_mix else 0.0
+        rollout = ctx.sample(ctx.student, examples, seed=seed, mix_alpha=alpha)
+        extras = None
+        if alpha > 0:  # w_t = q(y_t) / mix(y_t), from the sampler's own log-probs
+            extras = {"w": [[math.exp(s - m) for s, m in zip(sl, ml)]
+                            for sl, ml in zip(rollout.student_logp, rollout.mix_logp)]}
+        store = ctx.rollout_batch(rollout, extras)
+        # old (behaviour) and teacher log-probs from the same forward pass training uses, so (dropout
+        # off) the PPO ratio is exactly 1 before the first update; in chunks: [N, L, V] may not fit
         was_training = ctx.student.training
         ctx.student.eval()
         old, teach = [], []
-        for idx in torch.arange(store.size).split(chunk):  # chunks: [N, L, V] logits would not fit
+        for idx in torch.arange(store.size).split(ctx.train_cfg.batch_size):
             mb = store.select(idx)
             labels = mb.labels.to(ctx.device)
             old.append(gather_logprobs(ctx.logits(ctx.student, mb), labels).cpu())
@@ -109,11 +120,12 @@ class MiniLLM(Method):
         rewards = sequence_rewards(t_lp, old_lp, mask)
         adv = whiten(long_range_advantages(rewards, mask, cfg.gamma, cfg.length_norm), mask)
         store.extras.update(old_logp=old_lp, reward=rewards, adv=adv)
+        ctx.counters.add("rollouts", store.size)
+        return store
 
     def train(self, ctx: MethodContext) -> None:
         cfg = self.config
         B = ctx.train_cfg.batch_size
-        alpha = cfg.teacher_mix_alpha if cfg.teacher_mix else 0.0
         if cfg.disable_dropout:
             disable_dropout(ctx.student)
         pt_iter = None
@@ -127,14 +139,7 @@ class MiniLLM(Method):
         def batches() -> Iterator[Batch]:
             shuffle = torch.Generator().manual_seed(ctx.train_cfg.seed)
             for k, exs in enumerate(ctx.example_batches(batch_size=B * cfg.rollout_minibatches)):
-                rollout = ctx.sample(ctx.student, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1), mix_alpha=alpha)
-                extras = None
-                if alpha > 0:  # w_t = q(y_t) / mix(y_t), from the sampler's own log-probs
-                    extras = {"w": [[math.exp(s - m) for s, m in zip(sl, ml)]
-                                    for sl, ml in zip(rollout.student_logp, rollout.mix_logp)]}
-                store = ctx.rollout_batch(rollout, extras)
-                self._score(ctx, store, B)
-                ctx.counters.add("rollouts", store.size)
+                store = self.make_round(ctx, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1))
                 for _ in range(cfg.ppo_epochs):
                     for idx in torch.randperm(store.size, generator=shuffle).split(B):
                         mb = _trim(store.select(idx))

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import copy  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
@@ -36,9 +37,14 @@ TEXT = ["Name three primary colors. Red, blue and yellow are the primary colors 
         "Give me a list of fruits. Apples, bananas, oranges, pears and grapes are fruits."] * 10
 
 
+_BPE = {}
+
+
 def _tokenizer(tmp, with_pad: bool):
     """A BPE tokenizer; without a pad token like GPT-2/Llama (load_tokenizer then pads with EOS)."""
-    tok = M.build_bpe_tokenizer(TEXT + [render_prompt("x", "y")] * 5, vocab_size=400)
+    if "tok" not in _BPE:  # trained once per module: it is the slow part
+        _BPE["tok"] = M.build_bpe_tokenizer(TEXT + [render_prompt("x", "y")] * 5, vocab_size=400)
+    tok = copy.deepcopy(_BPE["tok"])
     if not with_pad:
         tok.pad_token = None
     path = tmp / ("tok-pad" if with_pad else "tok-nopad")

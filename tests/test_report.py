@@ -51,11 +51,11 @@ def _eval_cell(out: Path, group: str, model: str, task: str, seed: int, base: fl
         metrics = {"validity": base + jitter, "mode_coverage": 100 - base + 2 * jitter, "judge": base + 5 + jitter}
         arts = {"validity_by_family": {f: min(100.0, base + 10 * i) for i, f in enumerate(FAMILIES)},
                 "mode_histogram": {"mode0": base / 100 * 0.7, "mode1": base / 100 * 0.3, "invalid": 1 - base / 100},
-                "judge": {"judge": "oracle", "n_calls": 4, "n_cache_hits": 0}}
-        if artifacts and model != "teacher":
-            ls = [1, 2, 4, 8, 16]
+                "judge": {"label": "oracle", "backend": "oracle", "calls": 4, "cache_hits": 0}}
+        if artifacts:
+            ls = list(range(1, 17))
             arts["exposure_curve"] = {"lengths": ls, "exaccerr": [(100 - base) * math.log2(1 + x) / 4 for x in ls],
-                                      "stderr": [1.0 + 0.2 * x for x in ls]}
+                                      "stderr": [1.0 + 0.2 * x for x in ls], "self": model == "teacher"}
     else:
         metrics = {"ece": round(0.3 - base / 400 + jitter / 100, 4), "cls_acc": base + jitter}
         acc = base / 100

@@ -53,7 +53,7 @@ table.kv td:first-child { font-weight: 600; color: var(--muted); width: 200px; }
 figure.wide { grid-column: 1 / -1; }
 thead tr:first-child th:not(.l) { text-align: center; }
 figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 10px; background: #fff; }
-figure img { width: 100%; height: auto; display: block; }
+figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
 figcaption { font-size: 12.5px; color: var(--muted); margin-top: 6px; }
 figcaption b { color: var(--fg); }
 details { border: 1px solid var(--line); border-radius: 6px; margin: 8px 0; background: #fff; }
@@ -320,7 +320,7 @@ def render(run: Run, figs: list[Figure], problems: list[str], baseline: str | No
                 ("samples", "Samples", _samples(run))]
     fl = failure_lines(run)
     if fl:
-        sections.append(("failures", f"Failures ({len(fl)})",
+        sections.append(("failures", f"Failures ({len(run.failures)} cells)",
                          "<ul>" + "".join(f"<li><code>{e(x)}</code></li>" for x in fl) + "</ul>"
                          '<p class="note">Details (with tracebacks) in each cell\'s error.json; see failures.json.</p>'))
     nav = "".join(f'<a href="#{sid}">{e(t.split(" (")[0])}</a>' for sid, t, _ in sections)

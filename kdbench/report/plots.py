@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .data import BASE, REFERENCE_ROWS, TEACHER, Key, Run, records_by_key, tasks
-from .tables import human_count
+from .tables import human_count, student_label
 
 # Fixed colours for the methods kdbench ships, so a method looks the same in every report.
 KNOWN_COLORS = {
@@ -85,6 +85,32 @@ def _save(fig, out: Path, stem: str) -> tuple[Path, Path]:
     return png, svg
 
 
+def _finish(fig, title: str | None = None, handles: list | None = None, labels: list | None = None,
+            ncol: int = 8) -> None:
+    """Suptitle on top, a figure legend at the bottom, panels in between (margins in inches)."""
+    h = fig.get_figheight()
+    bottom = 0.0
+    if handles:
+        ncol = max(1, min(ncol, len(handles)))
+        fig.legend(handles, labels if labels is not None else [x.get_label() for x in handles], loc="lower center",
+                   ncol=ncol, frameon=False, bbox_to_anchor=(0.5, 0.02 / h))
+        bottom = (0.1 + 0.21 * math.ceil(len(handles) / ncol)) / h
+    if title:  # tight_layout makes room for a suptitle itself
+        fig.suptitle(title, fontsize=10, y=1 - 0.06 / h, va="top")
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+
+
+def _axes_legend_entries(axes) -> tuple[list, list]:
+    """Unique (handle, label) pairs over all panels, in first-seen order."""
+    handles, labels = [], []
+    for ax in getattr(axes, "flat", axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    return handles, labels
+
+
 def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     ncol = max(1, min(max_cols, n))
     return math.ceil(n / ncol), ncol
@@ -114,27 +140,40 @@ def plot_bars(run: Run, st: Styles, out: Path) -> list[Figure]:
         fig = _new_figure(width * ncol, 3.0 * nrow + 0.8)
         axes = fig.subplots(nrow, ncol, squeeze=False)
         bw = 0.8 / max(len(methods), 1)
+        any_failed = False
         labels = len(methods) * len(groups) <= 12  # value labels only while they fit above the bars
         for ax, metric in zip(axes.flat, metrics):
             col = (task, metric)
             hib = next(r["higher_is_better"] for r in run.rows if (r["task"], r["metric"]) == col)
             d = 3 if 0 < max(abs(r["mean"]) for r in run.rows if (r["task"], r["metric"]) == col) < 1 else 1
             lows, highs = [0.0], [0.0]
+            xs, means, stds, colors, failed_x = [], [], [], [], []
             for gi, s in enumerate(groups):
                 for mi, m in enumerate(methods):
                     x = gi + (mi - (len(methods) - 1) / 2) * bw
                     r = run.row((s, m), col)
                     if r is None:
-                        if run.failed((s, m), col):  # failed shows as a red cross, never as a zero bar
-                            ax.plot([x], [0], marker="x", color="#c00000", markersize=7, mew=2, linestyle="none")
+                        if run.failed((s, m), col):
+                            failed_x.append(x)
                         continue
-                    ax.bar(x, r["mean"], bw * 0.92, yerr=r["std"], color=st.colors[m], edgecolor="black",
-                           linewidth=0.4, capsize=2, error_kw={"elinewidth": 0.8})
-                    lows.append(r["mean"] - r["std"])
-                    highs.append(r["mean"] + r["std"])
-                    if labels:
-                        ax.annotate(f"{r['mean']:.{d}f}", (x, max(r["mean"] + r["std"], r["mean"])),
-                                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+                    xs.append(x)
+                    means.append(r["mean"])
+                    stds.append(r["std"])
+                    colors.append(st.colors[m])
+            # One bar call per panel: per-bar calls cost a lot of artist bookkeeping.
+            if xs:
+                ax.bar(xs, means, bw * 0.92, yerr=stds, color=colors, edgecolor="black", linewidth=0.4, capsize=2,
+                       error_kw={"elinewidth": 0.8})
+                lows += [m - s for m, s in zip(means, stds)]
+                highs += [m + s for m, s in zip(means, stds)]
+            if labels:
+                for x, m, s in zip(xs, means, stds):
+                    ax.annotate(f"{m:.{d}f}", (x, m + s), xytext=(0, 2), textcoords="offset points", ha="center",
+                                va="bottom", fontsize=7)
+            if failed_x:  # failed shows as a red cross, never as a zero bar
+                any_failed = True
+                ax.plot(failed_x, [0] * len(failed_x), marker="x", color="#c00000", markersize=7, mew=2,
+                        linestyle="none", clip_on=False, zorder=5)
             t = run.row((None, TEACHER), col)
             if t is not None:
                 ax.axhline(t["mean"], color=st.colors[TEACHER], linestyle="--", linewidth=1.1)
@@ -149,18 +188,14 @@ def plot_bars(run: Run, st: Styles, out: Path) -> list[Figure]:
             ax.set_ylabel(metric)
             ax.set_xticks(range(len(groups)) if several else [])
             if several:
-                ax.set_xticklabels([s or "" for s in groups])
+                ax.set_xticklabels([student_label(run, s) for s in groups])
             ax.set_xlim(-0.6, len(groups) - 0.4)
             ax.grid(axis="x", visible=False)
         for ax in list(axes.flat)[len(metrics):]:
             ax.set_visible(False)
-        _legend(fig, st, [m for m in run.methods], extra_teacher_line=True)
         n = sorted({r["n_seeds"] for r in run.rows if r["task"] == task})
-        fig.suptitle(f"{task}: every metric per method (bars: mean ± std over {'/'.join(map(str, n))} seeds; "
-                     f"dashed: teacher)", fontsize=10)
-        h = fig.get_figheight()
-        legend_rows = math.ceil(len(run.methods) / 8)
-        fig.tight_layout(rect=(0, (0.1 + 0.22 * legend_rows) / h, 1, 1 - 0.35 / h))
+        _finish(fig, f"{task}: every metric per method (bars: mean ± std over {'/'.join(map(str, n))} seeds; "
+                     f"dashed line: teacher)", _method_handles(st, run.methods, any_failed))
         png, svg = _save(fig, out, f"{_slug(task)}_metrics")
         figs.append(Figure("bars", png.stem, f"{task}: metrics per method",
                            "Bars: mean over seeds, whiskers: std; dashed line and band: the teacher; "
@@ -168,17 +203,20 @@ def plot_bars(run: Run, st: Styles, out: Path) -> list[Figure]:
     return figs
 
 
-def _legend(fig, st: Styles, methods: list[str], extra_teacher_line: bool = False) -> None:
+def _method_handles(st: Styles, methods: list[str], failed: bool = False) -> list:
+    """Legend entries: a patch per method (the teacher as its dashed line), and the failed marker."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     handles = []
     for m in methods:
-        if m == TEACHER and extra_teacher_line:
+        if m == TEACHER:
             handles.append(Line2D([], [], color=st.colors[m], linestyle="--", label="teacher"))
         else:
             handles.append(Patch(facecolor=st.colors[m], edgecolor="black", linewidth=0.4, label=m))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), frameon=False)
+    if failed:
+        handles.append(Line2D([], [], color="#c00000", marker="x", mew=2, linestyle="none", label="failed"))
+    return handles
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,7 +241,9 @@ def plot_exposure(run: Run, st: Styles, out: Path) -> list[Figure]:
     for task in tasks(run):
         curves = {}
         for key, recs in records_by_key(run, task).items():
-            cs = [c for c in (_curve((r.get("artifacts") or {}).get("exposure_curve")) for r in recs) if c]
+            arts = [(r.get("artifacts") or {}).get("exposure_curve") for r in recs]
+            # The teacher is the oracle: its curve is 0 by definition ('self'), drawn as the zero line.
+            cs = [c for c in (_curve(a) for a in arts if not (isinstance(a, dict) and a.get("self"))) if c]
             cs = [c for c in cs if c[0] == cs[0][0]] if cs else []  # average seeds on the same lengths
             if cs:
                 ys = [statistics.fmean(v) for v in zip(*(c[1] for c in cs))]
@@ -216,11 +256,12 @@ def plot_exposure(run: Run, st: Styles, out: Path) -> list[Figure]:
         for key in [k for k in run.keys if k in curves]:
             xs, ys, se, _ = curves[key]
             c = st.colors[key[1]]
-            ax.plot(xs, ys, color=c, marker=st.markers[key[1]], markersize=4, linestyle=st.linestyles[key[0]],
+            ax.plot(xs, ys, color=c, marker=st.markers[key[1]] if len(xs) <= 30 else None, markersize=4,
+                    markevery=None, linestyle=st.linestyles[key[0]],
                     label=st.label(key, several), linewidth=1.4)
             ax.fill_between(xs, [y - e for y, e in zip(ys, se)], [y + e for y, e in zip(ys, se)], color=c,
                             alpha=0.12, linewidth=0)
-        ax.axhline(0, color="black", linewidth=0.6)
+        ax.axhline(0, color=st.colors[TEACHER], linewidth=0.8, linestyle="--", label="teacher (oracle, 0)")
         ax.set_xlabel("generation length l (tokens)")
         ax.set_ylabel("ExAccErr(l) (%)")
         ax.set_title(f"{task}: exposure bias, excess accumulated error vs the teacher (lower is better)")
@@ -269,7 +310,7 @@ def plot_reliability(run: Run, st: Styles, out: Path) -> list[Figure]:
             continue
         keys = [k for k in run.keys if k in by_key]
         nrow, ncol = _grid(len(keys), 4)
-        fig = _new_figure(2.8 * ncol, 2.9 * nrow + 0.4)
+        fig = _new_figure(2.9 * ncol, 3.1 * nrow + 0.4)
         # Shared axes: tick labels only on the outer panels (each label costs layout time, too).
         axes = fig.subplots(nrow, ncol, squeeze=False, sharex=True, sharey=True)
         for i, (ax, key) in enumerate(zip(axes.flat, keys)):
@@ -282,10 +323,9 @@ def plot_reliability(run: Run, st: Styles, out: Path) -> list[Figure]:
                    linewidth=0.4)
             gap_lo = [min(b["accuracy"], b["confidence"]) for b in full]
             gap = [abs(b["accuracy"] - b["confidence"]) for b in full]
-            ax.bar(lo, gap, w, bottom=gap_lo, align="edge", color="#d62728", alpha=0.35, edgecolor="#c00000",
-                   linewidth=0.6)
+            ax.bar(lo, gap, w, bottom=gap_lo, align="edge", facecolor="none", edgecolor="#c00000", linewidth=1.1)
             e = run.row(key, (task, "ece"))
-            ax.set_title(f"{st.label(key, several)}" + (f" (ECE {e['mean']:.3f})" if e else ""))
+            ax.set_title(st.label(key, several) + (f"\nECE {e['mean']:.3f}" if e else ""), fontsize=9)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
             ax.set_aspect("equal")
@@ -296,9 +336,8 @@ def plot_reliability(run: Run, st: Styles, out: Path) -> list[Figure]:
                 ax.set_ylabel("accuracy")
         for ax in list(axes.flat)[len(keys):]:
             ax.set_visible(False)
-        fig.suptitle(f"{task}: reliability diagrams (bars: accuracy per confidence bin; red: gap to "
-                     "perfect calibration; dashed: perfect)", fontsize=10)
-        fig.tight_layout(rect=(0, 0, 1, 0.96))
+        _finish(fig, f"{task}: reliability diagrams (bars: accuracy per confidence bin; red outline: gap to the "
+                     "diagonal, perfect calibration)")
         png, svg = _save(fig, out, f"{_slug(task)}_reliability")
         figs.append(Figure("reliability", png.stem, f"{task}: calibration",
                            "Reliability diagram per model, bins pooled over seeds; the diagonal is perfect "
@@ -427,10 +466,8 @@ def plot_modes(run: Run, st: Styles, out: Path) -> list[Figure]:
         ax.set_xlim(0, 100)
         ax.set_xlabel("% of samples on multi-answer prompts (mode 0 = the most likely valid answer)")
         ax.grid(axis="y", visible=False)
-        ax.legend(frameon=False, ncol=min(len(names), 6), loc="upper center", bbox_to_anchor=(0.5, -0.25),
-                  fontsize=7)
-        ax.set_title(f"{task}: where the samples land among the valid answers")
-        fig.tight_layout()
+        _finish(fig, f"{task}: where the samples land among the valid answers (mean over seeds)",
+                *ax.get_legend_handles_labels(), ncol=6)
         png, svg = _save(fig, out, f"{_slug(task)}_mode_histogram")
         figs.append(Figure("modes", png.stem, f"{task}: mode histogram",
                            "Share of samples per valid answer (ranked by probability) and invalid ones: "
@@ -480,15 +517,8 @@ def plot_training(run: Run, st: Styles, out: Path) -> list[Figure]:
         ax.set_ylabel(term)
     for ax in list(axes.flat)[len(terms):]:
         ax.set_visible(False)
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
-    fig.suptitle("Training curves: each method's logged terms against steps (student training)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.08 if len(labels) <= 6 else 0.13, 1, 0.95))
+    _finish(fig, "Training curves: each method's logged terms against optimisation steps",
+            *_axes_legend_entries(axes), ncol=6)
     png, svg = _save(fig, out, "training_curves")
     return [Figure("training", png.stem, "Training curves",
                    "Loss and the divergence terms each method logs (history.json), against optimisation "
@@ -535,15 +565,8 @@ def plot_scaling(run: Run, st: Styles, out: Path) -> list[Figure]:
             ax.set_title(f"{metric} ({'higher' if hib else 'lower'} is better)")
         for ax in list(axes.flat)[len(metrics):]:
             ax.set_visible(False)
-        handles, labels = [], []
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False)
-        fig.suptitle(f"{task}: score against student size (mean ± std over seeds)", fontsize=10)
-        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+        _finish(fig, f"{task}: score against student size (mean ± std over seeds; dashed: teacher)",
+                *_axes_legend_entries(axes))
         png, svg = _save(fig, out, f"{_slug(task)}_scaling")
         figs.append(Figure("scaling", png.stem, f"{task}: scaling",
                            "Each method's score against the student's parameter count (log scale); dashed: "

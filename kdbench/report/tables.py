@@ -91,15 +91,19 @@ def _seed_note(run: Run) -> str:
 
 
 def failure_lines(run: Run) -> list[str]:
-    out = []
+    """One line per failure, the seeds of one (model, task, error) folded into one line."""
+    groups: dict[tuple, list] = {}
     for f in run.failures:
         w = f["where"]
-        who = w["method"] or f.get("name")
-        if w["student"]:
-            who += f" [{w['student']}]"
-        if w["task"]:
-            who += f" on {w['task']} seed {w['seed']}"
-        out.append(f"{f.get('kind', '?')} {who}: {f.get('error', '?')}")
+        k = (f.get("kind", "?"), w["method"] or f.get("name"), w["student"], w["task"], f.get("error", "?"))
+        groups.setdefault(k, []).append(w["seed"])
+    out = []
+    for (kind, method, student, task, err), seeds in groups.items():
+        who = f"{method}" + (f" [{student}]" if student else "")
+        if task:
+            ss = sorted({str(x) for x in seeds}, key=lambda x: (len(x), x))
+            who += f" on {task} seed{'s' if len(ss) > 1 else ''} {', '.join(ss)}"
+        out.append(f"{kind} {who}: {err}")
     return out
 
 
@@ -140,7 +144,7 @@ def markdown(run: Run) -> str:
         notes.append(f"Judge: {', '.join(judges)}.")
     fl = failure_lines(run)
     if fl:
-        notes.append(f"{len(fl)} cell(s) failed:\n" + "\n".join(f"- {x}" for x in fl))
+        notes.append(f"{len(run.failures)} cell(s) failed:\n" + "\n".join(f"- {x}" for x in fl))
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 

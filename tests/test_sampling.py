@@ -1,0 +1,140 @@
+"""Teacher-mixed sampling (kdbench.sampling): the mixture it draws from and the per-token log-probs
+it returns, on fixed-distribution fake models (statistics) and on tiny GPT-2 models (exactness)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from kdbench.data import collate
+from kdbench.method import gather_logprobs
+from kdbench.sampling import SamplingConfig, sample
+
+PAD, EOS = 0, 1
+V = 6  # 0 pad, 1 eos, 2..5 content tokens
+
+
+class _Out(dict):
+    @property
+    def logits(self):
+        return self["logits"]
+
+
+class FixedLM(torch.nn.Module):
+    """Next-token distribution independent of the context; EOS and PAD impossible, so every
+    response has exactly max_new_tokens tokens."""
+
+    def __init__(self, probs):
+        super().__init__()
+        full = torch.zeros(V)
+        full[2:] = torch.tensor(probs, dtype=torch.float32)
+        self.logits_row = torch.nn.Parameter(full.log(), requires_grad=False)  # log 0 = -inf for pad/eos
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, past_key_values=None):
+        B, L = input_ids.shape
+        return _Out(logits=self.logits_row.expand(B, L, V), past_key_values=None)
+
+
+Q = [0.7, 0.1, 0.1, 0.1]  # student
+P = [0.1, 0.1, 0.1, 0.7]  # teacher
+N_PROMPTS, N_NEW = 64, 16  # 1024 draws: std of a frequency <= 0.016
+
+
+def _draw(alpha, mix=True, seed=0):
+    cfg = SamplingConfig(max_new_tokens=N_NEW)
+    prompts = [[2, 3]] * N_PROMPTS
+    return sample(FixedLM(Q), prompts, cfg, EOS, PAD, seed, batch_size=N_PROMPTS,
+                  mix_model=FixedLM(P) if mix else None, mix_alpha=alpha)
+
+
+def _freqs(rollout):
+    toks = torch.tensor([t for r in rollout.response_ids for t in r])
+    assert len(toks) == N_PROMPTS * N_NEW
+    return [float((toks == v).float().mean()) for v in range(2, V)]
+
+
+@pytest.mark.parametrize("alpha, expected", [
+    (1.0, P),  # alpha = 1: the teacher alone
+    (0.0, Q),  # alpha = 0: the student alone
+    (0.5, [0.4, 0.1, 0.1, 0.4]),  # the mixture (1 - a) q + a p
+    (0.2, [0.58, 0.1, 0.1, 0.22]),  # MiniLLM's alpha
+])
+def test_mixed_sampling_follows_the_mixture(alpha, expected):
+    f = _freqs(_draw(alpha))
+    assert f == pytest.approx(expected, abs=0.06)
+
+
+def test_plain_sampling_follows_the_student():
+    assert _freqs(_draw(0.0, mix=False)) == pytest.approx(Q, abs=0.06)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5])
+def test_importance_weights_match_hand_computation(alpha):
+    r = _draw(alpha, seed=3)
+    for toks, s_lp, t_lp, m_lp in zip(r.response_ids, r.student_logp, r.teacher_logp, r.mix_logp):
+        assert len(toks) == len(s_lp) == len(t_lp) == len(m_lp) == N_NEW
+        for y, s, t, m in zip(toks, s_lp, t_lp, m_lp):
+            q, p = Q[y - 2], P[y - 2]
+            assert s == pytest.approx(math.log(q), abs=1e-5)
+            assert t == pytest.approx(math.log(p), abs=1e-5)
+            assert m == pytest.approx(math.log((1 - alpha) * q + alpha * p), abs=1e-5)
+            # the importance weight MiniLLM uses, w = q / mix
+            assert math.exp(s - m) == pytest.approx(q / ((1 - alpha) * q + alpha * p), rel=1e-5)
+
+
+def test_same_seed_same_samples():
+    assert _draw(0.2, seed=5).response_ids == _draw(0.2, seed=5).response_ids
+    assert _draw(0.2, seed=5).response_ids != _draw(0.2, seed=6).response_ids
+
+
+# --- real (tiny GPT-2) models: two KV caches stepping together ----------------------------------
+
+def _gpt2(seed, std):
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=12, n_positions=32, n_embd=16, n_layer=1, n_head=2, initializer_range=std,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, eos_token_id=EOS, pad_token_id=PAD)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return _gpt2(0, 0.3), _gpt2(1, 0.6)  # (student, teacher), fairly peaked so EOS ends some rows early
+
+
+PROMPTS = [[3, 4, 5], [6], [7, 8, 9, 10, 11], [2, 2]]  # ragged: exercises left padding
+
+
+def test_alpha_one_is_exactly_teacher_sampling(pair):
+    student, teacher = pair
+    cfg = SamplingConfig(max_new_tokens=10)
+    mixed = sample(student, PROMPTS, cfg, EOS, PAD, seed=11, mix_model=teacher, mix_alpha=1.0)
+    alone = sample(teacher, PROMPTS, cfg, EOS, PAD, seed=11)
+    assert mixed.response_ids == alone.response_ids  # same draws from the same generator
+
+
+def test_alpha_zero_is_exactly_student_sampling(pair):
+    student, teacher = pair
+    cfg = SamplingConfig(max_new_tokens=10)
+    mixed = sample(student, PROMPTS, cfg, EOS, PAD, seed=11, mix_model=teacher, mix_alpha=0.0)
+    alone = sample(student, PROMPTS, cfg, EOS, PAD, seed=11)
+    assert mixed.response_ids == alone.response_ids
+
+
+def test_returned_logprobs_match_a_full_forward(pair):
+    """The sampler's cached, left-padded per-token log-probs equal a plain right-padded forward pass
+    over the finished sequences, aligned through collate's labels (what MiniLLM's loss relies on)."""
+    student, teacher = pair
+    r = sample(student, PROMPTS, SamplingConfig(max_new_tokens=10), EOS, PAD, seed=4, mix_model=teacher,
+               mix_alpha=0.2)
+    b = collate(list(zip(r.prompt_ids, r.response_ids)), PAD,
+                {"s": r.student_logp, "t": r.teacher_logp, "m": r.mix_logp})
+    mask = b.loss_mask > 0
+    with torch.no_grad():
+        q = gather_logprobs(student(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b.labels)
+        p = gather_logprobs(teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b.labels)
+    assert torch.allclose(b.extras["s"][mask], q[mask], atol=1e-4)
+    assert torch.allclose(b.extras["t"][mask], p[mask], atol=1e-4)
+    mix = torch.log(0.8 * q.exp() + 0.2 * p.exp())
+    assert torch.allclose(b.extras["m"][mask], mix[mask], atol=1e-4)
