@@ -153,9 +153,10 @@ def test_seqkd_fits_teacher_samples(world, teacher, tmp_path):
     assert ce() < 0.8 * before
 
 
-@pytest.mark.parametrize("name, fn", [("single_step", reverse_kl), ("js", js), ("tvd", tvd)])
-def test_on_policy_divergence_goes_down(world, teacher, tmp_path, name, fn):
-    ctx = make_ctx(world, teacher, tmp_path, steps=15)
+# TVD's gradient w.r.t. the logits scales with q, tiny for a near-uniform student: a larger step
+@pytest.mark.parametrize("name, fn, lr", [("single_step", reverse_kl, 1e-2), ("js", js, 1e-2), ("tvd", tvd, 5e-2)])
+def test_on_policy_divergence_goes_down(world, teacher, tmp_path, name, fn, lr):
+    ctx = make_ctx(world, teacher, tmp_path, steps=15, lr=lr)
     before = on_policy(ctx, fn, world)
     train(name, ctx)
     assert ctx.counters["generated_tokens"] > 0
