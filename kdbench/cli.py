@@ -39,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16")
     p.add_argument("--teacher-device", help="same | cpu | cuda:N (where the teacher sits)")
+    p.add_argument("--judge-model", help="LLM judge model name (OpenAI-compatible endpoint)")
+    p.add_argument("--judge-base-url", help="LLM judge endpoint base URL (key from $OPENAI_API_KEY)")
+    p.add_argument("--judge-backend", help="auto | oracle | openai (auto: oracle on the toy world)")
     p.add_argument("--list", action="store_true", help="list methods, tasks, metrics and presets, then exit")
-    p.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate config, models and data; print the plan and, per task, examples loaded/dropped "
+                        "and one prompt; train nothing. Exit 0 if every task is ready or only lacks its data "
+                        "(listed as unavailable), 2 on errors (bad config, malformed data, no train data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -114,6 +120,9 @@ def resolve_config(args: argparse.Namespace):
     for flag, key in (("device", "device"), ("dtype", "dtype"), ("teacher_device", "teacher_device")):
         if getattr(args, flag):
             data[key] = getattr(args, flag)
+    for flag, key in (("judge_model", "model"), ("judge_base_url", "base_url"), ("judge_backend", "backend")):
+        if getattr(args, flag):
+            data.setdefault("judge", {})[key] = getattr(args, flag)
     for item in args.set:
         if "=" not in item:
             raise ConfigError(f"--set '{item}': expected KEY=VALUE, e.g. --set distill.lr=1e-3")

@@ -73,6 +73,8 @@ class EvalConfig:
     max_examples: int | None = None  # cap on test examples per task (presets use small caps)
     coverage_samples: int = 8  # samples per multi-answer prompt for mode coverage (toy world)
     metrics: list[str] | None = None  # None: each task's default metrics
+    exposure_prompts: int = 32  # ExAccErr: first N test prompts (MiniLLM: the Dolly test set)
+    exposure_samples: int = 4  # ExAccErr: samples per prompt from model and teacher (paper: 10)
 
     def __post_init__(self) -> None:
         _check(len(self.seeds) >= 1, "eval.seeds", "needs at least one seed")
@@ -85,6 +87,8 @@ class EvalConfig:
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
         _check(self.coverage_samples >= 1, "eval.coverage_samples", "must be >= 1")
+        _check(self.exposure_prompts >= 1, "eval.exposure_prompts", "must be >= 1")
+        _check(self.exposure_samples >= 1, "eval.exposure_samples", "must be >= 1")
         _check(self.max_examples is None or self.max_examples >= 1, "eval.max_examples", "must be >= 1 or null")
 
 

@@ -305,15 +305,13 @@ def check_real_models(teacher: str, students: Sequence[str]) -> None:
                              "the model cannot score every token of the vocabulary")
 
 
-_DEVICE_FORMS = "auto | cpu | cuda | cuda:N | mps"
-
-
 def check_placement(device: str, teacher_device: str) -> None:
     """--device and --teacher-device name devices that exist here (fails before any work)."""
     import torch
 
-    def ok(name: str, key: str, allowed: str) -> None:
-        if name in ("auto", "same") and name in allowed:
+    def ok(name: str, key: str, keyword: str) -> None:
+        allowed = f"{keyword} | cpu | cuda | cuda:N | mps"
+        if name == keyword:
             return
         try:
             dev = torch.device(name)
@@ -335,8 +333,8 @@ def check_placement(device: str, teacher_device: str) -> None:
             return
         raise ConfigError(f"config key '{key}': device type '{dev.type}' is not supported; valid: {allowed}")
 
-    ok(device, "device", _DEVICE_FORMS)
-    ok(teacher_device, "teacher_device", "same | cpu | cuda | cuda:N | mps")
+    ok(device, "device", "auto")
+    ok(teacher_device, "teacher_device", "same")
 
 
 def count_parameters(model) -> int:

@@ -79,6 +79,9 @@ class Benchmark:
             cfg.train_config_for(m)
         for name in cfg.eval.metrics or []:
             METRICS.get(name, "eval.metrics")
+        from .metrics.judge_metric import judge_settings
+
+        judge_settings(cfg.judge)  # a bad judge backend/key fails here, not in every eval cell
         M.check_model_name(cfg.teacher, "--teacher")
         for s in cfg.students:
             M.check_model_name(s, "--student")
@@ -400,6 +403,11 @@ class Benchmark:
         cell = self.out / "cells" / "eval" / group / model_label / task_name / f"seed{seed}"
         spec = {"model": model_key, "task": task.fingerprint(), "eval": to_dict(c.eval), "seed": seed,
                 "metrics": {m: METRICS.get(m).version for m in metrics}, "max_prompt_length": c.max_prompt_length}
+        if "judge" in metrics:  # switching judges must not reuse cells scored by the old one
+            from .metrics.judge import JUDGE_PROMPT_VERSION
+
+            spec["judge"] = {k: c.judge.get(k) for k in ("backend", "model", "base_url", "order")}
+            spec["judge"]["prompt_version"] = JUDGE_PROMPT_VERSION
         key = stable_hash(spec)
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:
             return read_json(cell / "metrics.json")
@@ -539,7 +547,7 @@ _PROMPT_SHOWN = 1200  # characters of the example prompt printed (long contexts 
 
 def _dry_run_tokenizer(self: Benchmark, loaded: list[Task]):
     """(tokenizer, description) the run would use, without writing anything: a real teacher's own
-    tokenizer, a cached tokenizer stage, or the preset recipe rebuilt in memory on the loaded tasks."""
+    tokenizer, or the built-in recipe (runner.tokenizer) rebuilt in memory on the tasks that loaded."""
     c = self.cfg
     if not M.is_preset(c.teacher):
         return M.load_tokenizer(c.teacher), f"the teacher's ({c.teacher})"
@@ -585,7 +593,7 @@ def _dry_run(self: Benchmark) -> DryRun:
             except DataError as e:
                 absent = hasattr(task, "find_local") and task.find_local(split) is None
                 failed[name] = str(e)
-                if absent and name != c.train_task:
+                if absent and split != "train":  # no train data: nothing could be trained at all
                     unavailable.append(name)
                 else:
                     errors.append(f"{name}/{split}: {e}")

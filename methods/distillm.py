@@ -140,12 +140,12 @@ class DistiLLM(Method):
             d = divergence(s, ctx.teacher_logits(batch), batch.loss_mask, alpha=cfg.skew_alpha)
             loss = d
             src = batch.extras["source"]
-            logs = {cfg.loss: float(d), "fresh": float((src == 1).float().mean()),
+            logs = {cfg.loss: d.item(), "fresh": float((src == 1).float().mean()),
                     "replay": float((src == 2).float().mean()), "threshold": float(batch.extras["threshold"].mean())}
             if cfg.kd_ratio < 1:
                 ce = cross_entropy(s, batch.labels)
                 loss = cfg.kd_ratio * d + (1 - cfg.kd_ratio) * ce
-                logs["ce"] = float(ce)
+                logs["ce"] = ce.item()
             return LossOutput(loss, logs)
 
         ctx.fit(loss_fn, batches())

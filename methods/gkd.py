@@ -79,6 +79,6 @@ class GKD(Method):
         def loss_fn(batch):
             d = generalized_jsd(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask,
                                 beta=cfg.beta)
-            return LossOutput(d, {"gjsd": float(d), "on_policy": float(batch.extras["on_policy"].mean())})
+            return LossOutput(d, {"gjsd": d.item(), "on_policy": float(batch.extras["on_policy"].mean())})
 
         ctx.fit(loss_fn, batches())

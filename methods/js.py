@@ -61,6 +61,6 @@ class JS(Method):
 
         def loss_fn(batch):
             d = js(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask, beta=beta)
-            return LossOutput(d, {"js": float(d)})
+            return LossOutput(d, {"js": d.item()})
 
         ctx.fit(loss_fn, train_batches(ctx, self.config.data))

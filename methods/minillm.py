@@ -145,7 +145,8 @@ class MiniLLM(Method):
                         mb = _trim(store.select(idx))
                         if pt_iter is not None:  # per-row extras, so micro-batch splitting keeps them paired
                             pt = next(pt_iter)
-                            mb.extras["pt_input_ids"], mb.extras["pt_labels"] = pt.input_ids[: mb.size], pt.labels[: mb.size]
+                            mb.extras["pt_input_ids"] = pt.input_ids[: mb.size]
+                            mb.extras["pt_labels"] = pt.labels[: mb.size]
                         yield mb
 
         def loss_fn(batch: Batch) -> LossOutput:
@@ -155,11 +156,11 @@ class MiniLLM(Method):
             pg = ppo_clipped_loss(logp, batch.extras["old_logp"], batch.extras["adv"], mask, cfg.clip,
                                   importance_weights=batch.extras.get("w"))
             loss = pg
-            logs = {"pg": float(pg), "reward": float(masked_mean(batch.extras["reward"], mask))}
+            logs = {"pg": pg.item(), "reward": float(masked_mean(batch.extras["reward"], mask))}
             if cfg.single_step:
                 single = reverse_kl(s, ctx.teacher_logits(batch), mask)
                 loss = loss + single
-                logs["single_step"] = float(single)
+                logs["single_step"] = single.item()
             if "pt_input_ids" in batch.extras:
                 lm = Batch(batch.extras["pt_input_ids"], torch.ones_like(batch.extras["pt_input_ids"]),
                            batch.extras["pt_labels"])
@@ -169,7 +170,7 @@ class MiniLLM(Method):
                     pt = (1 - cfg.pt_kd_ratio) * pt + cfg.pt_kd_ratio * forward_kl(lm_logits, ctx.teacher_logits(lm),
                                                                                    lm.loss_mask)
                 loss = loss + cfg.lm_coef * pt
-                logs["pt"] = float(pt)
+                logs["pt"] = pt.item()
             return LossOutput(loss, logs)
 
         ctx.fit(loss_fn, batches())

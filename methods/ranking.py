@@ -49,7 +49,8 @@ def sequence_scores(token_logp: torch.Tensor, mask: torch.Tensor, length_norm: b
     return total / mask.sum(-1).clamp(min=1) if length_norm else total
 
 
-def ranking_loss(scores: torch.Tensor, teacher_scores: torch.Tensor, group: torch.Tensor, margin: float) -> tuple[torch.Tensor, int]:
+def ranking_loss(scores: torch.Tensor, teacher_scores: torch.Tensor, group: torch.Tensor,
+                 margin: float) -> tuple[torch.Tensor, int]:
     """Mean hinge max(0, margin - s+ + s-) over same-group pairs the teacher orders strictly."""
     better = (teacher_scores[:, None] > teacher_scores[None, :]) & (group[:, None] == group[None, :])
     hinge = torch.relu(margin - scores[:, None] + scores[None, :])
@@ -104,7 +105,7 @@ class Ranking(Method):
             group = torch.where(is_gold, -1.0 - torch.arange(batch.size, device=mask.device), batch.extras["group"])
             rank, n_pairs = ranking_loss(scores, batch.extras["teacher_score"], group, cfg.margin)
             sft = masked_mean(-lp, mask * is_gold[:, None].float())
-            return LossOutput(rank + cfg.sft_coef * sft, {"rank": float(rank), "sft": float(sft),
+            return LossOutput(rank + cfg.sft_coef * sft, {"rank": rank.item(), "sft": sft.item(),
                                                           "pairs": float(n_pairs)})
 
         ctx.fit(loss_fn, batches())

@@ -38,8 +38,8 @@ class SeqKD(Method):
             s = ctx.logits(ctx.student, batch)
             ce = cross_entropy(s, batch.labels)
             if r == 0.0:  # pure SeqKD: no teacher forward pass at all
-                return LossOutput(ce, {"ce": float(ce)})
+                return LossOutput(ce, {"ce": ce.item()})
             kl = forward_kl(s, ctx.teacher_logits(batch), batch.loss_mask)
-            return LossOutput((1 - r) * ce + r * kl, {"ce": float(ce), "fkl": float(kl)})
+            return LossOutput((1 - r) * ce + r * kl, {"ce": ce.item(), "fkl": kl.item()})
 
         ctx.fit(loss_fn, ctx.gold_batches(data))

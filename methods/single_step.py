@@ -38,6 +38,6 @@ class SingleStep(Method):
 
         def loss_fn(batch):
             rkl = reverse_kl(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask)
-            return LossOutput(rkl, {"rkl": float(rkl)})
+            return LossOutput(rkl, {"rkl": rkl.item()})
 
         ctx.fit(loss_fn, batches())

@@ -54,6 +54,6 @@ class TVD(Method):
     def train(self, ctx: MethodContext) -> None:
         def loss_fn(batch):
             d = tvd(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask)
-            return LossOutput(d, {"tvd": float(d)})
+            return LossOutput(d, {"tvd": d.item()})
 
         ctx.fit(loss_fn, train_batches(ctx, self.config.data))

@@ -163,6 +163,8 @@ def test_tiny_real_preset_is_consistent(data_dir):
     docs = dolly.pretrain_texts()  # base models pretrain on the train split's text only
     assert len(docs) == len(dolly.examples("train")) == 30
     assert not any(ex.instruction in "\n".join(docs) for ex in dolly.examples("test"))
+    # off by default: real base models come pretrained
+    assert Benchmark(_resolve("--preset", "gpt2", "--data-dir", str(data_dir)), Path("/x")).task("dolly").pretrain_texts() is None
 
 
 # -- real models end to end -----------------------------------------------------------------------

@@ -13,6 +13,15 @@ from kdbench.method import gather_logprobs
 from kdbench.sampling import SamplingConfig, sample
 
 PAD, EOS = 0, 1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models gain nothing from threads, and on a shared 2-core box extra threads spin
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 V = 6  # 0 pad, 1 eos, 2..5 content tokens
 
 
@@ -94,7 +103,8 @@ def test_same_seed_same_samples():
 def _gpt2(seed, std):
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=12, n_positions=32, n_embd=16, n_layer=1, n_head=2, initializer_range=std,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, eos_token_id=EOS, pad_token_id=PAD)
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOS,
+                     eos_token_id=EOS, pad_token_id=PAD)
     return GPT2LMHeadModel(cfg).eval()
 
 

@@ -479,7 +479,7 @@ def test_describe_load_whole_task_and_fingerprint(tmp_path):
     assert rep["loaded"] == 5 and set(rep["splits"]) == {"train", "dev", "test"}
     assert rep["source"]["test"] == str(d / "valid.jsonl")
     fp = t.fingerprint()
-    assert fp["settings"] == {"dev_num": 1000, "fallback_dev_num": 2}
+    assert fp["settings"] == {"dev_num": 1000, "fallback_dev_num": 2, "pretrain_on_train": False}
     assert fp["data"]["test"]["source"] == str(d / "valid.jsonl") and len(fp["data"]["test"]["sha256"]) == 64
     write_jsonl(d / "valid.jsonl", [rec(0), rec(9)])
     assert make("dolly", tmp_path).fingerprint()["data"]["test"]["sha256"] != fp["data"]["test"]["sha256"]

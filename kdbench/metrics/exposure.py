@@ -15,6 +15,8 @@ Differences from MiniLLM's `evaluate_exposure_bias.py`, on purpose:
 - alignment: upstream slices `logits[:, len(prompt):]`, so position t is scored with the
   distribution that predicts token t + 1 (the first generated token is never scored, and one
   position past the end is). Here the logits at position len(prompt) - 1 + t predict token t.
+  A check that follows: position 1 is predicted from the prompt alone for both texts, so
+  R(1) = eps(1) and ExAccErr(1) = 0 exactly.
 - standard error: upstream writes (|std_R / R| + |std_eps / std_eps|) * ExAccErr, i.e. a relative
   std plus a constant 1, scaled. Here it is the standard error over prompts of the ratio estimator
   R/eps (delta method, paired by prompt): se = 100 / eps * sqrt(sum_i (R_i - r eps_i)^2 / (n (n-1)))
@@ -41,6 +43,7 @@ import torch
 
 from ..data import collate, encode_pair
 from ..divergences import token_forward_kl
+from ..models import vocab_size_of
 from ..sampling import SamplingConfig, sample
 from .base import EvalContext, register_metric
 
@@ -129,10 +132,11 @@ def exposure_curve(model_errors: Sequence[Sequence[Sequence[float]]],
 
 @torch.no_grad()
 def sequence_errors(model, teacher, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                    pad_id: int, batch_size: int = 32) -> list[np.ndarray]:
+                    pad_id: int, batch_size: int = 32, vocab_size: int | None = None) -> list[np.ndarray]:
     """Per generated token t of each (prompt, response): KL(p_teacher || q_model) of the two
     next-token distributions at the position that predicts token t (the last prompt position for
-    t = 0). Raw logits (temperature 1, no filtering), fp32."""
+    t = 0). Raw logits (temperature 1, no filtering), fp32, over the first `vocab_size` ids (padded
+    embedding rows are not tokens; training cuts them off the same way)."""
     if len(prompts) != len(responses):
         raise ValueError(f"sequence_errors: {len(prompts)} prompts but {len(responses)} responses")
     dev_m = next(model.parameters()).device
@@ -145,7 +149,7 @@ def sequence_errors(model, teacher, prompts: Sequence[Sequence[int]], responses:
         b = collate(pairs, pad_id)
         q = model(input_ids=b.input_ids.to(dev_m), attention_mask=b.attention_mask.to(dev_m)).logits
         p = teacher(input_ids=b.input_ids.to(dev_t), attention_mask=b.attention_mask.to(dev_t)).logits.to(dev_m)
-        v = min(q.shape[-1], p.shape[-1])  # padded vocabularies: the extra ids are never generated
+        v = min(q.shape[-1], p.shape[-1], vocab_size or q.shape[-1])
         kl = token_forward_kl(q[..., :v], p[..., :v]).cpu()
         # collate's labels mark exactly the positions len(p)-1+t that predict response token t
         mask = b.labels != -100
@@ -230,8 +234,9 @@ def _exposure_metric(ctx: EvalContext):
             per_teacher[key] = sample(teacher, rep, scfg, tok.eos_token_id, tok.pad_token_id, seed,
                                       batch_size=bs * 4).response_ids
         teacher_resp = per_teacher[key]
-        m_err = sequence_errors(ctx.model, teacher, rep, model_resp, tok.pad_token_id, bs)
-        t_err = sequence_errors(ctx.model, teacher, rep, teacher_resp, tok.pad_token_id, bs)
+        vocab = vocab_size_of(tok)
+        m_err = sequence_errors(ctx.model, teacher, rep, model_resp, tok.pad_token_id, bs * 4, vocab)
+        t_err = sequence_errors(ctx.model, teacher, rep, teacher_resp, tok.pad_token_id, bs * 4, vocab)
     finally:
         if was_training:
             ctx.model.train()

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from ..data import IGNORE, collate, encode_pair
+from ..models import slice_vocab, vocab_size_of
 from .base import EvalContext, register_metric
 
 
@@ -36,10 +37,12 @@ def eval_lengths(ctx: EvalContext) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def lm_loss(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32) -> float:
+def lm_loss(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
+            vocab_size: int | None = None) -> float:
     """Mean cross-entropy (nats) per response token of `model` on (prompt_ids, response_ids) pairs.
 
     The response ids include EOS (as `encode_pair` returns them); prompt tokens carry no loss.
+    `vocab_size` cuts padded embedding rows off the logits, as training does (`slice_vocab`).
     """
     if not pairs:
         raise ValueError("lm_loss: no (prompt, response) pairs")
@@ -50,6 +53,7 @@ def lm_loss(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, ba
     for s in range(0, len(pairs), batch_size):
         batch = collate(pairs[s: s + batch_size], pad_id)
         logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+        logits = slice_vocab(logits, vocab_size)
         labels = batch.labels.to(device)
         # fp32 and a sum (not a per-batch mean): the result must not depend on batch size or dtype
         nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
@@ -75,7 +79,7 @@ def _lm_loss_metric(ctx: EvalContext):
     was_training = ctx.model.training
     ctx.model.eval()
     try:
-        return lm_loss(ctx.model, pairs, ctx.tokenizer.pad_token_id, bs)
+        return lm_loss(ctx.model, pairs, ctx.tokenizer.pad_token_id, bs, vocab_size_of(ctx.tokenizer))
     finally:
         if was_training:
             ctx.model.train()

@@ -260,11 +260,20 @@ def aggregate(records: list[dict], failures: list[dict] | None = None) -> list[d
     return rows
 
 
+# The methods kdbench ships, in the paper's order (baselines first, then MiniLLM and its ablations,
+# then the other objectives): every report lists and colours them the same way, whatever order the
+# command line named them in (`--methods all` is alphabetical).
+CANONICAL_ORDER = ["sft", "kd", "seqkd", "minillm", "minillm-no-single-step", "minillm-no-teacher-mix",
+                   "minillm-no-length-norm", "single_step", "ranking", "js", "tvd", "gkd", "distillm"]
+
+
 def method_order(config: dict, present: list[str]) -> list[str]:
-    """Teacher, student-base, the configured methods in config order, then any others sorted."""
+    """Teacher, student-base, known methods in canonical order, other configured ones, the rest sorted."""
     configured = [m for m in config.get("methods", []) if isinstance(m, str)]
-    rest = sorted(set(present) - set(configured) - set(REFERENCE_ROWS))
-    return [TEACHER, BASE] + configured + rest
+    known = [m for m in CANONICAL_ORDER if m in configured or m in present]
+    other = [m for m in configured if m not in known]
+    rest = sorted(set(present) - set(known) - set(other) - set(REFERENCE_ROWS))
+    return [TEACHER, BASE] + known + other + rest
 
 
 def row_keys(rows: list[dict], failures: list[dict], train: dict, order: list[str],

@@ -2,7 +2,8 @@
 
 Sections: setup, leaderboard, delta to the baseline, cost, plots, a sample browser (a few prompts
 with every model's response side by side, first evaluation seed), failures. Nothing in it depends
-on the time or machine it was built on, so rebuilding gives the same bytes.
+on the time it was built (the git commit shown is the run's, or else that of the summarizing code),
+so rebuilding gives the same bytes.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .data import TEACHER, Key, Run, first_seed_generations, tasks
+from .data import REFERENCE_ROWS, TEACHER, Key, Run, first_seed_generations, tasks
 from .plots import Figure, styles_for
 from .tables import (COST_FIELDS, DASH, PARTIAL, STAR, _fmt_cost, best_by_group, cell_flags, decimals, delta_cells,
                      direction, failure_lines, student_label)
@@ -113,7 +114,7 @@ def _setup(run: Run) -> str:
         ("preset", c.get("preset", DASH)),
         ("teacher", c.get("teacher", DASH)),
         ("students", ", ".join(students) or DASH),
-        ("methods", ", ".join(m for m in run.methods if m != TEACHER) or DASH),
+        ("methods", ", ".join(m for m in run.methods if m not in REFERENCE_ROWS) or DASH),
         ("tasks (eval)", ", ".join(tasks(run)) or ", ".join(c.get("tasks", [])) or DASH),
         ("train task", c.get("train_task", DASH)),
         ("decoding", f"temperature {ev.get('temperature', DASH)}, top-p {ev.get('top_p', DASH)}, "
@@ -145,6 +146,11 @@ def _head(run: Run, label: str = "method") -> str:
             f"<tr>{sub}</tr></thead>")
 
 
+def _table(run: Run, rows: list[str], note: str) -> str:
+    return (f'<div class="scroll"><table>{_head(run)}<tbody>{"".join(rows)}</tbody></table></div>'
+            f'<p class="note">{note}</p>')
+
+
 def _row_open(run: Run, keys: list[Key], i: int) -> str:
     key = keys[i]
     cls = []
@@ -154,7 +160,8 @@ def _row_open(run: Run, keys: list[Key], i: int) -> str:
         cls.append("group")
     first = i == 0 or keys[i - 1][0] != key[0]
     who = e(student_label(run, key[0])) if first else ""
-    return (f'<tr class="{" ".join(cls)}">' if cls else "<tr>") + f'<td class="l">{who}</td><td class="l">{e(key[1])}</td>'
+    tr = f'<tr class="{" ".join(cls)}">' if cls else "<tr>"
+    return tr + f'<td class="l">{who}</td><td class="l">{e(key[1])}</td>'
 
 
 def _leaderboard(run: Run) -> str:
@@ -176,7 +183,8 @@ def _leaderboard(run: Run) -> str:
             v = f"<strong>{v}</strong>" if f["bold"] else v
             marks = (f'<span class="star" title="beats the teacher">{STAR}</span>' if f["star"] else "") + \
                     (f'<span class="failed" title="some seeds failed">{PARTIAL}</span>' if f["partial"] else "")
-            title = f"n_seeds={r['n_seeds']}, n_examples={r['n_examples']}" + (f", judge={r['judge']}" if r["judge"] else "")
+            title = f"n_seeds={r['n_seeds']}, n_examples={r['n_examples']}"
+            title += f", judge={r['judge']}" if r["judge"] else ""
             cells.append(f'<td title="{e(title)}">{v} <span class="std">± {r["std"]:.{dd}f}</span>{marks}</td>')
         rows.append(_row_open(run, run.keys, i) + "".join(cells) + "</tr>")
     n = sorted({r["n_seeds"] for r in run.rows})
@@ -184,12 +192,13 @@ def _leaderboard(run: Run) -> str:
             f"student of its group per column; <span class='star'>{STAR}</span>: beats the teacher; "
             f"<span class='failed'>{PARTIAL}</span>: some seeds failed; <span class='failed'>failed</span>: no seed "
             "finished. Hover a cell for its seed and example counts. Also in leaderboard.md / .csv / .json / .tex.")
-    return f'<div class="scroll"><table>{_head(run)}<tbody>{"".join(rows)}</tbody></table></div><p class="note">{note}</p>'
+    return _table(run, rows, note)
 
 
 def _delta(run: Run, baseline: str | None) -> str:
     if not baseline:
-        return '<p class="note">No baseline: the run has no <code>sft</code> rows; pass <code>summarize --baseline METHOD</code>.</p>'
+        return ('<p class="note">No baseline: the run has no <code>sft</code> rows; pass '
+                "<code>summarize --baseline METHOD</code>.</p>")
     keys, cells = delta_cells(run, baseline)
     scale = {}
     for c in run.columns:
@@ -218,7 +227,7 @@ def _delta(run: Run, baseline: str | None) -> str:
     note = (f"Each cell: mean minus the mean of the <code>{e(baseline)}</code> student of the same group (its own "
             "row shows its values in italics). Green: better in the metric's direction, red: worse; the deeper "
             "the colour, the larger the change within its column. Also in leaderboard_delta.md.")
-    return f'<div class="scroll"><table>{_head(run)}<tbody>{"".join(rows)}</tbody></table></div><p class="note">{note}</p>'
+    return _table(run, rows, note)
 
 
 def _cost(run: Run, rows: list[dict]) -> str:
@@ -300,7 +309,8 @@ def _samples(run: Run) -> str:
                 chk = (g or {}).get("check")
                 mark = ""
                 if isinstance(chk, dict) and "valid" in chk:
-                    mark = ' <span class="ok">✓ valid</span>' if chk["valid"] else ' <span class="bad">✗ invalid</span>'
+                    mark = (' <span class="ok">✓ valid</span>' if chk["valid"] else
+                            ' <span class="bad">✗ invalid</span>')
                 resp.append(f'<div class="resp" style="--c:{st.colors[k[1]]}"><h4>{e(st.label(k, several))}{mark}</h4>'
                             f"<pre>{e(text)}</pre></div>")
             ref_html = "".join(f"<pre>{e(r)}</pre>" for r in refs[:3])
@@ -315,19 +325,21 @@ def _samples(run: Run) -> str:
 def render(run: Run, figs: list[Figure], problems: list[str], baseline: str | None, cost: list[dict]) -> str:
     title = f"kdbench report: {run.config.get('preset') or run.out.name}"
     sections = [("setup", "Setup", _setup(run)), ("leaderboard", "Leaderboard", _leaderboard(run)),
-                ("delta", f"Difference to {baseline}" if baseline else "Difference to a baseline", _delta(run, baseline)),
+                ("delta", f"Difference to {baseline or 'a baseline'}", _delta(run, baseline)),
                 ("cost", "Cost", _cost(run, cost)), ("plots", "Plots", _plots(figs, problems)),
                 ("samples", "Samples", _samples(run))]
     fl = failure_lines(run)
     if fl:
         sections.append(("failures", f"Failures ({len(run.failures)} cells)",
                          "<ul>" + "".join(f"<li><code>{e(x)}</code></li>" for x in fl) + "</ul>"
-                         '<p class="note">Details (with tracebacks) in each cell\'s error.json; see failures.json.</p>'))
+                         "<p class=\"note\">Details (with tracebacks) in each cell's error.json; see "
+                         "failures.json.</p>"))
     nav = "".join(f'<a href="#{sid}">{e(t.split(" (")[0])}</a>' for sid, t, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{e(t)}</h2>{content}</section>' for sid, t, content in sections)
     c = run.config
-    sub = (f"teacher {c.get('teacher', DASH)} → {', '.join(run.students) or DASH}; "
-           f"{len([m for m in run.methods if m != TEACHER])} rows per student; tasks {', '.join(tasks(run)) or DASH}")
+    n_methods = len([m for m in run.methods if m not in REFERENCE_ROWS])
+    sub = (f"teacher {c.get('teacher', DASH)} → students {', '.join(run.students) or DASH}; {n_methods} methods; "
+           f"tasks {', '.join(tasks(run)) or DASH}")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{e(title)}</title><style>{CSS}</style></head><body>"

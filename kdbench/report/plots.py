@@ -61,7 +61,8 @@ class Styles:
 
 
 def styles_for(run: Run) -> Styles:
-    colors, markers = {}, {}
+    # The reference rows always have a style: plots draw the teacher line even where its row is missing.
+    colors, markers = {TEACHER: KNOWN_COLORS[TEACHER], BASE: KNOWN_COLORS[BASE]}, {TEACHER: "*", BASE: "x"}
     extra = iter(EXTRA_COLORS * 4)
     for i, m in enumerate(run.methods):
         colors[m] = KNOWN_COLORS.get(m) or next(extra)
@@ -166,10 +167,11 @@ def plot_bars(run: Run, st: Styles, out: Path) -> list[Figure]:
                        error_kw={"elinewidth": 0.8})
                 lows += [m - s for m, s in zip(means, stds)]
                 highs += [m + s for m, s in zip(means, stds)]
-            if labels:
+            if labels:  # at the end of the whisker, below it for negative bars
                 for x, m, s in zip(xs, means, stds):
-                    ax.annotate(f"{m:.{d}f}", (x, m + s), xytext=(0, 2), textcoords="offset points", ha="center",
-                                va="bottom", fontsize=7)
+                    neg = m < 0
+                    ax.annotate(f"{m:.{d}f}", (x, m - s if neg else m + s), xytext=(0, -2 if neg else 2),
+                                textcoords="offset points", ha="center", va="top" if neg else "bottom", fontsize=7)
             if failed_x:  # failed shows as a red cross, never as a zero bar
                 any_failed = True
                 ax.plot(failed_x, [0] * len(failed_x), marker="x", color="#c00000", markersize=7, mew=2,
@@ -183,7 +185,7 @@ def plot_bars(run: Run, st: Styles, out: Path) -> list[Figure]:
                 highs.append(t["mean"] + t["std"])
             lo, hi = min(lows), max(highs)
             span = (hi - lo) or 1.0
-            ax.set_ylim(lo - 0.05 * span if lo < 0 else 0, hi + 0.12 * span)
+            ax.set_ylim(lo - 0.12 * span if lo < 0 else 0, hi + 0.12 * span)
             ax.set_title(f"{metric} ({'higher' if hib else 'lower'} is better)")
             ax.set_ylabel(metric)
             ax.set_xticks(range(len(groups)) if several else [])
@@ -288,7 +290,8 @@ def _pooled_bins(recs: list[dict]) -> list[dict] | None:
         for b in bins:
             if not isinstance(b, dict) or "lo" not in b:
                 continue
-            p = pooled.setdefault((b["lo"], b["hi"]), {"lo": b["lo"], "hi": b["hi"], "count": 0, "acc": 0.0, "conf": 0.0})
+            p = pooled.setdefault((b["lo"], b["hi"]),
+                                  {"lo": b["lo"], "hi": b["hi"], "count": 0, "acc": 0.0, "conf": 0.0})
             n = int(b.get("count") or 0)
             if n and b.get("accuracy") is not None:
                 p["count"] += n

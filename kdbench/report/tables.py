@@ -11,9 +11,9 @@ import csv
 import io
 import json
 import math
-from typing import Any, Callable
+from typing import Any
 
-from .data import BASE, REFERENCE_ROWS, TEACHER, Key, Run
+from .data import REFERENCE_ROWS, TEACHER, Key, Run
 
 STAR = "★"
 PARTIAL = "†"
@@ -45,7 +45,7 @@ def student_label(run: Run, student: str | None) -> str:
 def decimals(run: Run, col: tuple[str, str]) -> int:
     """3 decimals for columns whose values live below 1 (ECE), 2 otherwise."""
     vals = [abs(r["mean"]) for r in run.rows if (r["task"], r["metric"]) == col]
-    return 3 if vals and max(vals) < 1 else 2
+    return 3 if vals and 0 < max(vals) < 1 else 2
 
 
 def direction(run: Run, col: tuple[str, str]) -> bool:
@@ -409,6 +409,3 @@ def _multicolumns(line: str) -> list[int]:
         out.append(int(line[i + len("\\multicolumn{"):j]))
         i = line.find("\\multicolumn{", j)
     return out
-
-
-Formatter = Callable[[Run], str]
