@@ -200,7 +200,8 @@ class MethodContext:
 
     # -- training --------------------------------------------------------------------------------
     def fit(self, loss_fn: Callable[[Batch], LossOutput], batches: Iterator[Batch]) -> list[dict]:
-        self.history = self.trainer.fit(self.student, loss_fn, batches)
+        # counters are checkpointed with the model: a resumed cell reports the cost of the whole run
+        self.history = self.trainer.fit(self.student, loss_fn, batches, state={"counters": self.counters})
         return self.history
 
 

@@ -81,7 +81,7 @@ class Benchmark:
             METRICS.get(name, "eval.metrics")
         from .metrics.judge_metric import judge_settings
 
-        judge_settings(cfg.judge)  # a bad judge backend/key fails here, not in every eval cell
+        judge_backend, judge_cfg, _ = judge_settings(cfg.judge)  # a bad judge backend/key fails here, not in every eval cell
         M.check_model_name(cfg.teacher, "--teacher")
         for s in cfg.students:
             M.check_model_name(s, "--student")
@@ -94,6 +94,16 @@ class Benchmark:
         if not train.has_train:
             raise ConfigError(f"config key 'train_task': task '{cfg.train_task}' has no train split; "
                               f"tasks with one: {', '.join(n for n in self._trainable())}")
+        if judge_backend == "openai" and any("judge" in (cfg.eval.metrics or self.task(t).default_metrics)
+                                             for t in cfg.tasks):
+            from .metrics.judge import judge_available
+
+            ok, why = judge_available(judge_cfg)  # asked for explicitly: fail now, not skip after training
+            if not ok:
+                raise ConfigError(f"config key 'judge.backend' is 'openai' (--judge-backend), but: {why}. Set "
+                                  f"${judge_cfg.api_key_env} and judge.model (--judge-model), or judge.base_url "
+                                  "(--judge-base-url) for an OpenAI-compatible endpoint; or use judge.backend 'auto' "
+                                  "(oracle on the toy world, judge skipped elsewhere) or 'oracle'")
         if not data:
             return
         for t in all_tasks:  # load data now so malformed files fail before training
@@ -137,6 +147,10 @@ class Benchmark:
         # Built in a stable ".partial" folder so an interrupted stage resumes from its checkpoint;
         # renamed into place only when complete (the DONE marker is written last).
         tmp = self.cache / f".{kind}-{key}.partial"
+        if is_done(tmp):  # finished, but interrupted before the rename: don't rebuild
+            tmp.rename(folder)
+            log.info("stage %s: cached (%s)", kind, folder)
+            return folder, key
         tmp.mkdir(parents=True, exist_ok=True)
         atomic_write_json(tmp / "stage.json", {"kind": kind, "key": key, "spec": spec})
         t0 = time.time()
@@ -367,6 +381,9 @@ class Benchmark:
             return read_json(cell / "result.json")
         cell.mkdir(parents=True, exist_ok=True)
         (cell / "error.json").unlink(missing_ok=True)
+        ckpt = cell / "checkpoint.pt"
+        if ckpt.exists() and (not (cell / "config.json").exists() or stable_hash(read_json(cell / "config.json")) != key):
+            ckpt.unlink()  # left by a run with another configuration: resuming it would mix the two
         atomic_write_json(cell / "config.json", frozen)
         t0 = time.time()
         log.info("train %s/%s: starting (init=%s)", label_of(student), method_name, method.student_init)

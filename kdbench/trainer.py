@@ -13,11 +13,11 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, to_dict
 from .data import Batch
 from .errors import KdbenchError
 from .io import atomic_torch_save
@@ -26,6 +26,10 @@ log = logging.getLogger("kdbench")
 
 
 class NonFiniteLossError(KdbenchError):
+    pass
+
+
+class TrainingOutOfMemoryError(KdbenchError):
     pass
 
 
@@ -81,12 +85,83 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    s = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _is_resumable(it: Any) -> bool:
+    return callable(getattr(it, "state_dict", None)) and callable(getattr(it, "load_state_dict", None))
+
+
+def _get_state(obj: Any) -> Any:
+    return obj.state_dict() if _is_resumable(obj) else dict(obj)
+
+
+def _put_state(obj: Any, saved: Any) -> None:
+    if _is_resumable(obj):
+        obj.load_state_dict(saved)
+    else:  # a dict (e.g. cost counters): updated in place, since the caller holds a reference
+        obj.clear()
+        obj.update(saved)
+
+
+class ResumableBatches:
+    """One batch per optimizer step from `step_fn(k, rb)`, resumable exactly.
+
+    The trainer resumes a plain generator by replaying it to the checkpoint's step. That is exact
+    only when batch k depends on nothing but k and the model at step k (gold data, or a fresh
+    seeded rollout per step). Data that carries over between steps and was made by an earlier model
+    (a rollout round used for several PPO steps, a replay buffer, an adaptive threshold computed
+    from dev losses) would be regenerated with the restored, later model. Methods with such data
+    keep it in `rb.state` (a dict of picklable values: tensors, Batches, lists, deques,
+    random.Random, generator states), and draw model-independent inputs with `rb.draw(name)` from
+    the deterministic `streams`; checkpoint.pt then holds the state and the number of items drawn
+    per stream, and a resumed run continues from exactly there (streams are re-created by the
+    method and fast-forwarded, which is cheap and exact for seeded example streams).
+    """
+
+    def __init__(self, step_fn: Callable[[int, "ResumableBatches"], Batch], **streams: Iterator):
+        self.step_fn = step_fn
+        self.state: dict[str, Any] = {}
+        self.k = 0  # batches produced so far
+        self._streams = streams
+        self._drawn = {name: 0 for name in streams}
+
+    def draw(self, name: str):
+        self._drawn[name] += 1
+        return next(self._streams[name])
+
+    def __iter__(self) -> "ResumableBatches":
+        return self
+
+    def __next__(self) -> Batch:
+        batch = self.step_fn(self.k, self)
+        self.k += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"k": self.k, "state": self.state, "drawn": dict(self._drawn)}
+
+    def load_state_dict(self, saved: dict) -> None:
+        missing = set(saved["drawn"]) - set(self._streams)
+        if missing:
+            raise KdbenchError(f"checkpoint data state names streams {sorted(missing)} that this method no longer "
+                               f"draws from (it has {sorted(self._streams)}); delete the checkpoint to restart")
+        for name, n in saved["drawn"].items():
+            for _ in range(n - self._drawn[name]):
+                next(self._streams[name])
+            self._drawn[name] = n
+        self.k = saved["k"]
+        self.state = saved["state"]
 
 
 class Trainer:
@@ -104,9 +179,15 @@ class Trainer:
         return self.accelerator.device
 
     def fit(self, model, loss_fn: Callable[[Batch], LossOutput], batches: Iterator[Batch],
-            on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
+            on_step: Callable[[int, dict], None] | None = None, state: dict[str, Any] | None = None) -> list[dict]:
         """Run cfg.steps optimizer steps. `batches` yields one full batch per step (the trainer
-        splits it into cfg.grad_accum micro-batches). Resumes from run_dir/checkpoint.pt."""
+        splits it into cfg.grad_accum micro-batches). Resumes from run_dir/checkpoint.pt.
+
+        Every cfg.checkpoint_every steps the checkpoint records model, optimizer, scheduler, RNG
+        states, step, history, the data position and `state` (name -> a dict, restored in place, or
+        an object with state_dict/load_state_dict: cost counters, a PPO buffer). The data position:
+        `batches.state_dict()` when the iterator has one (see ResumableBatches), else the step
+        count, and resuming replays a plain iterator to it (exact for deterministic ones)."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -117,39 +198,57 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
         model, opt = self.accelerator.prepare(model, opt)
         start = 0
+        acc: dict[str, float] = {}
+        n_acc = 0
+        extra = dict(state or {})
+        scaler = getattr(self.accelerator, "scaler", None)  # fp16 loss scale: part of the exact state
         ckpt = self.run_dir / "checkpoint.pt" if self.run_dir else None
-        if ckpt is not None and ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            self.accelerator.unwrap_model(model).load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
-            start = state["step"]
-            self.history = state.get("history", [])
-            for _ in range(start):  # deterministic data order: fast-forward the iterator
-                next(batches)
+        saved = self._load_checkpoint(ckpt) if ckpt is not None else None
+        if saved is not None:
+            self.accelerator.unwrap_model(model).load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            start = saved["step"]
+            self.history = saved.get("history", [])
+            acc, n_acc = dict(saved.get("log_acc", {})), saved.get("log_n", 0)  # a log window cut by the checkpoint
+            if scaler is not None and saved.get("scaler") is not None:
+                scaler.load_state_dict(saved["scaler"])
+            if saved.get("data") is not None and _is_resumable(batches):
+                batches.load_state_dict(saved["data"])
+            else:
+                for _ in range(start):  # deterministic data order: replay the iterator
+                    next(batches)
+            for name, obj in extra.items():
+                if name in saved.get("extra", {}):
+                    _put_state(obj, saved["extra"][name])
+            # last: replaying the iterator may have drawn random numbers (dropout during sampling)
+            _set_rng_state(saved["rng"])
             log.info("%s: resumed from step %d", self.desc, start)
         bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, leave=False, disable=not self.progress,
                    dynamic_ncols=True)
-        acc: dict[str, float] = {}
-        n_acc = 0
         for step in range(start, cfg.steps):
             batch = next(batches)
             micro = batch.split(cfg.grad_accum)
             weights = [m.n_tokens or m.size for m in micro]
             total = float(sum(weights))
             step_logs: dict[str, float] = {}
-            for m, w in zip(micro, weights):
-                m = m.to(self.device)
-                with self.accelerator.autocast():
-                    out = loss_fn(m)
-                if not torch.isfinite(out.loss):
-                    terms = ", ".join(f"{k}={v:.4g}" for k, v in out.logs.items())
-                    raise NonFiniteLossError(f"{self.desc}: non-finite loss {float(out.loss)} at step {step + 1}"
-                                             f" (terms: {terms or 'loss'})")
-                self.accelerator.backward(out.loss * (w / total))
-                for k, v in {"loss": float(out.loss.detach()), **out.logs}.items():
-                    step_logs[k] = step_logs.get(k, 0.0) + float(v) * w / total
+            try:
+                for m, w in zip(micro, weights):
+                    m = m.to(self.device)
+                    with self.accelerator.autocast():
+                        out = loss_fn(m)
+                    if not torch.isfinite(out.loss):
+                        raise NonFiniteLossError(self._non_finite_message(step + 1, out))
+                    self.accelerator.backward(out.loss * (w / total))
+                    for k, v in {"loss": float(out.loss.detach()), **out.logs}.items():
+                        step_logs[k] = step_logs.get(k, 0.0) + float(v) * w / total
+            except torch.cuda.OutOfMemoryError as e:
+                opt.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()  # so the benchmark's next cells can still run
+                raise TrainingOutOfMemoryError(
+                    f"{self.desc}: out of device memory at step {step + 1} (batch_size {cfg.batch_size}, "
+                    f"grad_accum {cfg.grad_accum}); raise grad_accum (micro-batches of batch_size / grad_accum) "
+                    f"or lower batch_size. {str(e).splitlines()[0] if str(e) else ''}".rstrip()) from None
             if cfg.clip_grad > 0:
                 gn = self.accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 step_logs["grad_norm"] = float(gn)
@@ -174,7 +273,36 @@ class Trainer:
                     and step + 1 < cfg.steps:
                 atomic_torch_save({"model": self.accelerator.unwrap_model(model).state_dict(),
                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                   "rng": _rng_state(), "step": step + 1, "history": self.history}, ckpt)
+                                   "rng": _rng_state(), "step": step + 1, "history": self.history,
+                                   "data": batches.state_dict() if _is_resumable(batches) else None,
+                                   "extra": {name: _get_state(obj) for name, obj in extra.items()},
+                                   "log_acc": acc, "log_n": n_acc,
+                                   "scaler": scaler.state_dict() if scaler is not None else None,
+                                   "train_config": to_dict(cfg)}, ckpt)
         bar.close()
         model.eval()
         return self.history
+
+    def _load_checkpoint(self, ckpt: Path) -> dict | None:
+        """The checkpoint to resume from, or None. Writes are atomic, so an unreadable file or one
+        from other settings is not a torn write but a stale file: start over rather than fail."""
+        if not ckpt.exists():
+            return None
+        try:
+            saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any unreadable file means the same: start over
+            log.warning("%s: ignoring unreadable checkpoint %s (%s: %s); training from step 0", self.desc, ckpt,
+                        type(e).__name__, e)
+            return None
+        if saved.get("train_config", to_dict(self.cfg)) != to_dict(self.cfg):
+            log.warning("%s: ignoring checkpoint %s written with other training settings; training from step 0",
+                        self.desc, ckpt)
+            return None
+        return saved
+
+    def _non_finite_message(self, step: int, out: LossOutput) -> str:
+        bad = [k for k, v in out.logs.items() if not math.isfinite(float(v))]
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.logs.items())
+        which = f"non-finite term(s): {', '.join(bad)}" if bad else "the logged terms are finite, the total is not"
+        return (f"{self.desc}: non-finite loss {float(out.loss)} at step {step} (terms: {terms or 'loss'}); {which}. "
+                "Lower the learning rate, set clip_grad, or train in float32")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -33,7 +32,7 @@ from kdbench.data import Batch, collate
 from kdbench.divergences import skew_forward_kl, skew_reverse_kl
 from kdbench.errors import ConfigError
 from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy
-from kdbench.trainer import LossOutput
+from kdbench.trainer import LossOutput, ResumableBatches
 
 LOSSES = {"srkl": skew_reverse_kl, "sfkl": skew_forward_kl}
 REPLAY_RATIOS = ("decreasing", "constant", "increasing")
@@ -111,29 +110,34 @@ class DistiLLM(Method):
             ctx.student.train()
             return tot / max(n, 1)
 
-        def batches() -> Iterator[Batch]:
-            rng = random.Random(ctx.train_cfg.seed + 1)
-            buffer: deque = deque(maxlen=cfg.capacity)
-            tau, ref = cfg.init_threshold, dev_loss()
-            for k, step_exs in enumerate(ctx.example_batches(train)):
-                if k > 0 and k % eval_every == 0:
-                    cur = dev_loss()
-                    if cur >= ref + cfg.loss_eps:
-                        tau, ref = min(1.0, tau + cfg.threshold_step), cur
-                p_s = sgo_probability(tau, k + 1, total, cfg.replay_ratio)
-                r = rng.random()
-                if r < p_s or (r < tau and len(buffer) < cfg.capacity):
-                    ro = ctx.sample(ctx.student, step_exs, seed=ctx.train_cfg.seed + 7919 * (k + 1))
-                    seqs = list(zip(ro.prompt_ids, ro.response_ids))
-                    buffer.extend(seqs)
-                    b, src = collate(seqs, ctx.pad_id), 1.0
-                elif r < tau:
-                    b, src = collate(rng.sample(list(buffer), min(B, len(buffer))), ctx.pad_id), 2.0
-                else:
-                    b, src = ctx.encode(step_exs), 0.0
-                # per-row bookkeeping for the logs: data source and current threshold
-                b.extras.update(source=torch.full((b.size,), src), threshold=torch.full((b.size,), tau))
-                yield b
+        def step(k: int, rb: ResumableBatches) -> Batch:
+            # buffer, threshold and reference loss come from earlier students: checkpointed state,
+            # so a resumed run does not rebuild them with the restored (later) student
+            st = rb.state
+            if not st:
+                st.update(rng=random.Random(ctx.train_cfg.seed + 1), buffer=deque(maxlen=cfg.capacity),
+                          tau=cfg.init_threshold, ref=dev_loss())
+            rng, buffer = st["rng"], st["buffer"]
+            step_exs = rb.draw("examples")
+            if k > 0 and k % eval_every == 0:
+                cur = dev_loss()
+                if cur >= st["ref"] + cfg.loss_eps:
+                    st["tau"], st["ref"] = min(1.0, st["tau"] + cfg.threshold_step), cur
+            tau = st["tau"]
+            p_s = sgo_probability(tau, k + 1, total, cfg.replay_ratio)
+            r = rng.random()
+            if r < p_s or (r < tau and len(buffer) < cfg.capacity):
+                ro = ctx.sample(ctx.student, step_exs, seed=ctx.train_cfg.seed + 7919 * (k + 1))
+                seqs = list(zip(ro.prompt_ids, ro.response_ids))
+                buffer.extend(seqs)
+                b, src = collate(seqs, ctx.pad_id), 1.0
+            elif r < tau:
+                b, src = collate(rng.sample(list(buffer), min(B, len(buffer))), ctx.pad_id), 2.0
+            else:
+                b, src = ctx.encode(step_exs), 0.0
+            # per-row bookkeeping for the logs: data source and current threshold
+            b.extras.update(source=torch.full((b.size,), src), threshold=torch.full((b.size,), tau))
+            return b
 
         def loss_fn(batch: Batch) -> LossOutput:
             s = ctx.logits(ctx.student, batch)
@@ -148,4 +152,4 @@ class DistiLLM(Method):
                 logs["ce"] = ce.item()
             return LossOutput(loss, logs)
 
-        ctx.fit(loss_fn, batches())
+        ctx.fit(loss_fn, ResumableBatches(step, examples=ctx.example_batches(train)))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 
@@ -39,7 +39,7 @@ from kdbench.advantages import long_range_advantages, ppo_clipped_loss, sequence
 from kdbench.data import Batch
 from kdbench.divergences import forward_kl, masked_mean, reverse_kl
 from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy, gather_logprobs
-from kdbench.trainer import LossOutput
+from kdbench.trainer import LossOutput, ResumableBatches
 
 
 @dataclass
@@ -136,18 +136,27 @@ class MiniLLM(Method):
             else:
                 pt_iter = ctx.pretrain_batches(batch_size=B)
 
-        def batches() -> Iterator[Batch]:
-            shuffle = torch.Generator().manual_seed(ctx.train_cfg.seed)
-            for k, exs in enumerate(ctx.example_batches(batch_size=B * cfg.rollout_minibatches)):
-                store = self.make_round(ctx, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1))
-                for _ in range(cfg.ppo_epochs):
-                    for idx in torch.randperm(store.size, generator=shuffle).split(B):
-                        mb = _trim(store.select(idx))
-                        if pt_iter is not None:  # per-row extras, so micro-batch splitting keeps them paired
-                            pt = next(pt_iter)
-                            mb.extras["pt_input_ids"] = pt.input_ids[: mb.size]
-                            mb.extras["pt_labels"] = pt.labels[: mb.size]
-                        yield mb
+        def step(k: int, rb: ResumableBatches) -> Batch:
+            # A round (rollouts, scores, minibatch order) serves several steps and was sampled by the
+            # model of its first step: it is checkpointed state, never resampled on resume.
+            st = rb.state
+            if not st.get("queue"):
+                r = st.get("round", 0)
+                store = self.make_round(ctx, rb.draw("examples"), seed=ctx.train_cfg.seed + 7919 * (r + 1))
+                shuffle = torch.Generator()
+                if "shuffle" in st:
+                    shuffle.set_state(st["shuffle"])
+                else:
+                    shuffle.manual_seed(ctx.train_cfg.seed)
+                st["queue"] = [idx for _ in range(cfg.ppo_epochs)
+                               for idx in torch.randperm(store.size, generator=shuffle).split(B)]
+                st.update(round=r + 1, store=store, shuffle=shuffle.get_state())
+            mb = _trim(st["store"].select(st["queue"].pop(0)))
+            if pt_iter is not None:  # per-row extras, so micro-batch splitting keeps them paired
+                pt = rb.draw("pt")
+                mb.extras["pt_input_ids"] = pt.input_ids[: mb.size]
+                mb.extras["pt_labels"] = pt.labels[: mb.size]
+            return mb
 
         def loss_fn(batch: Batch) -> LossOutput:
             mask = batch.loss_mask
@@ -173,7 +182,10 @@ class MiniLLM(Method):
                 logs["pt"] = pt.item()
             return LossOutput(loss, logs)
 
-        ctx.fit(loss_fn, batches())
+        streams = {"examples": ctx.example_batches(batch_size=B * cfg.rollout_minibatches)}
+        if pt_iter is not None:
+            streams["pt"] = pt_iter
+        ctx.fit(loss_fn, ResumableBatches(step, **streams))
 
 
 # --- the paper's ablations (Table 5): one strategy off each -------------------------------------
