@@ -252,9 +252,10 @@ def main() -> int:
     for o in bad:
         if o.note:
             print(f"note: {o.scenario}: {o.note}")
+    keep = args.keep or bool(bad) or bool(args.work)  # failures keep their logs for a look
     print(f"\n{len(outcomes) - len(bad)}/{len(outcomes)} reruns identical to the uninterrupted run "
-          f"(total {time.time() - t0:.0f}s; logs in {work})")
-    if not args.keep and not bad and not args.work:
+          f"(total {time.time() - t0:.0f}s{f'; runs and logs in {work}' if keep else ''})")
+    if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if bad else 0
 

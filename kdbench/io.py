@@ -23,6 +23,29 @@ def _atomic(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable, so that after a power cut a marker written later (DONE)
+    cannot survive while the file it vouches for does not."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms that cannot open folders (Windows): rename durability is the OS's
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: Path, name: str) -> None:
+    """Delete temp files a killed writer of `name` left in `folder` (a checkpoint's can be GBs).
+    Only call it while holding the folder's lock: another writer's temp file would look the same."""
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        p.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -79,6 +79,10 @@ class Benchmark:
             cfg.train_config_for(m)
         for name in cfg.eval.metrics or []:
             METRICS.get(name, "eval.metrics")
+        from .task import TASKS
+
+        for t in cfg.task_options:  # a misspelt task name would silently drop its options
+            TASKS.get(t, "task_options")
         from .metrics.judge_metric import judge_settings
 
         judge_backend, judge_cfg, _ = judge_settings(cfg.judge)  # a bad judge backend/key fails here, not in every eval cell
@@ -356,6 +360,8 @@ class Benchmark:
         if method_name == "sft":  # the SFT student is a shared cached stage (MiniLLM's init too)
             t0 = time.time()
             path, key = self.student_sft(student)
+            if is_done(cell) and read_json(cell / "DONE").get("key") == key:  # finished: leave it as it is
+                return {**read_json(cell / "result.json"), "model_path": path}
             res = {"model_path": path, "key": key, "method": "sft", "student": student,
                    "wall_time_s": round(time.time() - t0, 2)}
             stage_done = read_json(Path(path).parent / "DONE")

@@ -20,7 +20,7 @@ import torch
 from .config import TrainConfig, to_dict
 from .data import Batch
 from .errors import KdbenchError
-from .io import atomic_torch_save
+from .io import atomic_torch_save, remove_stale_temps
 
 log = logging.getLogger("kdbench")
 
@@ -203,6 +203,8 @@ class Trainer:
         extra = dict(state or {})
         scaler = getattr(self.accelerator, "scaler", None)  # fp16 loss scale: part of the exact state
         ckpt = self.run_dir / "checkpoint.pt" if self.run_dir else None
+        if ckpt is not None and self.run_dir.exists():
+            remove_stale_temps(self.run_dir, ckpt.name)  # a checkpoint write cut short by a kill
         saved = self._load_checkpoint(ckpt) if ckpt is not None else None
         if saved is not None:
             self.accelerator.unwrap_model(model).load_state_dict(saved["model"])

@@ -192,6 +192,16 @@ def test_unreadable_or_foreign_checkpoint_is_not_trusted(tmp_path, caplog):
         assert torch.equal(v, m3.state_dict()[k])
 
 
+def test_temp_file_of_a_killed_checkpoint_write_is_removed(tmp_path):
+    tok = build_word_tokenizer([f"w{i}" for i in range(24)])
+    torn = tmp_path / ".checkpoint.pt.k1l2.tmp"  # what a kill during atomic_torch_save leaves
+    torn.write_bytes(b"half a checkpoint")
+    m = gpt2(tok, 0)
+    Trainer(TrainConfig(steps=2, batch_size=4, lr=1e-2, checkpoint_every=1), tmp_path, progress=False).fit(
+        m, lm_loss(m), tiny_lm_batches())
+    assert not torn.exists() and (tmp_path / "checkpoint.pt").exists()
+
+
 def test_out_of_memory_names_the_step_and_the_fix():
     tok = build_word_tokenizer([f"w{i}" for i in range(24)])
     m = gpt2(tok, 0)

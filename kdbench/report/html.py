@@ -189,7 +189,8 @@ def _leaderboard(run: Run) -> str:
         rows.append(_row_open(run, run.keys, i) + "".join(cells) + "</tr>")
     n = sorted({r["n_seeds"] for r in run.rows})
     note = (f"Mean ± std over {', '.join(map(str, n)) or 0} evaluation seeds. <strong>Bold</strong>: best distilled "
-            f"student of its group per column; <span class='star'>{STAR}</span>: beats the teacher; "
+            f"student of its group per column; <span class='star'>{STAR}</span>: beats the teacher (not marked on "
+            "ExAccErr, 0 for the teacher by definition); "
             f"<span class='failed'>{PARTIAL}</span>: some seeds failed; <span class='failed'>failed</span>: no seed "
             "finished. Hover a cell for its seed and example counts. Also in leaderboard.md / .csv / .json / .tex.")
     return _table(run, rows, note)
@@ -260,7 +261,7 @@ def _plots(figs: list[Figure], problems: list[str]) -> str:
         raw = f.png.read_bytes()
         w, h = struct.unpack(">II", raw[16:24])  # PNG IHDR: wide figures get a full row of the grid
         data = base64.b64encode(raw).decode("ascii")
-        cls = ' class="wide"' if w > 1.7 * h else ""
+        cls = ' class="wide"' if w > 1.7 * h or w > 1000 else ""  # too big to read in half a row
         items.append(f'<figure id="plot-{e(f.stem)}"{cls}><img src="data:image/png;base64,{data}" alt="{e(f.title)}">'
                      f"<figcaption><b>{e(f.title)}.</b> {e(f.caption)} <code>plots/{e(f.stem)}.png</code>, "
                      f"<code>.svg</code></figcaption></figure>")

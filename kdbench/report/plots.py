@@ -1,5 +1,15 @@
 """Plots (PNG for the report, SVG for papers), each skipped cleanly when its data is absent.
 
+Files under plots/ (<task> per evaluated task):
+    <task>_metrics               every metric as bars per student and method, std whiskers, teacher line
+    <task>_validity_vs_coverage  toy world: precision vs recall, one point per method
+    <task>_mode_histogram        toy world: share of samples per valid answer (by rank) and invalid
+    <task>_validity_by_family    toy world: % valid per prompt family and model
+    <task>_exposure_bias         ExAccErr against generation length, one line per model
+    <task>_reliability           reliability diagram per model (tasks with label words)
+    training_curves              loss and logged divergence terms against steps, per method
+    <task>_scaling               score against student parameter count (several students only)
+
 Every method has one colour and marker in every plot of every report (known methods a fixed one,
 others the next free one in method order), so figures can be compared side by side. Figures are
 built on `matplotlib.figure.Figure` (no pyplot global state) and written byte-identically on a
@@ -8,7 +18,9 @@ rebuild (no dates in SVG, a fixed SVG id salt).
 from __future__ import annotations
 
 import math
+import re
 import statistics
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -117,10 +129,6 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(n / ncol), ncol
 
 
-def _mean_std(vals: list[float]) -> tuple[float, float]:
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
 def _slug(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
 
@@ -183,9 +191,11 @@ def plot_bars(run: Run, st: Styles, out: Path) -> list[Figure]:
                            linewidth=0)
                 lows.append(t["mean"] - t["std"])
                 highs.append(t["mean"] + t["std"])
-            lo, hi = min(lows), max(highs)
+            # Start at 0 unless some mean is negative (a whisker below 0 alone does not move the axis).
+            neg = min(means + ([t["mean"]] if t is not None else []), default=0.0) < 0
+            lo, hi = (min(lows) if neg else 0.0), max(highs)
             span = (hi - lo) or 1.0
-            ax.set_ylim(lo - 0.12 * span if lo < 0 else 0, hi + 0.12 * span)
+            ax.set_ylim(lo - 0.12 * span if neg else 0, hi + 0.12 * span)
             ax.set_title(f"{metric} ({'higher' if hib else 'lower'} is better)")
             ax.set_ylabel(metric)
             ax.set_xticks(range(len(groups)) if several else [])
@@ -262,12 +272,16 @@ def plot_exposure(run: Run, st: Styles, out: Path) -> list[Figure]:
                     markevery=None, linestyle=st.linestyles[key[0]],
                     label=st.label(key, several), linewidth=1.4)
             ax.fill_between(xs, [y - e for y, e in zip(ys, se)], [y + e for y, e in zip(ys, se)], color=c,
-                            alpha=0.12, linewidth=0)
+                            alpha=0.12 if len(curves) <= 5 else 0.05, linewidth=0)
         ax.axhline(0, color=st.colors[TEACHER], linewidth=0.8, linestyle="--", label="teacher (oracle, 0)")
         ax.set_xlabel("generation length l (tokens)")
         ax.set_ylabel("ExAccErr(l) (%)")
         ax.set_title(f"{task}: exposure bias, excess accumulated error vs the teacher (lower is better)")
-        ax.legend(frameon=False)
+        if len(curves) > 5:  # many models: the legend goes beside the axes, not over the curves
+            fig.set_figwidth(8.4)
+            ax.legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        else:
+            ax.legend(frameon=False)
         fig.tight_layout()
         png, svg = _save(fig, out, f"{_slug(task)}_exposure_bias")
         figs.append(Figure("exposure", png.stem, f"{task}: exposure bias",
@@ -360,27 +374,32 @@ def plot_validity_coverage(run: Run, st: Styles, out: Path) -> list[Figure]:
         pts = [(k, v, c) for k, v, c in pts if v is not None and c is not None]
         if not pts:
             continue
-        fig = _new_figure(6.0, 4.8)
+        fig = _new_figure(6.4, 4.8)
         ax = fig.subplots()
-        placed: list[tuple[float, float]] = []
-        xr = (max(c["mean"] for _, _, c in pts) - min(c["mean"] for _, _, c in pts)) or 10.0
-        yr = (max(v["mean"] for _, v, _ in pts) - min(v["mean"] for _, v, _ in pts)) or 10.0
+        xs = [c["mean"] for _, _, c in pts]
+        ys = [v["mean"] for _, v, _ in pts]
+        xr, yr = (max(xs) - min(xs)) or 10.0, (max(ys) - min(ys)) or 10.0
+        clusters: list[list] = []  # points that (nearly) coincide share one label
         for key, v, c in pts:
-            # Stack the labels of points that (nearly) coincide instead of printing them on top of each other.
-            near = sum(1 for px, py in placed if abs(px - c["mean"]) < 0.04 * xr and abs(py - v["mean"]) < 0.04 * yr)
-            placed.append((c["mean"], v["mean"]))
             ax.errorbar(c["mean"], v["mean"], xerr=c["std"], yerr=v["std"], color=st.colors[key[1]],
                         marker=st.markers[key[1]], markersize=9 if key[1] == TEACHER else 7,
                         markeredgecolor="black", markeredgewidth=0.5, capsize=2, elinewidth=0.8,
-                        linestyle="none", label=st.label(key, several))
-            ax.annotate(st.label(key, several), (c["mean"], v["mean"]), xytext=(6, 4 + 10 * near),
-                        textcoords="offset points", fontsize=7)
+                        linestyle="none", label=st.label(key, several), clip_on=False)
+            for cl in clusters:
+                if abs(cl[0] - c["mean"]) < 0.03 * xr and abs(cl[1] - v["mean"]) < 0.03 * yr:
+                    cl[2].append(st.label(key, several))
+                    break
+            else:
+                clusters.append([c["mean"], v["mean"], [st.label(key, several)]])
+        for x, y, names in clusters:
+            text = "\n".join(textwrap.wrap(", ".join(names), 38))
+            ax.annotate(text, (x, y), xytext=(7, 5), textcoords="offset points", fontsize=7, va="bottom")
         ax.set_xlabel("mode coverage: % of valid answers hit in k samples (recall)")
         ax.set_ylabel("validity: % valid responses (precision)")
-        xs = [c["mean"] for _, _, c in pts]
-        ys = [v["mean"] for _, v, _ in pts]
-        ax.set_xlim(max(0, min(xs) - 10), min(100, max(xs) + 10) if max(xs) < 95 else 102)
-        ax.set_ylim(max(0, min(ys) - 10), min(100, max(ys) + 10) if max(ys) < 95 else 102)
+        # Percent axes with room for the labels; points at 0 stay fully visible.
+        px, py = max(2.0, 0.1 * xr), max(2.0, 0.1 * yr)
+        ax.set_xlim(max(-px, min(xs) - px), min(103, max(xs) + 3 * px))
+        ax.set_ylim(max(-py, min(ys) - py), min(103, max(ys) + 3 * py))
         ax.text(0.02, 0.98, "mode-seeking ↖", transform=ax.transAxes, va="top", fontsize=8, color="#555555")
         ax.text(0.98, 0.02, "mode-covering ↘", transform=ax.transAxes, ha="right", fontsize=8, color="#555555")
         ax.set_title(f"{task}: precision vs recall per method (mean ± std over seeds)")
@@ -452,7 +471,9 @@ def plot_modes(run: Run, st: Styles, out: Path) -> list[Figure]:
         from matplotlib import colormaps
 
         blues = colormaps["Blues"]
-        colors = {n: blues(0.9 - 0.6 * i / max(len(names) - 2, 1)) for i, n in enumerate(names) if n != "invalid"}
+        # A mode's colour depends on its rank only (mode 0 darkest), so runs compare at a glance.
+        colors = {n: blues(max(0.25, 0.92 - 0.14 * int(n[4:]))) if n[4:].isdigit() else "#7f7f7f"
+                  for n in names if n != "invalid"}
         colors["invalid"] = "#d62728"
         fig = _new_figure(7.0, 0.38 * len(keys) + 1.9)
         ax = fig.subplots()
@@ -482,7 +503,10 @@ def plot_modes(run: Run, st: Styles, out: Path) -> list[Figure]:
 # training curves
 
 
-SKIP_TERMS = {"step", "lr", "grad_norm"}
+# The loss plus every divergence a method logs against the teacher (forward/reverse/skew KL, JS,
+# generalised JSD, TVD, MiniLLM's single-step reverse KL); other diagnostics stay in history.json.
+DIVERGENCE_TERM = re.compile(r"kl|jsd|^js$|tvd|single_step|div", re.I)
+MAX_PANELS = 9
 
 
 def _terms(histories: dict[Key, list[dict]]) -> list[str]:
@@ -490,10 +514,10 @@ def _terms(histories: dict[Key, list[dict]]) -> list[str]:
     for h in histories.values():
         for rec in h:
             for k, v in rec.items():
-                if k not in SKIP_TERMS and isinstance(v, (int, float)) and not isinstance(v, bool):
+                numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+                if numeric and (k == "loss" or DIVERGENCE_TERM.search(k)):
                     seen.setdefault(k, None)
-    # The loss first, then divergence (KL-like) terms, then the rest: the brief's priority.
-    return sorted(seen, key=lambda k: (k != "loss", "kl" not in k.lower(), k))[:9]
+    return sorted(seen, key=lambda k: (k != "loss", k))[:MAX_PANELS]
 
 
 def plot_training(run: Run, st: Styles, out: Path) -> list[Figure]:
@@ -503,6 +527,8 @@ def plot_training(run: Run, st: Styles, out: Path) -> list[Figure]:
     if not hist:
         return []
     terms = _terms(hist)
+    from matplotlib.ticker import MaxNLocator
+
     nrow, ncol = _grid(len(terms))
     fig = _new_figure(3.8 * ncol, 2.9 * nrow + 0.7)
     axes = fig.subplots(nrow, ncol, squeeze=False)
@@ -516,6 +542,7 @@ def plot_training(run: Run, st: Styles, out: Path) -> list[Figure]:
                     linestyle=st.linestyles[key[0]], marker=st.markers[key[1]], markersize=3, linewidth=1.3,
                     label=st.label(key, several))
         ax.set_title(term + (" (the method's objective)" if term == "loss" else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("training step")
         ax.set_ylabel(term)
     for ax in list(axes.flat)[len(terms):]:

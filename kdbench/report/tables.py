@@ -52,6 +52,15 @@ def direction(run: Run, col: tuple[str, str]) -> bool:
     return next((r["higher_is_better"] for r in run.rows if (r["task"], r["metric"]) == col), True)
 
 
+# Metrics measured against the teacher itself (ExAccErr uses it as the oracle): its value there is 0
+# by definition, so "beats the teacher" would mean nothing.
+TEACHER_REFERENCE_METRICS = ("exposure_bias",)
+
+
+def teacher_is_reference(col: tuple[str, str]) -> bool:
+    return col[1].split("@")[0] in TEACHER_REFERENCE_METRICS
+
+
 def _score(r: dict) -> float:
     return r["mean"] if r["higher_is_better"] else -r["mean"]
 
@@ -77,7 +86,7 @@ def cell_flags(run: Run, key: Key, col: tuple[str, str], best: dict) -> dict[str
     is_best = key[1] not in REFERENCE_ROWS and math.isclose(_score(r), best.get((key[0], *col), math.nan),
                                                            rel_tol=1e-9, abs_tol=1e-12)
     t = run.row((None, TEACHER), col)
-    beats = key[1] != TEACHER and t is not None and _score(r) > _score(t)
+    beats = key[1] != TEACHER and t is not None and _score(r) > _score(t) and not teacher_is_reference(col)
     return {"row": r, "bold": is_best, "star": beats, "partial": r["n_failed_seeds"] > 0}
 
 
@@ -138,7 +147,8 @@ def markdown(run: Run) -> str:
             cells.append(s)
         lines.append(f"| {_md_escape(student_label(run, key[0]))} | {_md_escape(key[1])} | " + " | ".join(cells) + " |")
     notes = [f"Mean ± std over {_seed_note(run)} evaluation seeds. **Bold**: best distilled student of its group "
-             f"per column; {STAR}: beats the teacher; {PARTIAL}: some seeds failed; failed: no seed finished."]
+             f"per column; {STAR}: beats the teacher (not marked on ExAccErr, which is 0 for the teacher by "
+             f"definition); {PARTIAL}: some seeds failed; failed: no seed finished."]
     judges = sorted({r["judge"] for r in run.rows if r["judge"]})
     if judges:
         notes.append(f"Judge: {', '.join(judges)}.")
