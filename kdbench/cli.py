@@ -214,3 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except KdbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # finished cells and checkpoints are on disk: say how to go on
+        print("\ninterrupted: finished cells are kept; run the same command again to resume "
+              "(interrupted trainings continue from their last checkpoint)", file=sys.stderr)
+        return 130

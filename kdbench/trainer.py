@@ -4,6 +4,13 @@ Built on accelerate (device placement, mixed precision on devices that support i
 launch). Gradient accumulation is exact: each micro-batch's mean loss is weighted by its share of
 the step's response tokens, so the summed gradient equals that of the token-mean over the whole
 batch (not the mean of micro-batch means, which over-weights short micro-batches).
+
+Resume: a killed run continues from run_dir/checkpoint.pt (written atomically every
+checkpoint_every steps) and ends with the same weights, history and cost counters as an
+uninterrupted run on CPU. The data position is restored from the batch iterator's own state when
+it has one (ResumableBatches: rollout rounds, replay buffers), else by replaying a plain iterator
+to the step. Replaying is exact for deterministic iterators, but it redoes their work for every
+skipped step, so a plain generator that samples a fresh rollout per step samples them all again.
 """
 from __future__ import annotations
 

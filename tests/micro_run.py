@@ -10,6 +10,8 @@ KILL is one of
                       (for a stage: in its .partial folder, before the rename)
     gens:<n>          right after the n-th eval cell wrote generations.jsonl (before its metrics)
     none              never
+
+Plots are skipped (set MICRO_RUN_PLOTS=1 to keep them).
 """
 from __future__ import annotations
 
@@ -32,6 +34,37 @@ MICRO = ["--preset", "ci", "--no-progress",
          "--set", "eval.seeds=[10]", "--set", "eval.max_examples=6",
          "--set", "task_options.toy.n_train=48", "--set", "task_options.toy.pretrain_docs=48",
          "--set", "task_options.toy.n_test=6"]
+
+
+def skip_plots() -> None:
+    """Summaries without plots: matplotlib takes most of a micro run's time, and no test here looks
+    at the figures (tests/test_report.py does)."""
+    import kdbench.report.plots as plots
+
+    plots.make_plots = lambda run, plot_dir: ([], [])
+
+
+def fork_run(kill: str, args: list[str], log: Path) -> int:
+    """Run the benchmark in a forked child (a real process, killable by SIGKILL, without paying
+    the imports again); returns its exit code (-9 when it killed itself). Output goes to `log`."""
+    import multiprocessing
+
+    def child() -> None:
+        f = open(log, "w", buffering=1)
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        sys.stdout = sys.stderr = f
+        _install(kill)
+        from kdbench.cli import main
+
+        code = main(args)
+        f.flush()
+        os._exit(code)
+
+    p = multiprocessing.get_context("fork").Process(target=child)
+    p.start()
+    p.join()
+    return p.exitcode
 
 
 def env(**extra: str) -> dict:
@@ -111,6 +144,8 @@ if __name__ == "__main__":
     spec, sep, *argv = sys.argv[1:]
     assert sep == "--", "usage: micro_run.py KILL -- ARGS"
     _install(spec)
+    if os.environ.get("MICRO_RUN_PLOTS") != "1":
+        skip_plots()
     from kdbench.cli import main
 
     sys.exit(main(argv))

@@ -49,11 +49,14 @@ def failed_run(tmp_path_factory):
     register_metric("boom-on-kd", description="test only: raises for the kd student")(boom_on_kd)
     out = tmp_path_factory.mktemp("fail")
     err = io.StringIO()  # capsys is function-scoped; this fixture is per module
+    mp = pytest.MonkeyPatch()
+    mp.setattr("kdbench.report.plots.make_plots", lambda run, plot_dir: ([], []))  # see micro_run.skip_plots
     try:
         with contextlib.redirect_stderr(err):
             code = main(MICRO + ["--out", str(out), "--methods", "sft,kd,nan-at-3",
                                  "--set", "eval.metrics=[rouge_l,validity,boom-on-kd]"])
     finally:
+        mp.undo()
         for reg, name in ((METHODS, "nan-at-3"), (METRICS, "boom-on-kd")):
             reg._items.pop(name, None)
             reg._descriptions.pop(name, None)

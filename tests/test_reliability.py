@@ -292,6 +292,19 @@ def test_lock_in_an_unwritable_place_says_so(tmp_path):
         FolderLock(blocker / "sub").acquire()
 
 
+def test_ctrl_c_releases_the_lock_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from kdbench.runner import Benchmark
+
+    def interrupted(self):
+        assert (self.out / ".kdbench.lock").exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Benchmark, "_run", interrupted)
+    assert main(micro_run.MICRO + ["--out", str(tmp_path)]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert not (tmp_path / ".kdbench.lock").exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # benchmark level: SIGKILL at exact moments, rerun, compare with an uninterrupted run
 
@@ -311,7 +324,8 @@ def test_stage_finished_but_not_renamed_is_not_rebuilt(tmp_path):
     assert again == folder and key2 == key and len(calls) == 1 and is_done(folder) and not partial.exists()
 
 
-def test_sigkill_at_four_moments_then_rerun_matches_an_uninterrupted_run(tmp_path):
+def test_sigkill_at_four_moments_then_rerun_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.setattr("kdbench.report.plots.make_plots", lambda run, plot_dir: ([], []))  # see micro_run
     ref_out, ref_cache = tmp_path / "ref", tmp_path / "ref-cache"
     assert main(micro_run.MICRO + ["--out", str(ref_out), "--cache-dir", str(ref_cache)]) == 0
 
@@ -319,27 +333,27 @@ def test_sigkill_at_four_moments_then_rerun_matches_an_uninterrupted_run(tmp_pat
     args = micro_run.MICRO + ["--out", str(out)]
     moments = [
         ("ckpt:.teacher-base-:2", "pretrain teacher: resumed from step 4"),  # stage in .partial
-        ("done:.student-base-", None),  # stage complete, killed before the rename
+        ("done:.student-base-", "stage student-base: cached"),  # stage complete, killed before the rename
         ("ckpt:cells/train:2", "kd (gpt2-toy-xs): resumed from step 4"),  # train cell
         ("gens:3", None),  # eval cell with generations written, no metrics yet
     ]
     logs = []
-    for kill, _ in moments:
+    for i, (kill, _) in enumerate(moments):
         before = {p: p.stat().st_mtime_ns for p in out.glob("**/DONE") if ".partial" not in str(p)}
-        r = micro_run.run(kill, args)
-        assert r.returncode == -signal.SIGKILL, (kill, r.stderr[-2000:])
+        log = tmp_path / f"run{i}.log"
+        # a forked child: a real process, killed by SIGKILL, that need not import torch again
+        assert micro_run.fork_run(kill, args, log) == -signal.SIGKILL, (kill, log.read_text()[-2000:])
         assert (out / ".kdbench.lock").exists()  # the next run must take the stale lock over
         for p, t in before.items():  # finished work is never recomputed
             assert p.exists() and p.stat().st_mtime_ns == t, p
-        logs.append(r.stderr)
-    final = micro_run.run("none", args)
-    assert final.returncode == 0, final.stderr[-3000:]
-    logs = logs[1:] + [final.stderr]  # each run's log shows how it resumed the previous kill
+        logs.append(log.read_text())
+    final = tmp_path / "final.log"
+    assert micro_run.fork_run("none", args, final) == 0, final.read_text()[-3000:]
+    logs = logs[1:] + [final.read_text()]  # each run's log shows how it resumed the previous kill
     for (kill, expect), log in zip(moments, logs):
         if expect:
             assert expect in log, (kill, log[-3000:])
-    assert "stage student-base: cached" in logs[1]  # DONE-before-rename: not rebuilt
-    assert "train gpt2-toy-xs/kd: done, skipping" in final.stderr
+    assert "train gpt2-toy-xs/kd: done, skipping" in logs[-1]
     assert (out / "leaderboard.json").read_bytes() == (ref_out / "leaderboard.json").read_bytes()
     assert micro_run.eval_metrics(out) == micro_run.eval_metrics(ref_out)
     assert micro_run.trained_weights(out, out / "cache") == micro_run.trained_weights(ref_out, ref_cache)

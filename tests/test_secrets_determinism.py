@@ -46,6 +46,8 @@ def runs(tmp_path_factory):
     judge = ["--judge-backend", "openai", "--judge-base-url", server.base_url, "--judge-model", "fake-judge"]
     dirs = {"a": (root / "a", root / "a-cache"), "b": (root / "b", root / "b-cache")}
     printed = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr("kdbench.report.plots.make_plots", lambda run, plot_dir: ([], []))  # see micro_run.skip_plots
     try:
         reset_judge_runs()
         out, cache = dirs["a"]
@@ -62,6 +64,7 @@ def runs(tmp_path_factory):
         printed += [r.stdout, r.stderr]
         yield dirs, server, printed
     finally:
+        mp.undo()
         server.close()
         reset_judge_runs()
         for k, v in saved.items():
