@@ -169,6 +169,7 @@ class MethodContext:
         batch = batch.to(self.device)
         if model is self.student:
             self.counters.add("student_tokens", int(batch.attention_mask.sum()))
+            model = self.trainer.forward_model or model  # the FSDP/DeepSpeed engine while training
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return slice_vocab(out, self.vocab_size)
 

@@ -53,13 +53,13 @@ LIST_WORDS = COLORS + HOMES + FOODS  # items for reverse / count
 @dataclass
 class ToyWorldConfig:
     seed: int = 0
-    n_creatures: int = 40
+    n_creatures: int = 16
     n_train: int = 4000  # instruction examples in the train split
     n_dev: int = 140
     n_test: int = 280
     held_out_fraction: float = 0.25  # creature x question pairs reserved for dev/test
     min_list: int = 2
-    max_list: int = 5
+    max_list: int = 4
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
     pretrain_docs: int = 3000
 
@@ -100,7 +100,7 @@ class ToyWorld:
         # Held-out creature x family pairs: these questions never appear in the train split.
         self.held_out: set[tuple[str, str]] = set()
         for name in self.creatures:
-            for fam in ("fact:color", "fact:home", "fact:food", "describe", "yesno", "choose"):
+            for fam in ("fact:color", "fact:home", "fact:food", "describe", "choose"):
                 if rng.random() < self.config.held_out_fraction:
                     self.held_out.add((name, fam))
 
@@ -150,10 +150,20 @@ class ToyWorld:
             name = rng.choice(names)
             key = family
             attr = None
+            truth = color = None
             if family == "fact":
                 attr = rng.choice(["color", "home", "food"])
                 key = f"fact:{attr}"
-            held = (name, key) in self.held_out
+            if family == "yesno":
+                # Held out per (creature, asked colour): training asks about the same creature
+                # with other colours, the test asks a combination never seen.
+                truth = rng.random() < 0.5
+                c0 = self.creatures[name]["color"]
+                color = c0 if truth else rng.choice([x for x in COLORS if x != c0])
+                key = f"yesno:{color}"
+                held = random.Random(f"{self.config.seed}-{name}-{color}").random() < self.config.held_out_fraction
+            else:
+                held = (name, key) in self.held_out
             if held != (split != "train"):
                 return None
             c = self.creatures[name]
@@ -166,8 +176,6 @@ class ToyWorld:
                 return dict(instruction=f"describe the {name}", input="",
                             references=[" ".join(self.fact_sentences(name))], meta={"family": family})
             if family == "yesno":
-                truth = rng.random() < 0.5
-                color = c["color"] if truth else rng.choice([x for x in COLORS if x != c["color"]])
                 return dict(instruction=f"is the {name} {color} ?", input="", references=["yes" if truth else "no"],
                             meta={"family": family, "label_words": ["no", "yes"], "label": int(truth)})
             # choose: the answer distribution depends on the category only; the creature varies

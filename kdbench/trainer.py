@@ -11,6 +11,12 @@ uninterrupted run on CPU. The data position is restored from the batch iterator'
 it has one (ResumableBatches: rollout rounds, replay buffers), else by replaying a plain iterator
 to the step. Replaying is exact for deterministic iterators, but it redoes their work for every
 skipped step, so a plain generator that samples a fresh rollout per step samples them all again.
+
+Multi-process (`accelerate launch`, DDP): every rank draws the same global batch from its
+(identically seeded) iterator and trains on its own contiguous shard of rows. The token count of
+the whole global batch is all-reduced, each micro-batch loss is weighted by its tokens over that
+global count, and the gradients are summed across ranks once per step: the update equals the
+single-process one on the global batch (up to float summation order). See docs/scaling.md.
 """
 from __future__ import annotations
 
@@ -180,10 +186,59 @@ class Trainer:
         self.accelerator = get_accelerator(device, dtype)
         self.progress = progress and os.environ.get("KDBENCH_NO_PROGRESS") != "1"
         self.history: list[dict] = []
+        # Under FSDP / DeepSpeed the student's forward must go through the wrapped engine (FSDP
+        # gathers shards in its forward); MethodContext.logits uses this while fit() runs.
+        self.forward_model = None
 
     @property
     def device(self):
         return self.accelerator.device
+
+    def _manual_ddp(self) -> bool:
+        """Several plain data-parallel processes. We keep the model unwrapped and sum gradients
+        ourselves once per step instead of wrapping it in torch DDP: methods call the student
+        several times per loss (rollout scoring, an LM term) and outside the wrapper, which DDP's
+        reducer does not support, and one all-reduce per step also serves gradient accumulation."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.num_processes > 1 and self.accelerator.distributed_type in (
+            DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+
+    def _shard(self, batch: Batch) -> Batch:
+        """This rank's contiguous share of the global batch's rows."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if batch.size < world:
+            raise KdbenchError(f"{self.desc}: a batch of {batch.size} rows cannot be shared by {world} processes; "
+                               f"set batch_size >= {world} (a multiple of it balances the work)")
+        return batch.select(torch.arange(batch.size).tensor_split(world)[rank])
+
+    def _all_reduce_sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.accelerator.reduce(t, reduction="sum").tolist()
+
+    def _sync_grads(self, model) -> None:
+        """Sum gradients over ranks in one flat buffer (one collective per step, not per tensor)."""
+        import torch.distributed as dist
+
+        ps = [p for p in model.parameters() if p.requires_grad]
+        for p in ps:  # a parameter unused on one rank must still join the collective
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in ps])
+        dist.all_reduce(flat)
+        i = 0
+        for p in ps:
+            n = p.numel()
+            p.grad.copy_(flat[i: i + n].view_as(p.grad))
+            i += n
+
+    def _broadcast_params(self, model) -> None:
+        """Start every rank from rank 0's weights (what DDP does on wrapping)."""
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(t.data, src=0)
 
     def fit(self, model, loss_fn: Callable[[Batch], LossOutput], batches: Iterator[Batch],
             on_step: Callable[[int, dict], None] | None = None, state: dict[str, Any] | None = None) -> list[dict]:
@@ -203,7 +258,16 @@ class Trainer:
         model.train()
         opt = make_optimizer(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-        model, opt = self.accelerator.prepare(model, opt)
+        manual_ddp = self._manual_ddp()
+        if manual_ddp:
+            model.to(self.device)
+            opt = self.accelerator.prepare(opt)
+            self._broadcast_params(model)
+        else:
+            model, opt = self.accelerator.prepare(model, opt)
+            if self.accelerator.num_processes > 1:
+                self.forward_model = model  # FSDP / DeepSpeed engine
+        world = self.accelerator.num_processes
         start = 0
         acc: dict[str, float] = {}
         n_acc = 0
@@ -233,13 +297,17 @@ class Trainer:
             # last: replaying the iterator may have drawn random numbers (dropout during sampling)
             _set_rng_state(saved["rng"])
             log.info("%s: resumed from step %d", self.desc, start)
-        bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, leave=False, disable=not self.progress,
+        bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, leave=False, disable=not self.progress or not self.accelerator.is_main_process,
                    dynamic_ncols=True)
         for step in range(start, cfg.steps):
             batch = next(batches)
+            if world > 1:
+                batch = self._shard(batch)
             micro = batch.split(cfg.grad_accum)
             weights = [m.n_tokens or m.size for m in micro]
             total = float(sum(weights))
+            if world > 1:  # normalise by the global batch's tokens, so summed gradients are its token-mean
+                total = self._all_reduce_sum([total])[0]
             step_logs: dict[str, float] = {}
             try:
                 for m, w in zip(micro, weights):
@@ -258,6 +326,11 @@ class Trainer:
                     f"{self.desc}: out of device memory at step {step + 1} (batch_size {cfg.batch_size}, "
                     f"grad_accum {cfg.grad_accum}); raise grad_accum (micro-batches of batch_size / grad_accum) "
                     f"or lower batch_size. {str(e).splitlines()[0] if str(e) else ''}".rstrip()) from None
+            if manual_ddp:
+                self._sync_grads(model)
+            if world > 1:  # logs: token-weighted over the global batch, identical on every rank
+                keys = sorted(step_logs)
+                step_logs = dict(zip(keys, self._all_reduce_sum([step_logs[k] for k in keys])))
             if cfg.clip_grad > 0:
                 gn = self.accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 step_logs["grad_norm"] = float(gn)
@@ -279,7 +352,7 @@ class Trainer:
                 acc, n_acc = {}, 0
             bar.update(1)
             if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                    and step + 1 < cfg.steps:
+                    and step + 1 < cfg.steps and self.accelerator.is_main_process:
                 atomic_torch_save({"model": self.accelerator.unwrap_model(model).state_dict(),
                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                    "rng": _rng_state(), "step": step + 1, "history": self.history,
@@ -289,6 +362,7 @@ class Trainer:
                                    "scaler": scaler.state_dict() if scaler is not None else None,
                                    "train_config": to_dict(cfg)}, ckpt)
         bar.close()
+        self.forward_model = None
         model.eval()
         return self.history
 
