@@ -59,7 +59,12 @@ def worker(what: str, run_args: list[str]) -> dict:
             bench.student_sft(student)
         return {"prepare_s": round(time.time() - t0, 2)}
     import torch
+    # transformers imports model classes lazily (~5-10 s here): do it before the clock starts
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM  # noqa: F401
 
+    from kdbench.trainer import get_accelerator
+
+    get_accelerator(cfg.device, cfg.dtype)
     rss0 = _rss_mb()
     t0 = time.time()
     res = bench.train_cell(student, what)

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher: model preset, hub name or local path")
     p.add_argument("--student", help="student(s), comma-separated: model preset, hub name or local path")
     p.add_argument("--seeds", help="evaluation seeds, comma-separated (MiniLLM: 10,20,30,40,50)")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="quick look: at most N test examples per task, N train examples and N steps per "
+                        "training stage (applied after the preset, --config and --set)")
     p.add_argument("--out", help="output folder (default: results/<preset>)")
     p.add_argument("--cache-dir", help="stage cache (default: <out>/cache); share it across runs to reuse teachers")
     p.add_argument("--data-dir", help="folder with real task data (also env KDBENCH_DATA)")
@@ -129,11 +132,35 @@ def resolve_config(args: argparse.Namespace):
         k, v = item.split("=", 1)
         set_dotted(data, k.strip(), yaml.safe_load(v))
     cfg = from_dict(BenchConfig, data)
+    if getattr(args, "limit", None) is not None:
+        apply_limit(cfg, args.limit)
     for m in cfg.methods:
         METHODS.get(m, "methods")
     for t in cfg.tasks + [cfg.train_task]:
         TASKS.get(t, "tasks")
     return cfg
+
+
+def apply_limit(cfg, n: int) -> None:
+    """--limit N: caps, never raises, what the config already says; the capped values are the
+    frozen config, so a limited run never reuses (or poisons) the full run's cells."""
+    if n < 1:
+        raise ConfigError(f"--limit: must be >= 1, got {n}")
+
+    def cap(v):
+        return n if v is None else min(v, n)
+
+    cfg.eval.max_examples = cap(cfg.eval.max_examples)
+    cfg.eval.exposure_prompts = min(cfg.eval.exposure_prompts, n)
+    cfg.max_train_examples = cap(cfg.max_train_examples)
+    for tc in (cfg.distill, cfg.teacher_sft, cfg.build.teacher_pretrain, cfg.build.student_pretrain):
+        tc.steps = min(tc.steps, n)
+        tc.warmup_steps = min(tc.warmup_steps, tc.steps)
+    for over in cfg.method_train.values():
+        if "steps" in over:
+            over["steps"] = min(int(over["steps"]), n)
+        if "warmup_steps" in over:
+            over["warmup_steps"] = min(int(over["warmup_steps"]), n)
 
 
 def setup_logging(out: Path | None) -> None:
@@ -154,10 +181,12 @@ def setup_logging(out: Path | None) -> None:
 
 def _offline_unless_hub(cfg) -> None:
     """Stay offline unless the user named a hub model (nothing reaches the network otherwise)."""
-    from .models import is_preset
+    from .model_sources import available_locally, is_source
+    from .models import is_derived, is_preset
 
     names = [cfg.teacher] + list(cfg.students)
-    if all(is_preset(n) or Path(n).expanduser().exists() for n in names):
+    if all(is_preset(n) or is_derived(n) or (is_source(n) and available_locally(n)) or Path(n).expanduser().exists()
+           for n in names):
         for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ.setdefault(k, "1")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
@@ -162,6 +163,25 @@ class MethodContext:
         if self._teacher_samples_fn is None:
             raise ConfigError(f"method '{self.method_name}' needs teacher samples but no teacher is configured")
         return self._teacher_samples_fn()
+
+    def teacher_topk_cache(self, k: int):
+        """The teacher's top-k distributions on every train example (kdbench/teacher_cache.py),
+        computed once per cell (kept in run_dir, so a rerun or resume reuses it)."""
+        from .teacher_cache import TopKTeacherCache
+
+        if self.teacher is None:
+            raise ConfigError(f"method '{self.method_name}' needs a teacher for its top-k cache")
+        vocab = self.vocab_size or len(self.tokenizer)
+        path = Path(self.run_dir) / f"teacher_topk_k{k}.pt" if self.run_dir else None
+        if path is not None and path.exists():
+            cache = TopKTeacherCache.load(path)
+            if cache.k == k and cache.vocab == vocab and all(ex.id in cache.entries for ex in self.train_examples):
+                return cache
+        cache = TopKTeacherCache(k, vocab)
+        cache.build(self, self.train_examples)
+        if path is not None:
+            cache.save(path)
+        return cache
 
     # -- model calls -----------------------------------------------------------------------------
     def logits(self, model, batch: Batch) -> torch.Tensor:

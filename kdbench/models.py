@@ -65,9 +65,35 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
 
 
+def is_derived(name: str) -> bool:
+    """A student built from the teacher (`prune:k=2`, kdbench.pruning): shares its tokenizer."""
+    from .pruning import is_prune_spec
+
+    return is_prune_spec(name)
+
+
+def resolve_model_name(name: str) -> str:
+    """Model sources (kdbench.model_sources, e.g. smollm2-135m-instruct) -> a loadable folder or hub
+    id, converting on first use; every other name is returned unchanged."""
+    from .model_sources import is_source, resolve_source
+
+    return resolve_source(name) if is_source(name) else name
+
+
 def check_model_name(name: str, where: str) -> None:
     """Fail early for a name that is neither a preset, an existing path, nor plausibly a hub id."""
     if is_preset(name):
+        return
+    from .model_sources import check_source, is_source
+    from .pruning import parse_prune_spec
+
+    if is_source(name):
+        check_source(name, where)
+        return
+    if is_derived(name):
+        if where.startswith("--teacher"):
+            raise ModelError(f"{where}: '{name}' builds a student from the teacher; it cannot be the teacher")
+        parse_prune_spec(name, where)
         return
     p = Path(name).expanduser()
     if p.exists():
@@ -201,6 +227,7 @@ def torch_dtype(name: str):
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
+    path = resolve_model_name(path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - re-raised with context
@@ -219,6 +246,7 @@ def load_config(path: str):
     """The model's config.json only (no weights): cheap enough for up-front validation."""
     from transformers import AutoConfig
 
+    path = resolve_model_name(path)
     try:
         return AutoConfig.from_pretrained(path)
     except Exception as e:  # noqa: BLE001
@@ -234,6 +262,7 @@ def embedding_rows(config) -> int:
 def load_model(path: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
+    path = resolve_model_name(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
     except ConfigError:
@@ -284,7 +313,7 @@ def slice_vocab(logits, vocab_size: int | None):
 def check_real_models(teacher: str, students: Sequence[str]) -> None:
     """Before any work: a real student needs a real teacher with the same vocabulary, and every real
     model's embedding must cover its tokenizer. Reads tokenizers and config.json only."""
-    real_students = [s for s in students if not is_preset(s)]
+    real_students = [s for s in students if not is_preset(s) and not is_derived(s)]  # pruned: teacher's own vocab
     if is_preset(teacher):
         if real_students:
             raise ConfigError(f"--student '{real_students[0]}' is a real model but --teacher '{teacher}' is a built-in "

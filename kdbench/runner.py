@@ -45,7 +45,7 @@ TEACHER_GROUP = "_teacher"
 def label_of(name: str) -> str:
     """A filesystem-safe label for a model name or path."""
     base = Path(name).name if (os.sep in name and Path(name).expanduser().exists()) else name
-    return base.replace("/", "--")
+    return base.replace("/", "--").replace(":", "_")  # prune:k=2 -> prune_k=2 (no ':' in folder names)
 
 
 class Benchmark:
@@ -133,9 +133,29 @@ class Benchmark:
         if name not in self.tasks:
             opts = TaskOptions(data_dir=self.cfg.data_dir, max_eval_examples=self.cfg.eval.max_examples,
                                max_train_examples=self.cfg.max_train_examples,
-                               extra=dict(self.cfg.task_options.get(name, {})))
+                               extra=dict(self.cfg.task_options.get(name, {})),
+                               prompt_format=self.cfg.prompt_format, prompt_wrapper=self._prompt_wrapper())
             self.tasks[name] = make_task(name, opts)
         return self.tasks[name]
+
+    def _prompt_wrapper(self):
+        """prompt_format 'chat': each task's rendered prompt becomes the user turn of the teacher's
+        chat template (the format an instruction-tuned teacher was trained with); 'plain': as is."""
+        if self.cfg.prompt_format == "plain":
+            return None
+        if M.is_preset(self.cfg.teacher):
+            raise ConfigError(f"config key 'prompt_format': 'chat' needs a real teacher with a chat template; "
+                              f"'{self.cfg.teacher}' is a built-in preset (use prompt_format: plain)")
+
+        def wrap(prompt: str) -> str:
+            tok = self.tokenizer()  # the teacher's: it holds the template
+            if not getattr(tok, "chat_template", None):
+                raise ConfigError(f"config key 'prompt_format': 'chat', but the tokenizer of --teacher "
+                                  f"'{self.cfg.teacher}' has no chat_template; use prompt_format: plain")
+            return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                           add_generation_prompt=True)
+
+        return wrap
 
     # ------------------------------------------------------------------------------------------
     # stage cache
@@ -183,11 +203,11 @@ class Benchmark:
             self._tokenizer = M.load_tokenizer(c.teacher)
             self._tok_key = stable_hash({"teacher_tokenizer": c.teacher})
             for s in c.students:
-                if not M.is_preset(s):
+                if not M.is_preset(s) and not M.is_derived(s):  # pruned students use the teacher's own
                     M.check_same_vocab(self._tokenizer, M.load_tokenizer(s))
             return self._tokenizer
         for s in c.students:
-            if not M.is_preset(s):
+            if not M.is_preset(s) and not M.is_derived(s):
                 raise ConfigError(f"--student '{s}' is a real model but --teacher '{c.teacher}' is a built-in "
                                   "preset with its own tokenizer; use a real teacher of the same family")
         task_names = list(dict.fromkeys([c.train_task] + c.tasks))
@@ -238,6 +258,9 @@ class Benchmark:
         memo = f"{role}:{name}"
         if memo in self._models:
             return self._models[memo]
+        if M.is_derived(name):
+            self._models[memo] = self._pruned_base(name)
+            return self._models[memo]
         if not M.is_preset(name):
             self._models[memo] = (name, stable_hash({"model": name}))
             return self._models[memo]
@@ -273,6 +296,26 @@ class Benchmark:
         folder, key = self._stage(f"{role}-base", spec, build)
         self._models[memo] = (str(folder / "model"), key)
         return self._models[memo]
+
+    def _pruned_base(self, name: str) -> tuple[str, str]:
+        """A student base cut from the teacher students distil from (kdbench.pruning)."""
+        from .pruning import parse_prune_spec, prune_model
+
+        spec_obj = parse_prune_spec(name)
+        t_path, t_key = self.teacher_model()
+        spec = {"role": "student", "prune": spec_obj.as_dict(), "teacher": t_key}
+
+        def build(folder: Path):
+            teacher = M.load_model(t_path)
+            student, kept = prune_model(teacher, spec_obj)
+            M.save_model(student, self.tokenizer(), folder / "model")
+            n_s, n_t = M.count_parameters(student), M.count_parameters(teacher)
+            log.info("student %s: %d of %d teacher layers kept %s; %.1fM params (teacher %.1fM, %.0f%%)", name,
+                     len(kept), teacher.config.num_hidden_layers, kept, n_s / 1e6, n_t / 1e6, 100 * n_s / n_t)
+            return {"params": n_s, "teacher_params": n_t, "kept_layers": kept}
+
+        folder, key = self._stage("student-pruned", spec, build)
+        return str(folder / "model"), key
 
     def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig) -> tuple[str, str]:
         memo = f"{role}-sft:{base[1]}"
@@ -387,6 +430,7 @@ class Benchmark:
             return read_json(cell / "result.json")
         cell.mkdir(parents=True, exist_ok=True)
         (cell / "error.json").unlink(missing_ok=True)
+        (cell / "DONE").unlink(missing_ok=True)  # another config's marker must not vouch for the model being replaced
         ckpt = cell / "checkpoint.pt"
         if ckpt.exists() and (not (cell / "config.json").exists() or stable_hash(read_json(cell / "config.json")) != key):
             ckpt.unlink()  # left by a run with another configuration: resuming it would mix the two
@@ -458,12 +502,15 @@ class Benchmark:
 
     def _eval_teacher(self):
         """The teacher for model metrics (exposure bias); loaded once, only when a metric asks."""
-        if "t" not in self._teacher_cache:
+        path, _ = self.teacher_model()
+        # keyed by path: the cache is shared by every Benchmark in the process, and another
+        # benchmark's teacher would silently change this one's exposure-bias numbers
+        if path not in self._teacher_cache:
             from .trainer import get_accelerator
 
-            path, _ = self.teacher_model()
-            self._teacher_cache["t"] = M.load_model(path, self.cfg.dtype).to(get_accelerator(self.cfg.device, self.cfg.dtype).device).eval()
-        return self._teacher_cache["t"]
+            self._teacher_cache.clear()
+            self._teacher_cache[path] = M.load_model(path, self.cfg.dtype).to(get_accelerator(self.cfg.device, self.cfg.dtype).device).eval()
+        return self._teacher_cache[path]
 
     def _load_cached(self, path: str):
         if path not in self._model_cache:

@@ -9,8 +9,9 @@ A task is one file in tasks/ that subclasses `Task` and registers itself:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from .registry import Registry
 from .schema import Example
@@ -29,6 +30,9 @@ class TaskOptions:
     max_train_examples: int | None = None
     seed: int = 0
     extra: dict = field(default_factory=dict)  # task-specific settings (BenchConfig.task_options[name])
+    # BenchConfig.prompt_format and the function that applies it to every rendered prompt (None: as is)
+    prompt_format: str = "plain"
+    prompt_wrapper: Callable[[str], str] | None = None
 
 
 class Task:
@@ -68,9 +72,12 @@ class Task:
 
     def fingerprint(self) -> dict:
         """What determines this task's data (hashed into cache keys)."""
-        return {"task": self.name, "version": self.version, "data_dir": self.options.data_dir,
-                "max_eval": self.options.max_eval_examples, "max_train": self.options.max_train_examples,
-                "extra": self.options.extra}
+        fp = {"task": self.name, "version": self.version, "data_dir": self.options.data_dir,
+              "max_eval": self.options.max_eval_examples, "max_train": self.options.max_train_examples,
+              "extra": self.options.extra}
+        if self.options.prompt_format != "plain":  # only then: existing cache keys stay valid
+            fp["prompt_format"] = self.options.prompt_format
+        return fp
 
     # -- provided -----------------------------------------------------------------------------
     def examples(self, split: str) -> list[Example]:
@@ -81,6 +88,8 @@ class Task:
             cap = self.options.max_train_examples if split == "train" else self.options.max_eval_examples
             if cap is not None:
                 exs = exs[:cap]
+            if self.options.prompt_wrapper is not None:
+                exs = [dataclasses.replace(ex, prompt=self.options.prompt_wrapper(ex.prompt)) for ex in exs]
             self._cache[split] = exs
         return self._cache[split]
 

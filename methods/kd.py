@@ -3,12 +3,19 @@
 MiniLLM's `--type kd` with kd_ratio r = 0.5 and no temperature. Upstream uses the soft
 cross-entropy -sum p log q, which differs from forward KL by the teacher entropy (a constant for
 the student), so gradients are identical; we log the true KL.
+
+`teacher_cache: topk` reads the teacher from a top-k cache built once over the training set
+(kdbench/teacher_cache.py: k log-probs + the remaining mass, its error documented there) instead of
+a teacher forward per step: cheaper when the run covers the training set more than about once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from kdbench.divergences import forward_kl
+from kdbench.errors import ConfigError
 from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy
 from kdbench.trainer import LossOutput
 
@@ -17,10 +24,16 @@ from kdbench.trainer import LossOutput
 class KDConfig(MethodConfig):
     kd_ratio: float = 0.5  # MiniLLM scripts: --kd-ratio 0.5
     temperature: float = 1.0  # MiniLLM uses none (1.0); Hinton-style T scales the loss by T^2
+    teacher_cache: str = "none"  # none: teacher forward every step | topk: cached top-k distributions
+    topk: int = 64  # k of the top-k cache
 
     def __post_init__(self) -> None:
         check_range("kd_ratio", self.kd_ratio, 0.0, 1.0, "kd")
         check_range("temperature", self.temperature, 1e-3, 100.0, "kd")
+        if self.teacher_cache not in ("none", "topk"):
+            raise ConfigError(f"config key 'method_config.kd.teacher_cache': '{self.teacher_cache}' is not one of "
+                              "none, topk")
+        check_range("topk", self.topk, 1, 10**7, "kd")
 
 
 @METHODS.register("kd")
@@ -32,11 +45,27 @@ class KD(Method):
     def train(self, ctx: MethodContext) -> None:
         r, T = self.config.kd_ratio, self.config.temperature
 
+        cache = ctx.teacher_topk_cache(self.config.topk) if self.config.teacher_cache == "topk" else None
+
+        def teacher(batch):
+            if cache is None:
+                return ctx.teacher_logits(batch)
+            ids = [ctx.train_examples[i].id for i in batch.extras["example_index"].tolist()]
+            return cache.teacher_logp(batch, ids).to(batch.input_ids.device)  # log-probs act as logits
+
+        def cached_batches():
+            # the same example order as gold_batches(), with each row's index for the cache lookup
+            pos = {id(ex): i for i, ex in enumerate(ctx.train_examples)}
+            for exs in ctx.example_batches():
+                b = ctx.encode(exs)
+                b.extras["example_index"] = torch.tensor([pos[id(ex)] for ex in exs])
+                yield b
+
         def loss_fn(batch):
             s = ctx.logits(ctx.student, batch)
-            t = ctx.teacher_logits(batch)
+            t = teacher(batch)
             ce = cross_entropy(s, batch.labels)
             kl = forward_kl(s / T, t / T, batch.loss_mask) * (T * T)
             return LossOutput((1 - r) * ce + r * kl, {"ce": float(ce), "fkl": float(kl)})
 
-        ctx.fit(loss_fn, ctx.gold_batches())
+        ctx.fit(loss_fn, cached_batches() if cache is not None else ctx.gold_batches())

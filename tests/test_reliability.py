@@ -4,10 +4,13 @@
   including on-policy methods whose data depends on earlier students (MiniLLM's rollout rounds,
   DistiLLM's replay buffer and threshold). The "kill" is an exception right after a checkpoint:
   nothing of the process survives but what is on disk, as with SIGKILL.
-- Benchmark level: a micro `ci` run in a subprocess is SIGKILLed at exact moments (a stage in its
-  .partial folder, a stage between DONE and rename, a train cell, an eval cell), rerun each time,
-  and must end with the leaderboard, metrics and weights of an uninterrupted run.
-  (benchmarks/kill_resume.py does the same on the full `ci` preset with kills from outside.)
+- Benchmark level: a micro `ci` run in a child process (forked: it need not import torch again)
+  SIGKILLs itself at exact moments (a stage in its .partial folder, a stage between DONE and
+  rename, a train cell, an eval cell), is rerun each time, and must end with the leaderboard,
+  metrics and weights of an uninterrupted run. (benchmarks/kill_resume.py does the same on the full
+  `ci` preset, in fresh interpreters, with kills sent from outside at moments seen on disk.)
+- Atomic writes, stale temp files, unreadable or foreign checkpoints, out-of-memory messages.
+- Locks: a second process fails at once; a dead owner's lock is taken over; Ctrl-C releases it.
 """
 from __future__ import annotations
 
