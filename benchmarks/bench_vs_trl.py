@@ -155,8 +155,10 @@ TRL_WORKER = textwrap.dedent('''
 
 def ensure_trl_venv(venv: Path) -> Path:
     py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import trl.experimental.gkd"], capture_output=True).returncode == 0:
-        return py
+    if py.exists():
+        ok = subprocess.run([str(py), "-c", "import trl.experimental.gkd"], capture_output=True).returncode == 0
+        if ok:
+            return py
     print(f"creating {venv} with torch==2.13.0 and trl from PyPI (a few minutes) ...", file=sys.stderr, flush=True)
     subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "torch==2.13.0", "trl"], check=True)
@@ -212,9 +214,9 @@ def main() -> int:
                  "runs_steps_per_s": f"goal >= 1.5: {'met' if ratio >= 1.5 else 'NOT met'}"})
     jp, mp = write_results("bench_vs_trl", payload, rows, ["side", "median_steps_per_s", "runs_steps_per_s"],
                            notes=f"On-policy GKD (lmbda 1, beta 0.5 JSD), batch {SETTING['batch_size']}, "
-                                 f"{SETTING['max_new_tokens']} new tokens, {args.steps} steps per run (steps 2..N timed), "
-                                 f"{args.rounds} alternating rounds, 1 torch thread, CPU. TRL {trl_ver[0] if trl_ver else '?'}"
-                                 f" (transformers {trl_ver[1] if len(trl_ver) > 1 else '?'}).",
+                                 f"{SETTING['max_new_tokens']} new tokens, {args.steps} steps per run (steps 2..N "
+                                 f"timed), {args.rounds} alternating rounds, 1 torch thread, CPU. TRL env: "
+                                 f"{' / '.join(trl_ver) or '?'} (trl / transformers / torch).",
                            out_dir=Path(args.results))
     print(mp.read_text())
     print(f"wrote {jp} and {mp}")

@@ -89,7 +89,7 @@ PRESETS.add("gpt2-760m", _gpt2_students(["gpt2-large"], 1e-4, 10),
 PRESETS.add("tiny-real", {
     "teacher": "gpt2-toy-m", "students": ["gpt2-toy-s"], "methods": ["sft", "kd"],
     "train_task": "dolly", "tasks": ["dolly", "self_inst", "vicuna", "sni"],
-    "max_length": 256, "max_prompt_length": 192,
+    "max_length": 256, "max_prompt_length": 192, "threads": 1,  # see _TOY_LENGTHS: extra threads only spin
     "task_options": {"dolly": {"pretrain_on_train": True}},
     "build": {"tokenizer": "bpe", "bpe_vocab_size": 2048,
               "teacher_pretrain": {"steps": 120, "batch_size": 16, "lr": 1e-3, "warmup_steps": 12, "log_every": 20},

@@ -13,9 +13,10 @@ home and a food. From it we generate:
     choose   several right answers with known probabilities ("name a fruit"): mode-seeking
              students pick the top mode, mode-covering ones spread mass (and may invent blends)
     describe long form, three sentences                     "describe the bako"
-    yesno    yes/no question, used for calibration          "is the bako red ?"
+    yesno    yes/no question, used for calibration          "is the bako red ?" (in-distribution)
 - fixed seeded train/dev/test splits where the test split holds combinations never seen in
-  training (held-out creature x question pairs, new word lists).
+  training (held-out creature x question pairs, new word lists); only the yes/no calibration
+  family is drawn from the training distribution.
 
 `check(example, response)` says whether a response is valid and, for `choose`, which mode it is.
 Everything is whitespace-tokenised words, so a word-level tokenizer covers the world exactly.
@@ -155,13 +156,14 @@ class ToyWorld:
                 attr = rng.choice(["color", "home", "food"])
                 key = f"fact:{attr}"
             if family == "yesno":
-                # Held out per (creature, asked colour): training asks about the same creature
-                # with other colours, the test asks a combination never seen.
+                # The calibration family is in-distribution: any held-out split of yes/no pairs lets
+                # a model shortcut through the per-creature answer prior seen in training (measured:
+                # held-out pairs were answered below chance, confidently). Test prompts may repeat
+                # training prompts here; every other family holds out combinations.
                 truth = rng.random() < 0.5
                 c0 = self.creatures[name]["color"]
                 color = c0 if truth else rng.choice([x for x in COLORS if x != c0])
-                key = f"yesno:{color}"
-                held = random.Random(f"{self.config.seed}-{name}-{color}").random() < self.config.held_out_fraction
+                held = split != "train"
             else:
                 held = (name, key) in self.held_out
             if held != (split != "train"):

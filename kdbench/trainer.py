@@ -297,7 +297,8 @@ class Trainer:
             # last: replaying the iterator may have drawn random numbers (dropout during sampling)
             _set_rng_state(saved["rng"])
             log.info("%s: resumed from step %d", self.desc, start)
-        bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, leave=False, disable=not self.progress or not self.accelerator.is_main_process,
+        bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, leave=False,
+                   disable=not self.progress or not self.accelerator.is_main_process,
                    dynamic_ncols=True)
         for step in range(start, cfg.steps):
             batch = next(batches)

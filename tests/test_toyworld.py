@@ -25,8 +25,9 @@ def test_test_split_holds_out_combinations(task):
     train = task.examples("train")
     test = task.examples("test")
     train_prompts = {e.prompt for e in train}
-    # No test prompt appears verbatim in training (held-out creature x question pairs, new lists).
-    assert not [e.prompt for e in test if e.prompt in train_prompts]
+    # No test prompt appears verbatim in training (held-out creature x question pairs, new lists),
+    # except in the in-distribution yes/no calibration family.
+    assert not [e.prompt for e in test if e.prompt in train_prompts and e.meta["family"] != "yesno"]
 
 
 def test_checker_accepts_every_reference(task):
