@@ -200,7 +200,8 @@ def test_distillm_schedule_generates_and_replays(world, teacher, tmp_path):
     replay = [h["replay"] for h in ctx.history]
     assert any(fresh) and any(replay)
     assert not any(f and r for f, r in zip(fresh, replay))  # one source per step
-    assert on_policy(ctx, srkl, world) + on_gold(ctx, srkl, world) < 0.8 * before
+    # 16 steps, half of them on replayed or fresh student samples: a clear but smaller drop
+    assert on_policy(ctx, srkl, world) + on_gold(ctx, srkl, world) < 0.87 * before
 
 
 def test_distillm_default_threshold_trains_on_gold(world, teacher, tmp_path):

@@ -6,6 +6,8 @@ Hand-worked values are in the comments next to each assertion.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 import random
@@ -172,11 +174,11 @@ def toy():
 EV = EvalConfig(seeds=[1], max_new_tokens=6, max_prompt_tokens=48, batch_size=16, coverage_samples=2)
 
 
-def _ctx(toy, preds=None, settings=None, run_dir=None, label="kd", task=None, exs=None):
+def _ctx(toy, preds=None, settings=None, run_dir=None, label="kd", task=None, exs=None, ev=None):
     exs = exs if exs is not None else toy.exs
     preds = preds if preds is not None else [ex.references[0] for ex in exs]
     ctx = EvalContext(task=task or toy.task, examples=list(exs), predictions=list(preds), seed=1,
-                      model=toy.student, tokenizer=toy.tok, model_label=label, eval_config=EV,
+                      model=toy.student, tokenizer=toy.tok, model_label=label, eval_config=ev or EV,
                       teacher_fn=lambda: toy.teacher, settings=dict(settings or {}))
     ctx.cache["max_prompt_length"] = 48
     ctx.cache["run_dir"] = run_dir
@@ -200,7 +202,7 @@ def test_lm_loss_metric_matches_per_example_loop(toy):
 
 
 def test_exposure_metric_on_tiny_models(toy):
-    ctx = _ctx(toy, settings={"exposure": {"prompts": 5, "samples": 2}})
+    ctx = _ctx(toy, ev=dataclasses.replace(EV, exposure_prompts=5, exposure_samples=2))
     vals = METRICS.get("exposure_bias").fn(ctx)
     curve = ctx.artifacts["exposure_curve"]
     assert set(vals) == {"exposure_bias"}  # max length 6 < 8: no @8/@16 sub-values
@@ -211,7 +213,7 @@ def test_exposure_metric_on_tiny_models(toy):
     # so R(1) = eps(1) exactly; an off-by-one alignment would score position 2 here instead
     assert curve["R"][0] == pytest.approx(curve["eps"][0], rel=1e-9) and curve["exaccerr"][0] == pytest.approx(0.0, abs=1e-6)
     # deterministic for a seed
-    again = _ctx(toy, settings={"exposure": {"prompts": 5, "samples": 2}})
+    again = _ctx(toy, ev=dataclasses.replace(EV, exposure_prompts=5, exposure_samples=2))
     assert METRICS.get("exposure_bias").fn(again) == vals
     # the teacher row: 0 by definition, nothing sampled; no teacher: not applicable
     t = _ctx(toy, label="teacher")
