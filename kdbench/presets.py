@@ -29,6 +29,14 @@ PRESETS.add("tiny", {
     "teacher_sft": {"steps": 1200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 30, "log_every": 50, "checkpoint_every": 100},
     "distill": {"steps": 500, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20, "log_every": 50, "checkpoint_every": 100},
     "eval": {"seeds": [10, 20, 30], "max_new_tokens": 24, "max_prompt_tokens": 24, "batch_size": 64},
+    # Methods that start from the SFT student and sample on-policy get a shorter, smaller budget
+    # (a rollout costs a decode loop per step): 200 steps x 16 sequences, as cpu-notes sizes them.
+    "method_train": {m: {"steps": 200, "batch_size": 16, "lr": 5e-4, "warmup_steps": 10, "log_every": 50,
+                         "checkpoint_every": 50}
+                     for m in ("minillm", "minillm-no-single-step", "minillm-no-teacher-mix",
+                               "minillm-no-length-norm", "single_step", "js", "tvd", "gkd", "distillm")}
+    | {"ranking": {"steps": 200, "batch_size": 8, "lr": 5e-4, "warmup_steps": 10, "log_every": 50,
+                   "checkpoint_every": 50}},
 }, "default: toy world, 1M teacher, 0.1M student, sft+kd, 3 seeds (~5-8 min on 2 CPU cores)")
 
 
