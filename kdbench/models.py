@@ -353,8 +353,9 @@ def check_placement(device: str, teacher_device: str) -> None:
                 raise ConfigError(f"config key '{key}': '{name}' needs CUDA, which this machine does not have "
                                   "(torch.cuda.is_available() is False); use cpu")
             if dev.index is not None and dev.index >= torch.cuda.device_count():
+                n = torch.cuda.device_count()
                 raise ConfigError(f"config key '{key}': '{name}' does not exist; this machine has "
-                                  f"{torch.cuda.device_count()} CUDA device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+                                  f"{n} CUDA device(s): cuda:0..cuda:{n - 1}")
             return
         if dev.type == "mps":
             if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):

@@ -644,7 +644,8 @@ def _dry_run(self: Benchmark) -> DryRun:
     errors: list[str] = []
     unavailable: list[str] = []
     n_models = 1 + len(c.students) * (1 + len(c.methods))  # teacher + per student: base + one per method
-    lines = [f"preset {c.preset}: teacher {c.teacher}; students {', '.join(c.students)}; methods {', '.join(c.methods)}",
+    lines = [f"preset {c.preset}: teacher {c.teacher}; students {', '.join(c.students)}; "
+             f"methods {', '.join(c.methods)}",
              f"train task {c.train_task}; eval tasks {', '.join(c.tasks)}; seeds {c.eval.seeds}; "
              f"max_length {c.max_length}, max_prompt_length {c.max_prompt_length}, "
              f"max_new_tokens {c.eval.max_new_tokens}, eval.max_examples {c.eval.max_examples}",
@@ -655,7 +656,7 @@ def _dry_run(self: Benchmark) -> DryRun:
     failed: dict[str, str] = {}
     for name in dict.fromkeys([c.train_task] + c.tasks):
         task = self.task(name)
-        splits = (["train"] if name == c.train_task else []) + (["test"] if name in c.tasks or not task.has_train else [])
+        splits = (["train"] if name == c.train_task else []) + (["test"] if name in c.tasks else [])
         loaded[name] = {}
         for split in splits:
             try:
@@ -708,7 +709,8 @@ def _dry_run(self: Benchmark) -> DryRun:
                     ex.prompt[:_PROMPT_SHOWN] + f"[... {len(ex.prompt) - _PROMPT_SHOWN} more characters]")
                 lines.append(f"  example prompt ({ex.id}):")
                 lines += ["  | " + ln for ln in shown.split("\n")]
-                lines.append(f"  reference: {ex.references[0][:200]!r}" + (" ..." if len(ex.references[0]) > 200 else ""))
+                ref = ex.references[0]
+                lines.append(f"  reference: {ref[:200]!r}" + (" ..." if len(ref) > 200 else ""))
         lines.append("")
     ok = [n for n in loaded if n not in failed]
     lines.append(f"ready: {', '.join(ok) or 'none'}")

@@ -126,7 +126,8 @@ def test_gpt2_preset_encodes_minillm(data_dir):
     assert (c.teacher_sft.lr, c.teacher_sft.steps, c.teacher_sft.batch_size) == (5e-5, 3570, 32)
     assert (c.distill.lr, c.distill.steps, c.distill.batch_size) == (5e-4, 7140, 32)
     assert c.distill.schedule == "cosine" and c.distill.weight_decay == 1e-2 and c.distill.warmup_steps == 0
-    assert (_resolve("--preset", "gpt2-340m").distill.lr, _resolve("--preset", "gpt2-760m").distill.steps) == (1e-4, 3570)
+    assert _resolve("--preset", "gpt2-340m").distill.lr == 1e-4
+    assert _resolve("--preset", "gpt2-760m").distill.steps == 3570
     assert _resolve("--preset", "gpt2-760m").students == ["gpt2-large"]
 
 
@@ -138,7 +139,8 @@ def test_gpt2_preset_validates_offline_with_stubbed_hub_models(data_dir, models,
     monkeypatch.setattr(M, "in_hub_cache", lambda name: True)
     monkeypatch.setattr(M, "load_tokenizer", lambda name: tok)
     # GPT-2's real embedding matches its vocabulary exactly; pad one model to exercise the row check
-    monkeypatch.setattr(M, "load_config", lambda name: GPT2Config(vocab_size=len(tok) + (64 if name == "gpt2-xl" else 0)))
+    monkeypatch.setattr(M, "load_config",
+                        lambda name: GPT2Config(vocab_size=len(tok) + (64 if name == "gpt2-xl" else 0)))
     out = tmp_path / "o"
     assert main(["--preset", "gpt2", "--data-dir", str(data_dir), "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
@@ -164,7 +166,8 @@ def test_tiny_real_preset_is_consistent(data_dir):
     assert len(docs) == len(dolly.examples("train")) == 30
     assert not any(ex.instruction in "\n".join(docs) for ex in dolly.examples("test"))
     # off by default: real base models come pretrained
-    assert Benchmark(_resolve("--preset", "gpt2", "--data-dir", str(data_dir)), Path("/x")).task("dolly").pretrain_texts() is None
+    gpt2 = Benchmark(_resolve("--preset", "gpt2", "--data-dir", str(data_dir)), Path("/x"))
+    assert gpt2.task("dolly").pretrain_texts() is None
 
 
 # -- real models end to end -----------------------------------------------------------------------
