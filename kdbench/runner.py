@@ -60,6 +60,8 @@ class Benchmark:
         self._tokenizer = None
         self._tok_key = ""
         self._models: dict[str, tuple[str, str]] = {}  # memo: stage name -> (path, key)
+        self._model_cache: dict = {}  # the evaluated model in memory (one at a time)
+        self._teacher_cache: dict = {}  # the teacher for model metrics, loaded on first use
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
@@ -497,8 +499,6 @@ class Benchmark:
         mark_done(cell, {"key": key})
         return out
 
-    _model_cache: dict = {}
-    _teacher_cache: dict = {}
 
     def _eval_teacher(self):
         """The teacher for model metrics (exposure bias); loaded once, only when a metric asks."""
