@@ -247,12 +247,17 @@ class Benchmark:
         return self._filter_prompts(exs, f"{self.cfg.train_task}/train")
 
     def _filter_prompts(self, exs: list[Example], where: str) -> list[Example]:
+        """Drop (and count, once per split) examples whose prompt exceeds max_prompt_length."""
+        memo = self.__dict__.setdefault("_filtered", {})
+        if where in memo and memo[where][0] == len(exs):
+            return memo[where][1]
         tok = self.tokenizer()
         lim = self.cfg.max_prompt_length
         kept = [ex for ex in exs if len(tok(ex.prompt, add_special_tokens=False)["input_ids"]) <= lim]
         if len(kept) < len(exs):
             log.warning("%s: dropped %d of %d examples whose prompt exceeds max_prompt_length=%d tokens",
                         where, len(exs) - len(kept), len(exs), lim)
+        memo[where] = (len(exs), kept)
         return kept
 
     def _base_model(self, role: str, name: str, pretrain: TrainConfig) -> tuple[str, str]:

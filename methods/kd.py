@@ -66,6 +66,6 @@ class KD(Method):
             t = teacher(batch)
             ce = cross_entropy(s, batch.labels)
             kl = forward_kl(s / T, t / T, batch.loss_mask) * (T * T)
-            return LossOutput((1 - r) * ce + r * kl, {"ce": float(ce), "fkl": float(kl)})
+            return LossOutput((1 - r) * ce + r * kl, {"ce": float(ce.detach()), "fkl": float(kl.detach())})
 
         ctx.fit(loss_fn, cached_batches() if cache is not None else ctx.gold_batches())
