@@ -575,7 +575,24 @@ class Benchmark:
                                                        "failures": self.failures})
         from .report import summarize
 
-        return summarize(self.out)
+        marker = self.out / ".summarized"
+        if not self.failures and self._summary_is_current(marker):
+            # Nothing new since the last summary: print it instead of re-rendering every plot.
+            print((self.out / "leaderboard.md").read_text(encoding="utf-8"))
+            print(f"leaderboard: {self.out / 'leaderboard.md'} (up to date; `summarize` rebuilds it)")
+            from .io import read_json as _rj
+
+            return _rj(self.out / "leaderboard.json")
+        rows = summarize(self.out)
+        atomic_write_json(marker, {"rows": len(rows)})  # written last: the summary is complete
+        return rows
+
+    def _summary_is_current(self, marker: Path) -> bool:
+        if not marker.exists() or not (self.out / "leaderboard.json").exists():
+            return False
+        newest = max((p.stat().st_mtime for p in (self.out / "cells").glob("**/DONE")), default=0.0)
+        errors = list((self.out / "cells").glob("**/error.json"))
+        return not errors and marker.stat().st_mtime >= newest
 
     def _evaluate_all(self, models) -> None:
         from tqdm.auto import tqdm
