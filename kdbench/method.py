@@ -226,6 +226,16 @@ class MethodContext:
         return self.history
 
 
+def disable_dropout(model) -> None:
+    """Dropout off in place, so on-policy samples, old log-probs and training forwards all come from
+    the same function (upstream MiniLLM keeps the policy in eval mode; TRL's GKD disables dropout)."""
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+        if isinstance(getattr(mod, "attention_dropout", None), float):  # Llama-style attention
+            mod.attention_dropout = 0.0
+
+
 def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[label] per position, fp32; 0 where label is ignored."""
     lp = torch.log_softmax(logits.float(), -1)

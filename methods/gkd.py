@@ -23,7 +23,7 @@ import torch
 
 from kdbench.data import Batch
 from kdbench.divergences import generalized_jsd
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range
+from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, disable_dropout
 from kdbench.trainer import LossOutput
 
 
@@ -39,15 +39,6 @@ class GKDConfig(MethodConfig):
         check_range("lmbda", self.lmbda, 0.0, 1.0, "gkd")
         check_range("beta", self.beta, 0.0, 1.0, "gkd")
         check_range("temperature", self.temperature, 1e-3, 100.0, "gkd")
-
-
-def disable_dropout(model) -> None:
-    """Dropout off in place: on-policy samples are drawn without it, so train on them without it."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        if isinstance(getattr(m, "attention_dropout", None), float):  # Llama-style attention
-            m.attention_dropout = 0.0
 
 
 @METHODS.register("gkd")

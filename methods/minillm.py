@@ -38,7 +38,8 @@ import torch
 from kdbench.advantages import long_range_advantages, ppo_clipped_loss, sequence_rewards, whiten
 from kdbench.data import Batch
 from kdbench.divergences import forward_kl, masked_mean, reverse_kl
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy, gather_logprobs
+from kdbench.method import (METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy, disable_dropout,
+                            gather_logprobs)
 from kdbench.trainer import LossOutput, ResumableBatches
 
 
@@ -66,15 +67,6 @@ class MiniLLMConfig(MethodConfig):
         check_range("rollout_minibatches", self.rollout_minibatches, 1, 1000, m)
         check_range("lm_coef", self.lm_coef, 0.0, 1000.0, m)
         check_range("pt_kd_ratio", self.pt_kd_ratio, 0.0, 1.0, m)
-
-
-def disable_dropout(model) -> None:
-    """Dropout off in place, so old and new log-probs of the PPO ratio come from the same function."""
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Dropout):
-            mod.p = 0.0
-        if isinstance(getattr(mod, "attention_dropout", None), float):  # Llama-style attention
-            mod.attention_dropout = 0.0
 
 
 def _trim(b: Batch) -> Batch:
