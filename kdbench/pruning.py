@@ -10,6 +10,11 @@ Spec keys (colon-separated, so a comma still separates several students):
   k=<int>        keep every k-th layer: 0, k, 2k, ... (k=1 keeps all; default 1). The first layer
                  is always kept (it reads the embeddings directly); the last is kept only if k
                  divides n_layers - 1: DistilBERT-style "one of every k".
+  drop=<a>-<b>   instead of k: drop the contiguous block of layers a..b (inclusive, 0-based) and
+                 keep the rest. Middle-to-late blocks hurt least: on SmolLM2-135M-Instruct (30
+                 layers) the response-token loss on 16 Dolly dev examples right after pruning to 15
+                 layers is 7.2 for drop=5-19, 8.1 for drop=7-21, 10.7 for drop=11-25 and 13.7 for
+                 k=2 (teacher 2.9; `smol` uses drop=5-19).
   mlp=<int|frac> new MLP width: an integer number of units, or a fraction in (0, 1) of the
                  teacher's (rounded up to a multiple of 8). Default: unchanged.
   select=norm|first  which MLP units survive (default norm): the highest-norm units per layer
@@ -38,9 +43,24 @@ class PruneSpec:
     k: int = 1
     mlp: float | int | None = None
     select: str = "norm"
+    drop: tuple[int, int] | None = None  # inclusive block of layers to drop (instead of k)
 
     def as_dict(self) -> dict:
-        return {"k": self.k, "mlp": self.mlp, "select": self.select}
+        d = {"k": self.k, "mlp": self.mlp, "select": self.select}
+        if self.drop is not None:  # only then: cache keys of k-pruned students stay as they were
+            d["drop"] = list(self.drop)
+        return d
+
+    def kept_layers(self, n_layers: int) -> list[int]:
+        if self.drop is None:
+            return list(range(0, n_layers, self.k))
+        a, b = self.drop
+        if b >= n_layers:
+            raise ConfigError(f"prune: drop={a}-{b} reaches past the teacher's last layer ({n_layers - 1})")
+        kept = [i for i in range(n_layers) if not a <= i <= b]
+        if not kept:
+            raise ConfigError(f"prune: drop={a}-{b} drops every one of the teacher's {n_layers} layers")
+        return kept
 
 
 def is_prune_spec(name: str) -> bool:
@@ -49,7 +69,7 @@ def is_prune_spec(name: str) -> bool:
 
 def parse_prune_spec(name: str, where: str = "--student") -> PruneSpec:
     """'prune:k=2:mlp=0.5' -> PruneSpec; errors name the bad part and the valid keys."""
-    valid = "k=<int >= 1>, mlp=<int units | fraction in (0,1)>, select=norm|first"
+    valid = "k=<int >= 1>, drop=<a>-<b> (layers a..b), mlp=<int units | fraction in (0,1)>, select=norm|first"
     kw: dict = {}
     for part in name.split(":")[1:]:
         if "=" not in part:
@@ -65,6 +85,11 @@ def parse_prune_spec(name: str, where: str = "--student") -> PruneSpec:
                 kw["mlp"] = int(f) if f >= 1 and f.is_integer() else f
                 if not (kw["mlp"] >= 1 if isinstance(kw["mlp"], int) else 0 < f < 1):
                     raise ValueError
+            elif key == "drop":
+                a, b = (int(x) for x in val.split("-"))
+                if not 0 <= a <= b:
+                    raise ValueError
+                kw["drop"] = (a, b)
             elif key == "select":
                 if val not in ("norm", "first"):
                     raise ValueError
@@ -74,8 +99,11 @@ def parse_prune_spec(name: str, where: str = "--student") -> PruneSpec:
         except ValueError:
             raise ConfigError(f"{where} '{name}': bad value '{val}' for '{key}'; valid: {valid}") from None
     spec = PruneSpec(**kw)
-    if spec.k == 1 and spec.mlp is None:
-        raise ConfigError(f"{where} '{name}': prunes nothing; give k=<int >= 2> and/or mlp=<width>, e.g. prune:k=2")
+    if spec.drop is not None and spec.k != 1:
+        raise ConfigError(f"{where} '{name}': give k or drop, not both")
+    if spec.k == 1 and spec.mlp is None and spec.drop is None:
+        raise ConfigError(f"{where} '{name}': prunes nothing; give k=<int >= 2>, drop=<a>-<b> and/or mlp=<width>, "
+                          "e.g. prune:k=2")
     return spec
 
 
@@ -98,7 +126,7 @@ def prune_model(teacher, spec: PruneSpec):
 
     cfg = copy.deepcopy(teacher.config)
     n_layers = int(cfg.num_hidden_layers)
-    kept = list(range(0, n_layers, spec.k))
+    kept = spec.kept_layers(n_layers)
     cfg.num_hidden_layers = len(kept)
     if isinstance(getattr(cfg, "layer_types", None), list):  # per-layer attention kinds (Qwen2, ...)
         cfg.layer_types = [cfg.layer_types[i] for i in kept]

@@ -48,6 +48,14 @@ def label_of(name: str) -> str:
     return base.replace("/", "--").replace(":", "_")  # prune:k=2 -> prune_k=2 (no ':' in folder names)
 
 
+def user_turn(ex, fmt: str) -> str:
+    """The user message of a chat-format prompt (see Benchmark._prompt_wrapper). Examples without an
+    instruction (a task that only renders a prompt) fall back to the rendered prompt."""
+    if fmt == "chat" and ex.instruction.strip():
+        return ex.instruction + (f"\n\n{ex.input}" if ex.input.strip() else "")
+    return ex.prompt
+
+
 class Benchmark:
     def __init__(self, cfg: BenchConfig, out_dir: Path, cache_dir: Path | None = None, progress: bool = True):
         load_plugins()
@@ -141,20 +149,25 @@ class Benchmark:
         return self.tasks[name]
 
     def _prompt_wrapper(self):
-        """prompt_format 'chat': each task's rendered prompt becomes the user turn of the teacher's
-        chat template (the format an instruction-tuned teacher was trained with); 'plain': as is."""
-        if self.cfg.prompt_format == "plain":
+        """How each example's prompt is presented to the models (config key prompt_format):
+        'plain' as the task rendered it; 'chat' the example's instruction (and its input after a blank
+        line) as the user turn of the teacher's chat template, the form an instruction-tuned teacher
+        was trained on; 'chat-alpaca' the task's full Alpaca-style prompt as that user turn.
+        chat over chat-alpaca: SmolLM2-135M-Instruct, 24 Dolly valid prompts, T=1, seed 10, 64 new
+        tokens: Rouge-L 13.7 vs 9.5, and 1 instead of 4 prompts over the 192-token prompt limit."""
+        fmt = self.cfg.prompt_format
+        if fmt == "plain":
             return None
         if M.is_preset(self.cfg.teacher):
-            raise ConfigError(f"config key 'prompt_format': 'chat' needs a real teacher with a chat template; "
+            raise ConfigError(f"config key 'prompt_format': '{fmt}' needs a real teacher with a chat template; "
                               f"'{self.cfg.teacher}' is a built-in preset (use prompt_format: plain)")
 
-        def wrap(prompt: str) -> str:
+        def wrap(ex) -> str:
             tok = self.tokenizer()  # the teacher's: it holds the template
             if not getattr(tok, "chat_template", None):
-                raise ConfigError(f"config key 'prompt_format': 'chat', but the tokenizer of --teacher "
+                raise ConfigError(f"config key 'prompt_format': '{fmt}', but the tokenizer of --teacher "
                                   f"'{self.cfg.teacher}' has no chat_template; use prompt_format: plain")
-            return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+            return tok.apply_chat_template([{"role": "user", "content": user_turn(ex, fmt)}], tokenize=False,
                                            add_generation_prompt=True)
 
         return wrap

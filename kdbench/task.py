@@ -32,7 +32,7 @@ class TaskOptions:
     extra: dict = field(default_factory=dict)  # task-specific settings (BenchConfig.task_options[name])
     # BenchConfig.prompt_format and the function that applies it to every rendered prompt (None: as is)
     prompt_format: str = "plain"
-    prompt_wrapper: Callable[[str], str] | None = None
+    prompt_wrapper: Callable[[Example], str] | None = None
 
 
 class Task:
@@ -89,7 +89,7 @@ class Task:
             if cap is not None:
                 exs = exs[:cap]
             if self.options.prompt_wrapper is not None:
-                exs = [dataclasses.replace(ex, prompt=self.options.prompt_wrapper(ex.prompt)) for ex in exs]
+                exs = [dataclasses.replace(ex, prompt=self.options.prompt_wrapper(ex)) for ex in exs]
             self._cache[split] = exs
         return self._cache[split]
 

@@ -62,6 +62,23 @@ def test_prune_keeps_every_kth_layer_and_copies_weights(family):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_prune_drop_removes_a_contiguous_block(family):
+    t = M.build_random_model(family, _tok(), hidden=16, layers=6, heads=2, seed=0).eval()
+    spec = parse_prune_spec("prune:drop=1-3")
+    s, kept = prune_model(t, spec)
+    assert kept == [0, 4, 5] and s.config.num_hidden_layers == 3 and spec.as_dict()["drop"] == [1, 3]
+    layers = (lambda m: m.model.layers) if family == "llama" else (lambda m: m.transformer.h)
+    for j, i in enumerate(kept):
+        for (n, w_s), (_, w_t) in zip(layers(s)[j].named_parameters(), layers(t)[i].named_parameters()):
+            assert torch.equal(w_s, w_t), (j, i, n)
+    with pytest.raises(ConfigError, match="reaches past"):
+        prune_model(t, parse_prune_spec("prune:drop=2-6"))
+    with pytest.raises(ConfigError, match="every one"):
+        prune_model(t, parse_prune_spec("prune:drop=0-5"))
+    assert "drop" not in parse_prune_spec("prune:k=2").as_dict()  # k-pruned cache keys unchanged
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_prune_mlp_keeps_whole_units_and_full_width_is_identity(family):
     tok = _tok()
     t = M.build_random_model(family, tok, hidden=16, layers=2, heads=2, seed=1).eval()
@@ -88,7 +105,8 @@ def test_prune_mlp_keeps_whole_units_and_full_width_is_identity(family):
 @pytest.mark.parametrize("spec, msg", [("prune", "prunes nothing"), ("prune:k=0", "bad value"),
                                        ("prune:k=two", "bad value"), ("prune:mlp=1.5", "bad value"),
                                        ("prune:select=max", "bad value"), ("prune:layers=3", "unknown key"),
-                                       ("prune:k", "not key=value")])
+                                       ("prune:k", "not key=value"), ("prune:drop=5", "bad value"),
+                                       ("prune:drop=9-3", "bad value"), ("prune:k=2:drop=1-2", "not both")])
 def test_prune_spec_errors(spec, msg):
     with pytest.raises(ConfigError, match=msg):
         parse_prune_spec(spec)
@@ -229,8 +247,9 @@ def chat_teacher(tmp_path) -> str:
 
 def test_chat_prompts_and_pruned_student_end_to_end(dolly_dir, chat_teacher, tmp_path):
     out = tmp_path / "run"
-    rc = main(["--preset", "smol", "--teacher", chat_teacher, "--methods", "sft,kd", "--data-dir", str(dolly_dir),
-               "--out", str(out), "--no-progress", "--limit", "2", "--seeds", "10"])
+    # smol's own student (prune:drop=5-19) needs a 20+ layer teacher: this 4-layer one keeps every 2nd
+    rc = main(["--preset", "smol", "--teacher", chat_teacher, "--student", "prune:k=2", "--methods", "sft,kd",
+               "--data-dir", str(dolly_dir), "--out", str(out), "--no-progress", "--limit", "2", "--seeds", "10"])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["students"] == ["prune:k=2"] and cfg["distill"]["steps"] == 2 and cfg["eval"]["max_examples"] == 2
@@ -244,7 +263,25 @@ def test_chat_prompts_and_pruned_student_end_to_end(dolly_dir, chat_teacher, tmp
     b = Benchmark(resolve_config(build_parser().parse_args(["--preset", "smol", "--teacher", chat_teacher,
                                                             "--data-dir", str(dolly_dir)])), tmp_path / "x")
     p = b.task("dolly").examples("test")[0].prompt
+    # chat: the bare instruction is the user turn, as the teacher saw instructions in its own tuning
+    assert p.startswith("<|im_start|>user\nName a colour for thing 1000.<|im_end|>") and p.endswith(
+        "<|im_start|>assistant\n")
+    b = Benchmark(resolve_config(build_parser().parse_args(
+        ["--preset", "smol", "--teacher", chat_teacher, "--data-dir", str(dolly_dir),
+         "--set", "prompt_format=chat-alpaca"])), tmp_path / "y")
+    p = b.task("dolly").examples("test")[0].prompt
     assert p.startswith("<|im_start|>user\nBelow is an instruction") and p.endswith("<|im_start|>assistant\n")
+
+
+def test_chat_user_turn_keeps_the_input_and_falls_back_to_the_prompt():
+    from kdbench.runner import user_turn
+    from kdbench.schema import Example
+
+    ex = Example(id="a", instruction="Summarise.", input="Some text.", prompt="RENDERED", references=["x"])
+    assert user_turn(ex, "chat") == "Summarise.\n\nSome text."
+    assert user_turn(ex, "chat-alpaca") == "RENDERED"
+    bare = Example(id="b", instruction="", input="", prompt="RENDERED", references=["x"])
+    assert user_turn(bare, "chat") == "RENDERED"
 
 
 def test_chat_format_needs_a_real_teacher(dolly_dir, tmp_path, capsys):
