@@ -41,7 +41,7 @@ def machine_info() -> dict:
 
 def write_results(name: str, payload: dict, table_rows: list[dict], columns: list[str], notes: str = "",
                   out_dir: Path | None = None) -> tuple[Path, Path]:
-    """benchmarks/results/<name>.json (everything) and <name>.md (a table + notes)."""
+    """benchmarks/results/<name>.json (everything) and <name>.md (a table + notes); prints the table."""
     out_dir = Path(out_dir or RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     jp, mp = out_dir / f"{name}.json", out_dir / f"{name}.md"
@@ -55,6 +55,8 @@ def write_results(name: str, payload: dict, table_rows: list[dict], columns: lis
     if notes:
         lines += [notes, ""]
     mp.write_text("\n".join(lines))
+    print(mp.read_text())
+    print(f"wrote {jp} and {mp}")
     return jp, mp
 
 

@@ -89,15 +89,13 @@ def main() -> int:
         print(f"  {rows[-1]['wall_s']} s, rc {rows[-1]['returncode']}", file=sys.stderr)
     payload = {"quick": args.quick, "threads": args.threads, "machine": machine, "variants": rows}
     name = "bench_default_quick" if args.quick else "bench_default"
-    jp, mp = write_results(name, payload, rows, ["variant", "command", "wall_s", "runner_wall_s", "stages_s",
+    write_results(name, payload, rows, ["variant", "command", "wall_s", "runner_wall_s", "stages_s",
                                                   "train_cells_s", "meets_goal", "returncode"],
                            notes=f"Goal: under {GOAL_S} s for the paper's four methods. wall_s = whole process; "
                                  "stages_s = cached stages (tokenizer, pretraining, teacher SFT, teacher samples); "
                                  "train_cells_s = method training; the rest is evaluation, reports, imports."
                                  + (" QUICK run (preset ci): not comparable with the goal." if args.quick else ""),
                            out_dir=Path(args.results))
-    print(mp.read_text())
-    print(f"wrote {jp} and {mp}")
     return 0 if all(r["returncode"] == 0 for r in rows) else 1
 
 

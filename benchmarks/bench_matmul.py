@@ -90,12 +90,10 @@ def main() -> int:
                  "fraction_of_peak": sft["fraction_of_peak"]})
     payload = {"preset": args.preset, "threads": args.threads, "machine": machine, "matmul": peak_rows,
                "peak_gflops": peak, "teacher_sft": sft}
-    jp, mp = write_results("bench_matmul", payload, rows, ["what", "gflops", "fraction_of_peak"],
+    write_results("bench_matmul", payload, rows, ["what", "gflops", "fraction_of_peak"],
                            notes=f"{args.threads} torch thread(s). Peak = best fp32 matmul; teacher SFT FLOP = "
                                  "6 x params x tokens (attention FLOP not counted).",
                            out_dir=Path(args.results))
-    print(mp.read_text())
-    print(f"wrote {jp} and {mp}")
     return 0
 
 

@@ -127,14 +127,12 @@ def main() -> int:
                "loadavg_end": list(os.getloadavg())}
     cols = ["method", "steps", "wall_s", "steps_per_s", "student_tok_per_s", "teacher_forward_tokens",
             "generated_tokens", "peak_rss_mb", "train_rss_mb", "error"]
-    jp, mp = write_results("bench_methods", payload, rows, cols,
+    write_results("bench_methods", payload, rows, cols,
                            notes=f"Preset `{args.preset}`, {args.steps} distillation steps per method, "
                                  f"{args.threads} torch thread(s), one process per method. student_tok_per_s = "
                                  "student forward tokens (incl. rollouts) / cell wall time; peak_rss_mb = max RSS "
                                  "of the method's process, train_rss_mb = its growth during training.",
                            out_dir=Path(args.results))
-    print(mp.read_text())
-    print(f"wrote {jp} and {mp}")
     return 0
 
 

@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks._common import machine_info, write_results  # noqa: E402
+from _common import machine_info, write_results  # noqa: E402
 from kdbench.models import count_parameters, load_model, load_tokenizer, resolve_model_name  # noqa: E402
 from kdbench.pruning import parse_prune_spec, prune_model  # noqa: E402
 from kdbench.sampling import SamplingConfig, sample  # noqa: E402
@@ -97,10 +98,9 @@ def main() -> None:
     notes = (f"Teacher SmolLM2-135M-Instruct ({n_t / 1e6:.1f}M params, loaded in {load_s:.1f} s), student "
              f"prune:k=2 ({n_s / 1e6:.1f}M). Train/forward on {args.batch} x {args.length} tokens; sampling "
              f"{args.new_tokens} new tokens at batch {args.sample_batch} from {args.prompt_length}-token prompts.")
-    jp, mp = write_results("bench_smol", payload, rows,
+    write_results("bench_smol", payload, rows,
                            ["threads", "student_step_s", "teacher_fwd_s", "teacher_new_tok_per_s",
                             "student_new_tok_per_s"], notes)
-    print(mp.read_text())
 
 
 if __name__ == "__main__":

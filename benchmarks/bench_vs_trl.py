@@ -212,14 +212,12 @@ def main() -> int:
             for s in ("kdbench", "trl")]
     rows.append({"side": "ratio kdbench / TRL", "median_steps_per_s": ratio,
                  "runs_steps_per_s": f"goal >= 1.5: {'met' if ratio >= 1.5 else 'NOT met'}"})
-    jp, mp = write_results("bench_vs_trl", payload, rows, ["side", "median_steps_per_s", "runs_steps_per_s"],
+    write_results("bench_vs_trl", payload, rows, ["side", "median_steps_per_s", "runs_steps_per_s"],
                            notes=f"On-policy GKD (lmbda 1, beta 0.5 JSD), batch {SETTING['batch_size']}, "
                                  f"{SETTING['max_new_tokens']} new tokens, {args.steps} steps per run (steps 2..N "
                                  f"timed), {args.rounds} alternating rounds, 1 torch thread, CPU. TRL env: "
                                  f"{' / '.join(trl_ver) or '?'} (trl / transformers / torch).",
                            out_dir=Path(args.results))
-    print(mp.read_text())
-    print(f"wrote {jp} and {mp}")
     return 0
 
 

@@ -50,6 +50,16 @@ def check_range(key: str, value: float, lo: float, hi: float, method: str = "") 
         raise ConfigError(f"config key '{where}': must be in [{lo}, {hi}], got {value}")
 
 
+def check_choice(key: str, value: str, choices: Sequence[str], method: str = "") -> None:
+    if value not in choices:
+        where = f"method_config.{method}.{key}" if method else key
+        raise ConfigError(f"config key '{where}': '{value}' is not one of {', '.join(choices)}")
+
+
+# Where a token-level method gets its training sequences (MethodContext.policy_batches)
+DATA_SOURCES = ("student", "gold", "teacher")
+
+
 @dataclass
 class MethodConfig:
     """Base for method configs (dataclasses with paper defaults, validated in __post_init__)."""
@@ -148,6 +158,23 @@ class MethodContext:
     def gold_batches(self, examples: Sequence[Example] | None = None, batch_size: int | None = None) -> Iterator[Batch]:
         for exs in self.example_batches(examples, batch_size):
             yield self.encode(exs)
+
+    def step_seed(self, k: int) -> int:
+        """Sampling seed of optimizer step (or rollout round) k: distinct per step, fixed by the run's
+        seed, so a resumed run redraws exactly the samples it lost."""
+        return self.train_cfg.seed + 7919 * (k + 1)
+
+    def policy_batches(self, source: str) -> Iterator[Batch]:
+        """One Batch per optimizer step from a DATA_SOURCES entry: 'gold' train responses, 'teacher'
+        cached teacher samples, or 'student' fresh samples from the current student every step
+        (on-policy, as DistiLLM's student-generated outputs and GKD with lambda 1)."""
+        check_choice("data", source, DATA_SOURCES, self.method_name)
+        if source == "gold":
+            return self.gold_batches()
+        if source == "teacher":
+            return self.gold_batches(self.teacher_samples())
+        return (self.rollout_batch(self.sample(self.student, exs, seed=self.step_seed(k)))
+                for k, exs in enumerate(self.example_batches()))
 
     def pretrain_batches(self, batch_size: int | None = None, seed_offset: int = 7) -> Iterator[Batch]:
         """The LM / pretraining stream (MiniLLM's L_PT); every position is a target."""

@@ -200,6 +200,21 @@ def get_references(rec: dict, key: str, where: str) -> list[str]:
 
 # -- MiniLLM length buckets ------------------------------------------------------------------------
 
+def instances_of(rec: dict, where: str) -> list[tuple[int, str, dict]]:
+    """(k, location, instance) for each entry of rec['instances'], the Self-Instruct / Unnatural
+    Instructions layout (one instruction, several {input, output} instances); validated."""
+    instances = get_field(rec, "instances", list, where)
+    if not instances:
+        raise DataError(f"{where}: field 'instances' is an empty list (need at least one {{input, output}})")
+    out = []
+    for k, inst in enumerate(instances):
+        w = f"{where}: instances[{k}]"
+        if not isinstance(inst, dict):
+            raise DataError(f"{w}: expected an object with 'input' and 'output', got {type(inst).__name__}")
+        out.append((k, w, inst))
+    return out
+
+
 def parse_bucket(spec: str, where: str = "length_bucket") -> tuple[int, int | None] | None:
     """'11_' -> (11, None); '6_10' -> (6, 10); 'all' -> None. Bounds are inclusive word counts."""
     if spec == "all":

@@ -31,7 +31,7 @@ import torch
 from kdbench.data import Batch, collate
 from kdbench.divergences import skew_forward_kl, skew_reverse_kl
 from kdbench.errors import ConfigError
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy
+from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_choice, check_range, cross_entropy
 from kdbench.trainer import LossOutput, ResumableBatches
 
 LOSSES = {"srkl": skew_reverse_kl, "sfkl": skew_forward_kl}
@@ -52,9 +52,7 @@ class DistiLLMConfig(MethodConfig):
     dev_size: int = 64  # train examples held out for the dev loss
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ConfigError(f"config key 'method_config.distillm.loss': '{self.loss}' is not one of "
-                              f"{', '.join(LOSSES)}")
+        check_choice("loss", self.loss, LOSSES, "distillm")
         if self.replay_ratio not in REPLAY_RATIOS:
             raise ConfigError(f"config key 'method_config.distillm.replay_ratio': '{self.replay_ratio}' is not "
                               f"one of {', '.join(REPLAY_RATIOS)}")
@@ -127,7 +125,7 @@ class DistiLLM(Method):
             p_s = sgo_probability(tau, k + 1, total, cfg.replay_ratio)
             r = rng.random()
             if r < p_s or (r < tau and len(buffer) < cfg.capacity):
-                ro = ctx.sample(ctx.student, step_exs, seed=ctx.train_cfg.seed + 7919 * (k + 1))
+                ro = ctx.sample(ctx.student, step_exs, seed=ctx.step_seed(k))
                 seqs = list(zip(ro.prompt_ids, ro.response_ids))
                 buffer.extend(seqs)
                 b, src = collate(seqs, ctx.pad_id), 1.0

@@ -60,7 +60,7 @@ class GKD(Method):
             for k, exs in enumerate(ctx.example_batches(data)):
                 on_policy = rng.random() < cfg.lmbda
                 if on_policy:
-                    b = ctx.rollout_batch(ctx.sample(ctx.student, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1),
+                    b = ctx.rollout_batch(ctx.sample(ctx.student, exs, seed=ctx.step_seed(k),
                                                      cfg=scfg))
                 else:
                     b = ctx.encode(exs)

@@ -12,15 +12,10 @@ beta = 0.1 here; see also the `gkd` method for GKD's generalised JSD with an on-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
-from kdbench.data import Batch
 from kdbench.divergences import js
-from kdbench.errors import ConfigError
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range
+from kdbench.method import DATA_SOURCES, METHODS, Method, MethodConfig, MethodContext, check_choice, check_range
 from kdbench.trainer import LossOutput
-
-DATA_SOURCES = ("student", "gold", "teacher")
 
 
 @dataclass
@@ -30,23 +25,7 @@ class JSConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         check_range("beta", self.beta, 0.0, 1.0, "js")
-        if self.data not in DATA_SOURCES:
-            raise ConfigError(f"config key 'method_config.js.data': '{self.data}' is not one of "
-                              f"{', '.join(DATA_SOURCES)}")
-
-
-def train_batches(ctx: MethodContext, source: str) -> Iterator[Batch]:
-    """One Batch per optimizer step from the chosen data source."""
-    if source == "gold":
-        return ctx.gold_batches()
-    if source == "teacher":
-        return ctx.gold_batches(ctx.teacher_samples())
-
-    def student() -> Iterator[Batch]:  # fresh samples from the current student every step
-        for k, exs in enumerate(ctx.example_batches()):
-            yield ctx.rollout_batch(ctx.sample(ctx.student, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1)))
-
-    return student()
+        check_choice("data", self.data, DATA_SOURCES, "js")
 
 
 @METHODS.register("js")
@@ -63,4 +42,4 @@ class JS(Method):
             d = js(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask, beta=beta)
             return LossOutput(d, {"js": d.item()})
 
-        ctx.fit(loss_fn, train_batches(ctx, self.config.data))
+        ctx.fit(loss_fn, ctx.policy_batches(self.config.data))

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from kdbench.divergences import forward_kl
-from kdbench.errors import ConfigError
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy
+from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_choice, check_range, cross_entropy
 from kdbench.trainer import LossOutput
 
 
@@ -30,9 +29,7 @@ class KDConfig(MethodConfig):
     def __post_init__(self) -> None:
         check_range("kd_ratio", self.kd_ratio, 0.0, 1.0, "kd")
         check_range("temperature", self.temperature, 1e-3, 100.0, "kd")
-        if self.teacher_cache not in ("none", "topk"):
-            raise ConfigError(f"config key 'method_config.kd.teacher_cache': '{self.teacher_cache}' is not one of "
-                              "none, topk")
+        check_choice("teacher_cache", self.teacher_cache, ("none", "topk"), "kd")
         check_range("topk", self.topk, 1, 10**7, "kd")
 
 

@@ -134,7 +134,7 @@ class MiniLLM(Method):
             st = rb.state
             if not st.get("queue"):
                 r = st.get("round", 0)
-                store = self.make_round(ctx, rb.draw("examples"), seed=ctx.train_cfg.seed + 7919 * (r + 1))
+                store = self.make_round(ctx, rb.draw("examples"), seed=ctx.step_seed(r))
                 shuffle = torch.Generator()
                 if "shuffle" in st:
                     shuffle.set_state(st["shuffle"])

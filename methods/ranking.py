@@ -81,7 +81,7 @@ class Ranking(Method):
         def batches() -> Iterator[Batch]:
             for k, exs in enumerate(ctx.example_batches()):
                 rep = [ex for ex in exs for _ in range(N)]
-                r = ctx.sample(ctx.student, rep, seed=ctx.train_cfg.seed + 7919 * (k + 1))
+                r = ctx.sample(ctx.student, rep, seed=ctx.step_seed(k))
                 sampled = list(zip(r.prompt_ids, r.response_ids))
                 t = teacher_scores(collate(sampled, ctx.pad_id)).view(len(exs), N)
                 seqs, t_rows, gold, group = [], [], [], []

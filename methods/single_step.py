@@ -10,9 +10,7 @@ without the pretraining loss; it equals GKD with lambda = 1, beta = 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
-from kdbench.data import Batch
 from kdbench.divergences import reverse_kl
 from kdbench.method import METHODS, Method, MethodConfig, MethodContext
 from kdbench.trainer import LossOutput
@@ -31,13 +29,8 @@ class SingleStep(Method):
     student_init = "sft"  # as MiniLLM: sampling from the base model would give off-task text
 
     def train(self, ctx: MethodContext) -> None:
-        def batches() -> Iterator[Batch]:
-            # one fresh rollout per optimizer step; generation runs under no_grad inside ctx.sample
-            for k, exs in enumerate(ctx.example_batches()):
-                yield ctx.rollout_batch(ctx.sample(ctx.student, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1)))
-
         def loss_fn(batch):
             rkl = reverse_kl(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask)
             return LossOutput(rkl, {"rkl": rkl.item()})
 
-        ctx.fit(loss_fn, batches())
+        ctx.fit(loss_fn, ctx.policy_batches("student"))  # a fresh rollout every step

@@ -9,15 +9,10 @@ distribution is near zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
-from kdbench.data import Batch
 from kdbench.divergences import tvd
-from kdbench.errors import ConfigError
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext
+from kdbench.method import DATA_SOURCES, METHODS, Method, MethodConfig, MethodContext, check_choice
 from kdbench.trainer import LossOutput
-
-DATA_SOURCES = ("student", "gold", "teacher")
 
 
 @dataclass
@@ -25,23 +20,7 @@ class TVDConfig(MethodConfig):
     data: str = "student"  # student (on-policy samples) | gold (train responses) | teacher (cached samples)
 
     def __post_init__(self) -> None:
-        if self.data not in DATA_SOURCES:
-            raise ConfigError(f"config key 'method_config.tvd.data': '{self.data}' is not one of "
-                              f"{', '.join(DATA_SOURCES)}")
-
-
-def train_batches(ctx: MethodContext, source: str) -> Iterator[Batch]:
-    """One Batch per optimizer step from the chosen data source."""
-    if source == "gold":
-        return ctx.gold_batches()
-    if source == "teacher":
-        return ctx.gold_batches(ctx.teacher_samples())
-
-    def student() -> Iterator[Batch]:  # fresh samples from the current student every step
-        for k, exs in enumerate(ctx.example_batches()):
-            yield ctx.rollout_batch(ctx.sample(ctx.student, exs, seed=ctx.train_cfg.seed + 7919 * (k + 1)))
-
-    return student()
+        check_choice("data", self.data, DATA_SOURCES, "tvd")
 
 
 @METHODS.register("tvd")
@@ -56,4 +35,4 @@ class TVD(Method):
             d = tvd(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask)
             return LossOutput(d, {"tvd": d.item()})
 
-        ctx.fit(loss_fn, train_batches(ctx, self.config.data))
+        ctx.fit(loss_fn, ctx.policy_batches(self.config.data))

@@ -1,8 +1,8 @@
 """Self-Instruct's 252 user-oriented instructions (MiniLLM's processed copy has 242)."""
 from __future__ import annotations
 
-from kdbench.errors import DataError
-from kdbench.realdata import LoadInfo, RealTask, Source, get_field, opt_field, read_jsonl, render_prompt
+from kdbench.realdata import (LoadInfo, RealTask, Source, get_field, instances_of, opt_field, read_jsonl,
+                              render_prompt)
 from kdbench.schema import Example
 from kdbench.task import TASKS
 
@@ -52,13 +52,8 @@ class SelfInst(RealTask):
             rid = opt_field(rec, "id", str, where, f"{i:05d}")
             instruction = get_field(rec, "instruction", str, where)
             app = opt_field(rec, "motivation_app", str, where)
-            instances = get_field(rec, "instances", list, where)
-            if not instances:
-                raise DataError(f"{where}: field 'instances' is an empty list (need at least one {{input, output}})")
-            for k, inst in enumerate(instances):
-                w = f"{where}: instances[{k}]"
-                if not isinstance(inst, dict):
-                    raise DataError(f"{w}: expected an object with 'input' and 'output', got {type(inst).__name__}")
+            instances = instances_of(rec, where)
+            for k, w, inst in instances:
                 inp = get_field(inst, "input", str, w)
                 output = get_field(inst, "output", str, w)
                 meta = {"source": where}

@@ -4,9 +4,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from kdbench.errors import ConfigError, DataError
+from kdbench.errors import ConfigError
 from kdbench.realdata import (BucketSettings, BucketedTask, LoadInfo, Source, get_field, get_references,
-                              in_bucket, opt_field, read_jsonl, render_prompt)
+                              in_bucket, instances_of, opt_field, read_jsonl, render_prompt)
 from kdbench.schema import Example
 from kdbench.task import TASKS
 
@@ -76,13 +76,7 @@ class UnNI(BucketedTask):
         out: list[Example] = []
         for i, (where, rec) in enumerate(read_jsonl(src.paths[0])):
             instruction = get_field(rec, "instruction", str, where)
-            instances = get_field(rec, "instances", list, where)
-            if not instances:
-                raise DataError(f"{where}: field 'instances' is an empty list")
-            for k, inst in enumerate(instances):
-                w = f"{where}: instances[{k}]"
-                if not isinstance(inst, dict):
-                    raise DataError(f"{w}: expected an object with 'input' and 'output'")
+            for k, w, inst in instances_of(rec, where):
                 inp = get_field(inst, "input", str, w)
                 refs = get_references(inst, "output", w)
                 if not in_bucket(refs[0], bucket):

@@ -16,3 +16,17 @@ os.environ.pop("KDBENCH_DATA", None)
 from kdbench.plugins import load_plugins  # noqa: E402
 
 load_plugins()
+
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests on tiny models: thread hand-offs cost more than they save, and on a
+    shared 2-core machine extra threads spin (modules opt in with pytestmark)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -29,16 +29,9 @@ from tasks.toy import ToyTask
 
 load_plugins()
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, 1 torch thread
+
 MAXLEN, MAXPROMPT, NEW = 40, 20, 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matmuls gain nothing from threads, and on a shared 2-core box extra threads spin
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -33,14 +33,7 @@ from test_judge import KEY_ENV, fake  # noqa: F401  (the local OpenAI-compatible
 
 load_plugins()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models: thread hand-offs cost more than they save on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, 1 torch thread
 
 
 @pytest.fixture(autouse=True)

@@ -39,15 +39,9 @@ from kdbench.task import TaskOptions
 from kdbench.trainer import LossOutput, ResumableBatches, Trainer, TrainingOutOfMemoryError
 from tasks.toy import ToyTask
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, 1 torch thread
+
 MAXLEN, MAXPROMPT = 40, 20
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

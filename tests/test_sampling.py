@@ -12,16 +12,9 @@ from kdbench.data import collate
 from kdbench.method import gather_logprobs
 from kdbench.sampling import SamplingConfig, sample
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, 1 torch thread
+
 PAD, EOS = 0, 1
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models gain nothing from threads, and on a shared 2-core box extra threads spin
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 V = 6  # 0 pad, 1 eos, 2..5 content tokens
 
 

@@ -1,0 +1,138 @@
+"""`--dry-run`: an inventory of what a run would load, without training or writing anything."""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from . import models as M
+from .errors import DataError
+from .schema import Example
+from .task import Task
+
+if TYPE_CHECKING:
+    from .runner import Benchmark
+
+
+@dataclasses.dataclass
+class DryRun:
+    """What `--dry-run` found. Exit status policy (cli): errors -> 2; unavailable eval tasks alone -> 0.
+
+    The dry run is an inventory: an eval task whose data is simply absent (no local files, hub not
+    reachable or offline) is listed as unavailable with its lookup list, and the others are still
+    reported. Malformed data, a train task without data, or a bad config are errors. A real run is
+    stricter: its validate() stops on any task without data, so drop unavailable tasks from --tasks.
+    """
+
+    text: str
+    errors: list[str]
+    unavailable: list[str]
+
+
+_PROMPT_SHOWN = 1200  # characters of the example prompt printed (long contexts are cut, with a count)
+
+
+def _tokenizer(self: Benchmark, loaded: list[Task]):
+    """(tokenizer, description) the run would use, without writing anything: a real teacher's own
+    tokenizer, or the built-in recipe (runner.tokenizer) rebuilt in memory on the tasks that loaded."""
+    c = self.cfg
+    if not M.is_preset(c.teacher):
+        return M.load_tokenizer(c.teacher), f"the teacher's ({c.teacher})"
+    word = c.build.tokenizer == "word" and all(hasattr(t, "vocabulary") for t in loaded)
+    if word:
+        words: list[str] = []
+        for t in loaded:
+            words += t.vocabulary()
+        return M.build_word_tokenizer(words), "word-level over the tasks' vocabulary (built in memory, not saved)"
+    texts: list[str] = []
+    for t in loaded:
+        texts += t.tokenizer_texts()
+    tok = M.build_bpe_tokenizer(texts, c.build.bpe_vocab_size)
+    return tok, f"byte-level BPE {c.build.bpe_vocab_size} trained on the tasks' text (in memory, not saved)"
+
+
+def dry_run(self: Benchmark) -> DryRun:
+    """Per task and split: examples loaded, dropped (and why), prompts over max_prompt_length under
+    the run's tokenizer, and one rendered prompt. Trains no model and writes nothing. Call
+    validate(data=False) first (names, configs, models, devices)."""
+    c = self.cfg
+    errors: list[str] = []
+    unavailable: list[str] = []
+    n_models = 1 + len(c.students) * (1 + len(c.methods))  # teacher + per student: base + one per method
+    lines = [f"preset {c.preset}: teacher {c.teacher}; students {', '.join(c.students)}; "
+             f"methods {', '.join(c.methods)}",
+             f"train task {c.train_task}; eval tasks {', '.join(c.tasks)}; seeds {c.eval.seeds}; "
+             f"max_length {c.max_length}, max_prompt_length {c.max_prompt_length}, "
+             f"max_new_tokens {c.eval.max_new_tokens}, eval.max_examples {c.eval.max_examples}",
+             f"plan: {len(c.students) * len(c.methods)} training cells, "
+             f"{n_models * len(c.tasks) * len(c.eval.seeds)} evaluation cells; device {c.device}, "
+             f"teacher_device {c.teacher_device}, dtype {c.dtype}", ""]
+    loaded: dict[str, dict[str, list[Example]]] = {}
+    failed: dict[str, str] = {}
+    for name in dict.fromkeys([c.train_task] + c.tasks):
+        task = self.task(name)
+        splits = (["train"] if name == c.train_task else []) + (["test"] if name in c.tasks else [])
+        loaded[name] = {}
+        for split in splits:
+            try:
+                exs = task.examples(split)
+            except DataError as e:
+                absent = hasattr(task, "find_local") and task.find_local(split) is None
+                failed[name] = str(e)
+                if absent and split != "train":  # no train data: nothing could be trained at all
+                    unavailable.append(name)
+                else:
+                    errors.append(f"{name}/{split}: {e}")
+                break
+            if not exs:
+                errors.append(f"{name}/{split}: split is empty")
+            loaded[name][split] = exs
+    ready = [self.task(n) for n in loaded if n not in failed]
+    tok, tok_desc = _tokenizer(self, ready) if ready else (None, "")
+    if tok is not None:
+        lines.append(f"prompt lengths counted with: {tok_desc}")
+        lines.append("")
+    for name, by_split in loaded.items():
+        task = self.task(name)
+        for split, exs in by_split.items():
+            head = f"{name}/{split}: {len(exs)} examples loaded"
+            info = task.describe_load(split) if hasattr(task, "describe_load") else {}
+            if info.get("dropped"):
+                head += "; dropped while loading: " + ", ".join(f"{k} {v}" for k, v in info["dropped"].items())
+            lines.append(head)
+            if info.get("source"):
+                lines.append(f"  source: {info['source']}")
+            for k, v in (info.get("notes") or {}).items():
+                lines.append(f"  note: {k}: {v}")
+            if tok is not None and exs:
+                n_tok = [len(ids) for ids in tok([ex.prompt for ex in exs], add_special_tokens=False)["input_ids"]]
+                over = sum(n > c.max_prompt_length for n in n_tok)
+                lines.append(f"  prompt length: {len(exs) - over} kept, {over} dropped as prompt_too_long "
+                             f"(> max_prompt_length {c.max_prompt_length} tokens; longest {max(n_tok)})")
+                if over > len(exs) / 2:
+                    lines.append(f"  warning: most prompts of {name}/{split} exceed max_prompt_length; "
+                                 "raise it or use a preset made for real tasks (--preset tiny-real)")
+        if name in failed:
+            status = "UNAVAILABLE" if name in unavailable else "ERROR"
+            lines.append(f"{name}: {status}")
+            lines += ["  " + ln for ln in failed[name].splitlines()]
+        elif by_split:
+            shown_exs = by_split.get("test") or next(iter(by_split.values()))
+            ex = shown_exs[0] if shown_exs else None
+            if ex is not None:
+                shown = ex.prompt if len(ex.prompt) <= _PROMPT_SHOWN else (
+                    ex.prompt[:_PROMPT_SHOWN] + f"[... {len(ex.prompt) - _PROMPT_SHOWN} more characters]")
+                lines.append(f"  example prompt ({ex.id}):")
+                lines += ["  | " + ln for ln in shown.split("\n")]
+                ref = ex.references[0]
+                lines.append(f"  reference: {ref[:200]!r}" + (" ..." if len(ref) > 200 else ""))
+        lines.append("")
+    ok = [n for n in loaded if n not in failed]
+    lines.append(f"ready: {', '.join(ok) or 'none'}")
+    if unavailable:
+        lines.append(f"unavailable (no data; listed above with where it was looked for): {', '.join(unavailable)}. "
+                     "A real run stops at validation on these: remove them from --tasks or add their data.")
+    if errors:
+        lines.append(f"errors ({len(errors)}):")
+        lines += [f"  - {e.splitlines()[0]}" for e in errors]
+    return DryRun("\n".join(lines), errors, unavailable)
+
