@@ -185,16 +185,27 @@ def token_skew_reverse_kl(
 # --------------------------------------------------------------------------- batch losses
 
 
+def _masked_loss(token_fn: Callable[..., torch.Tensor], student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                 mask: torch.Tensor, *args) -> torch.Tensor:
+    """masked_mean(token_fn(student, teacher), mask), evaluated on the masked-in positions only.
+
+    The same value (masked_mean ignores the other positions), but the vocabulary-sized temporaries
+    (log-softmaxes, mixtures, products) exist only for response tokens: on a real task the prompt and
+    padding are often half the batch, and at V = 50k those temporaries dominate a KD step.
+    """
+    _check(student_logits, teacher_logits, mask)
+    keep = mask > 0
+    return masked_mean(token_fn(student_logits[keep], teacher_logits[keep], *args), mask[keep])
+
+
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Forward KL, sum_v p (log p - log q): mode-covering (word-level KD up to the teacher entropy)."""
-    _check(student_logits, teacher_logits, mask)
-    return masked_mean(token_forward_kl(student_logits, teacher_logits), mask)
+    return _masked_loss(token_forward_kl, student_logits, teacher_logits, mask)
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Reverse KL, sum_v q (log q - log p): mode-seeking (MiniLLM's single-step term)."""
-    _check(student_logits, teacher_logits, mask)
-    return masked_mean(token_reverse_kl(student_logits, teacher_logits), mask)
+    return _masked_loss(token_reverse_kl, student_logits, teacher_logits, mask)
 
 
 def js(
@@ -205,8 +216,7 @@ def js(
     beta = 0.5 is the symmetric JS divergence, bounded by ln 2. At beta = 0 or 1 it is identically 0.
     DistiLLM's ``jsd`` with lambda = 0.9 (its GKD baseline) is ``js(beta=0.1)``.
     """
-    _check(student_logits, teacher_logits, mask)
-    return masked_mean(token_js(student_logits, teacher_logits, beta), mask)
+    return _masked_loss(token_js, student_logits, teacher_logits, mask, beta)
 
 
 def generalized_jsd(
@@ -221,30 +231,26 @@ def generalized_jsd(
     which GKD special-cases (the mixture formula would give 0 there). The function is therefore
     discontinuous at beta = 0 and 1 (near 0 it is about beta * KL(p||q)).
     """
-    _check(student_logits, teacher_logits, mask)
-    return masked_mean(token_generalized_jsd(student_logits, teacher_logits, beta), mask)
+    return _masked_loss(token_generalized_jsd, student_logits, teacher_logits, mask, beta)
 
 
 def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Total variation distance 0.5 * sum_v |p - q|, in [0, 1]."""
-    _check(student_logits, teacher_logits, mask)
-    return masked_mean(token_tvd(student_logits, teacher_logits), mask)
+    return _masked_loss(token_tvd, student_logits, teacher_logits, mask)
 
 
 def skew_forward_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float = 0.1
 ) -> torch.Tensor:
     """DistiLLM's skew KL (SKL): KL(p || alpha*p + (1-alpha)*q); alpha = 0 is forward KL."""
-    _check(student_logits, teacher_logits, mask)
-    return masked_mean(token_skew_forward_kl(student_logits, teacher_logits, alpha), mask)
+    return _masked_loss(token_skew_forward_kl, student_logits, teacher_logits, mask, alpha)
 
 
 def skew_reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float = 0.1
 ) -> torch.Tensor:
     """DistiLLM's skew reverse KL (SRKL): KL(q || alpha*q + (1-alpha)*p); alpha = 0 is reverse KL."""
-    _check(student_logits, teacher_logits, mask)
-    return masked_mean(token_skew_reverse_kl(student_logits, teacher_logits, alpha), mask)
+    return _masked_loss(token_skew_reverse_kl, student_logits, teacher_logits, mask, alpha)
 
 
 DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {

@@ -182,6 +182,16 @@ def test_masked_positions_are_ignored(name, kw, rand):
     assert bool((s2.grad[mask == 0] == 0).all())
 
 
+@pytest.mark.parametrize("name,kw", ALL, ids=IDS)
+def test_batch_loss_is_the_weighted_mean_of_token_values(name, kw, rand):
+    # the batch losses only evaluate masked-in rows; that must not change the value or the weights
+    s, t = rand
+    mask = torch.tensor([[1.0, 0.5, 0.0], [0.0, 2.0, 1.0]])
+    token = getattr(D, "token_" + name)(s, t, **kw)
+    expected = (token * mask).sum() / mask.sum()
+    assert D.get_divergence(name)(s, t, mask, **kw).item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-7)
+
+
 def test_batch_average_is_per_token():
     # row 0: three valid tokens (p,q), (q,p), (p,p); row 1: one valid token (p,q), then padding
     s = torch.cat([logits(Q, P, P), logits(Q, [0.1, 0.1, 0.8], [0.1, 0.1, 0.8])])
