@@ -159,11 +159,9 @@ def test_on_policy_divergence_goes_down(world, teacher, tmp_path, name, fn, fact
 
 @pytest.mark.parametrize("source", ["student", "gold", "teacher"])
 def test_js_tvd_data_sources(world, teacher, tmp_path, source):
-    from methods.js import train_batches
-
     samples = [ex.__class__(**{**ex.to_dict(), "meta": {**ex.meta, "target": "the cave ."}}) for ex in world.exs]
     ctx = make_ctx(world, teacher, tmp_path, steps=1, teacher_samples=samples)
-    b = next(train_batches(ctx, source))
+    b = next(ctx.policy_batches(source))
     lens = (b.labels != -100).sum(1)
     if source == "student":
         assert int(lens.max()) <= NEW
