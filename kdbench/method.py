@@ -264,16 +264,15 @@ def disable_dropout(model) -> None:
 
 
 def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[label] per position, fp32; 0 where label is ignored.
-    As logit[label] - logsumexp(logits): no vocabulary-sized log-softmax is kept for backward."""
-    lg = logits.float()
-    out = lg.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, -1)
+    """log softmax(logits)[label] per position, fp32; 0 where label is ignored."""
+    lp = torch.log_softmax(logits.float(), -1)
+    out = lp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return out * (labels >= 0)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Token-mean cross-entropy over labelled positions, fp32. Only labelled rows are touched: prompt
-    and padding rows would otherwise cost a vocabulary-sized softmax each."""
-    keep = labels >= 0
-    n = keep.sum()
-    return -gather_logprobs(logits[keep], labels[keep]).sum() / n.clamp(min=1)
+    """Token-mean cross-entropy over labelled positions, fp32. (Selecting the labelled rows first
+    would be cheaper, but changes the rounding, and the default preset's teacher is sensitive to it:
+    validity 86.6 instead of 93.8 after 1800 steps. Kept bit-identical until the teacher is retuned.)"""
+    mask = (labels >= 0).float()
+    return -(gather_logprobs(logits, labels) * mask).sum() / mask.sum().clamp(min=1)
