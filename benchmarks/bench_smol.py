@@ -36,7 +36,9 @@ from kdbench import divergences as D  # noqa: E402
 from kdbench.method import cross_entropy  # noqa: E402
 from kdbench.models import count_parameters, load_model, load_tokenizer, resolve_model_name  # noqa: E402
 from kdbench.pruning import parse_prune_spec, prune_model  # noqa: E402
+from kdbench.runner import user_turn  # noqa: E402
 from kdbench.sampling import SamplingConfig, sample  # noqa: E402
+from kdbench.schema import Example  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -53,7 +55,8 @@ def response_share(tok, data_dir: str, batch: int, length: int) -> float:
     recs = [json.loads(x) for x in (Path(data_dir) / "dolly" / "minillm" / "dev.jsonl").read_text().splitlines()[:160]]
     lens = []
     for r in recs:
-        user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        ex = Example(id="", instruction=r["instruction"], input=r.get("input", ""), prompt="", references=[])
+        user = user_turn(ex, "chat")  # the same user turn the run builds
         p = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=True, add_generation_prompt=True)
         p = p["input_ids"] if isinstance(p, dict) else p
         y = tok(r["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
