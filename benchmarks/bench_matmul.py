@@ -54,7 +54,7 @@ def teacher_sft_worker(run_args: list[str]) -> dict:
     args = build_parser().parse_args(run_args)
     cfg = resolve_config(args)
     bench = Benchmark(cfg, Path(args.out), progress=False)
-    path, _ = bench.teacher_model()
+    path, _ = bench.stages.teacher_model()
     done = read_json(Path(path).parent / "DONE")
     tokens = int(done.get("counters", {}).get("student_tokens", 0))
     params = int(done.get("params", 0))

@@ -52,11 +52,11 @@ def worker(what: str, run_args: list[str]) -> dict:
     student = cfg.students[0]
     if what == "prepare":
         t0 = time.time()
-        bench.teacher_model()
-        bench.student_base(student)
-        bench.teacher_samples()
+        bench.stages.teacher_model()
+        bench.stages.student_base(student)
+        bench.stages.teacher_samples()
         if "sft" not in cfg.methods:  # GKD / MiniLLM start from it; otherwise built by the sft row
-            bench.student_sft(student)
+            bench.stages.student_sft(student)
         return {"prepare_s": round(time.time() - t0, 2)}
     import torch
     # transformers imports model classes lazily (~5-10 s here): do it before the clock starts
@@ -67,7 +67,7 @@ def worker(what: str, run_args: list[str]) -> dict:
     get_accelerator(cfg.device, cfg.dtype)
     rss0 = _rss_mb()
     t0 = time.time()
-    res = bench.train_cell(student, what)
+    res = bench.cells.train_cell(student, what)
     wall = res.get("train_wall_time_s") or (time.time() - t0)
     train = cfg.train_config_for(what)
     c = res.get("counters", {})

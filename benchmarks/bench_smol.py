@@ -36,7 +36,7 @@ from kdbench import divergences as D  # noqa: E402
 from kdbench.method import cross_entropy  # noqa: E402
 from kdbench.models import count_parameters, load_model, load_tokenizer, resolve_model_name  # noqa: E402
 from kdbench.pruning import parse_prune_spec, prune_model  # noqa: E402
-from kdbench.runner import user_turn  # noqa: E402
+from kdbench.taskset import user_turn  # noqa: E402
 from kdbench.sampling import SamplingConfig, sample  # noqa: E402
 from kdbench.schema import Example  # noqa: E402
 

@@ -116,6 +116,12 @@ class BenchConfig:
     max_prompt_length: int = 256
     teacher_sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=5e-5))
     distill: TrainConfig = field(default_factory=TrainConfig)  # default budget for every method
+    # Training seeds: one train cell per (student, method, seed), each seed replacing the train config's
+    # `seed`; empty = one run at the config's own seed (a smoke test, not a result: no between-seed CI).
+    train_seeds: list[int] = field(default_factory=list)
+    # TrainConfig overrides per budget class a method declares (Method.budget, e.g. "on_policy"), then
+    # per method (method_train wins): distill <- budget_train[budget] <- method_train[method].
+    budget_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     method_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method TrainConfig overrides
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config overrides
     build: ModelBuildConfig = field(default_factory=ModelBuildConfig)
@@ -142,13 +148,28 @@ class BenchConfig:
         _check(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
                f"'{self.dtype}' is not one of float32, bfloat16, float16")
         _check(self.threads >= 0, "threads", "must be >= 0")
+        _check(len(set(self.train_seeds)) == len(self.train_seeds), "train_seeds",
+               f"seeds must be distinct, got {self.train_seeds}")
         _check(self.prompt_format in ("plain", "chat", "chat-alpaca"), "prompt_format",
                f"'{self.prompt_format}' is not one of plain, chat, chat-alpaca")
 
-    def train_config_for(self, method: str) -> TrainConfig:
+    def train_config_for(self, method: str, train_seed: int | None = None, budget: str | None = None) -> TrainConfig:
+        """The TrainConfig of one method (and training seed): distill, then the method's budget class's
+        overrides, then the method's own; a training seed replaces `seed`."""
         base = dataclasses.asdict(self.distill)
+        where = f"method_train.{method}"
+        if budget is not None and budget in self.budget_train:
+            base.update(self.budget_train[budget])
+            if method not in self.method_train:
+                where = f"budget_train.{budget}"
         base.update(self.method_train.get(method, {}))
-        return from_dict(TrainConfig, base, where=f"method_train.{method}")
+        if train_seed is not None:
+            base["seed"] = int(train_seed)
+        return from_dict(TrainConfig, base, where=where)
+
+    def train_seed_list(self) -> list[int | None]:
+        """The training seeds to run; [None] = the single run at the train config's own seed."""
+        return list(self.train_seeds) or [None]
 
 
 # ------------------------------------------------------------------------------------------------

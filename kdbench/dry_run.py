@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
 from . import models as M
+from . import vocab
 from .errors import DataError
 from .schema import Example
 from .task import Task
-
-if TYPE_CHECKING:
-    from .runner import Benchmark
+from .taskset import TaskSet
 
 
 @dataclasses.dataclass
@@ -31,30 +28,18 @@ class DryRun:
 _PROMPT_SHOWN = 1200  # characters of the example prompt printed (long contexts are cut, with a count)
 
 
-def _tokenizer(self: Benchmark, loaded: list[Task]):
+def _tokenizer(cfg, loaded: list[Task]):
     """(tokenizer, description) the run would use, without writing anything: a real teacher's own
-    tokenizer, or the built-in recipe (runner.tokenizer) rebuilt in memory on the tasks that loaded."""
-    c = self.cfg
-    if not M.is_preset(c.teacher):
-        return M.load_tokenizer(c.teacher), f"the teacher's ({c.teacher})"
-    word = c.build.tokenizer == "word" and all(hasattr(t, "vocabulary") for t in loaded)
-    if word:
-        words: list[str] = []
-        for t in loaded:
-            words += t.vocabulary()
-        return M.build_word_tokenizer(words), "word-level over the tasks' vocabulary (built in memory, not saved)"
-    texts: list[str] = []
-    for t in loaded:
-        texts += t.tokenizer_texts()
-    tok = M.build_bpe_tokenizer(texts, c.build.bpe_vocab_size)
-    return tok, f"byte-level BPE {c.build.bpe_vocab_size} trained on the tasks' text (in memory, not saved)"
+    tokenizer, or the built-in recipe (kdbench.vocab) built in memory on the tasks that loaded."""
+    if not M.is_preset(cfg.teacher):
+        return M.load_tokenizer(cfg.teacher), vocab.describe(cfg, loaded)
+    return vocab.build(cfg, loaded), vocab.describe(cfg, loaded)
 
 
-def dry_run(self: Benchmark) -> DryRun:
+def dry_run(c, tasks: TaskSet) -> DryRun:
     """Per task and split: examples loaded, dropped (and why), prompts over max_prompt_length under
     the run's tokenizer, and one rendered prompt. Trains no model and writes nothing. Call
     validate(data=False) first (names, configs, models, devices)."""
-    c = self.cfg
     errors: list[str] = []
     unavailable: list[str] = []
     n_models = 1 + len(c.students) * (1 + len(c.methods))  # teacher + per student: base + one per method
@@ -69,7 +54,7 @@ def dry_run(self: Benchmark) -> DryRun:
     loaded: dict[str, dict[str, list[Example]]] = {}
     failed: dict[str, str] = {}
     for name in dict.fromkeys([c.train_task] + c.tasks):
-        task = self.task(name)
+        task = tasks.get(name)
         splits = (["train"] if name == c.train_task else []) + (["test"] if name in c.tasks else [])
         loaded[name] = {}
         for split in splits:
@@ -86,13 +71,13 @@ def dry_run(self: Benchmark) -> DryRun:
             if not exs:
                 errors.append(f"{name}/{split}: split is empty")
             loaded[name][split] = exs
-    ready = [self.task(n) for n in loaded if n not in failed]
-    tok, tok_desc = _tokenizer(self, ready) if ready else (None, "")
+    ready = [tasks.get(n) for n in loaded if n not in failed]
+    tok, tok_desc = _tokenizer(c, ready) if ready else (None, "")
     if tok is not None:
         lines.append(f"prompt lengths counted with: {tok_desc}")
         lines.append("")
     for name, by_split in loaded.items():
-        task = self.task(name)
+        task = tasks.get(name)
         for split, exs in by_split.items():
             head = f"{name}/{split}: {len(exs)} examples loaded"
             info = task.describe_load(split) if hasattr(task, "describe_load") else {}

@@ -66,13 +66,20 @@ class MethodConfig:
 
 
 class Method:
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # stamped by the registry: the name the method is registered under
     description: ClassVar[str] = ""
     Config: ClassVar[type] = MethodConfig
     requires_teacher: ClassVar[bool] = False
     # Student initialisation: "base" (the pretrained student) or "sft" (the cached SFT student,
     # as MiniLLM starts from).
     student_init: ClassVar[str] = "base"
+    # Budget class: presets give each class its own TrainConfig overrides (config key budget_train),
+    # so a new on-policy method gets the on-policy budget without editing a preset. "offline" methods
+    # train on fixed data; "on_policy" ones sample a rollout every step (a decode loop per step).
+    budget: ClassVar[str] = "offline"
+    # True when the method's student IS a cached stage (sft: the SFT student that MiniLLM also starts
+    # from), so its cell records the stage instead of training again.
+    shared_stage: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

@@ -92,22 +92,30 @@ def cached_folder(name: str) -> Path | None:
     return d if (d / DONE).exists() and (d / "config.json").exists() else None
 
 
-def _offline() -> bool:
+def _gguf_importable() -> bool:
+    return importlib.util.find_spec("gguf") is not None
+
+
+def offline() -> bool:
+    """Whether the user (or kdbench, for an all-local run) put the Hugging Face libraries offline."""
     return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _gguf_importable() -> bool:
-    return importlib.util.find_spec("gguf") is not None
+def in_hub_cache(name: str) -> bool:
+    """Whether hub id `name` has a config.json in the local Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # cannot tell: let loading decide
+        return True
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
 def _hub_usable(hub_id: str | None) -> bool:
     if not hub_id:
         return False
-    if not _offline():
+    if not offline():
         return True
-    from .models import in_hub_cache
-
     return in_hub_cache(hub_id)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from . import model_sources
 from .errors import ConfigError, ModelError
 from .registry import Registry
 
@@ -61,10 +62,6 @@ def is_preset(name: str) -> bool:
     return name in MODEL_PRESETS
 
 
-def looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
-
-
 def is_derived(name: str) -> bool:
     """A student built from the teacher (`prune:k=2`, kdbench.pruning): shares its tokenizer."""
     from .pruning import is_prune_spec
@@ -75,20 +72,17 @@ def is_derived(name: str) -> bool:
 def resolve_model_name(name: str) -> str:
     """Model sources (kdbench.model_sources, e.g. smollm2-135m-instruct) -> a loadable folder or hub
     id, converting on first use; every other name is returned unchanged."""
-    from .model_sources import is_source, resolve_source
-
-    return resolve_source(name) if is_source(name) else name
+    return model_sources.resolve_source(name) if model_sources.is_source(name) else name
 
 
 def check_model_name(name: str, where: str) -> None:
     """Fail early for a name that is neither a preset, an existing path, nor plausibly a hub id."""
     if is_preset(name):
         return
-    from .model_sources import check_source, is_source
     from .pruning import parse_prune_spec
 
-    if is_source(name):
-        check_source(name, where)
+    if model_sources.is_source(name):
+        model_sources.check_source(name, where)
         return
     if is_derived(name):
         if where.startswith("--teacher"):
@@ -104,24 +98,10 @@ def check_model_name(name: str, where: str) -> None:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"{where}: model path '{name}' does not exist. Valid: a built-in preset "
                          f"({', '.join(MODEL_PRESETS.names())}), a local folder from save_pretrained, or a hub id")
-    if _offline() and not in_hub_cache(name):
+    if model_sources.offline() and not model_sources.in_hub_cache(name):
         # Offline: a hub id only works if it is already in the local HF cache.
         raise ModelError(f"{where}: '{name}' is not a preset, not a local folder, and not in the local "
                          f"Hugging Face cache (offline mode). Presets: {', '.join(MODEL_PRESETS.names())}")
-
-
-def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def in_hub_cache(name: str) -> bool:
-    """Whether hub id `name` has a config.json in the local Hugging Face cache (no network)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # cannot tell: let loading decide
-        return True
-    return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ def load_plugins() -> None:
     import kdbench.metrics as metrics_pkg
 
     for pkg in (metrics_pkg, tasks, methods):
-        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{pkg.__name__}.{info.name}")
+        first = list(getattr(pkg, "LOAD_ORDER", []))  # a package may fix its display order
+        names = sorted(i.name for i in pkgutil.iter_modules(pkg.__path__) if not i.name.startswith("_"))
+        for name in first + [n for n in names if n not in first]:
+            importlib.import_module(f"{pkg.__name__}.{name}")
     _loaded = True

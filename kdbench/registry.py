@@ -37,6 +37,8 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} '{name}' is registered twice")
         self._items[name] = obj
         self._descriptions[name] = description
+        if isinstance(obj, type) and "name" in _annotations(obj):
+            obj.name = name  # a registered class knows its own name (set on the class itself, not inherited)
 
     def get(self, name: str, where: str = "") -> T:
         if name not in self._items:
@@ -51,6 +53,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def in_registration_order(self) -> list[str]:
+        """Names in the order they registered (import order): the display order of reports."""
+        return list(self._items)
+
     def describe(self, name: str) -> str:
         return self._descriptions.get(name, "")
 
@@ -62,6 +68,13 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _annotations(cls: type) -> dict:
+    out: dict = {}
+    for c in reversed(cls.__mro__):
+        out.update(getattr(c, "__annotations__", {}))
+    return out
 
 
 def _first_doc_line(obj: object) -> str:

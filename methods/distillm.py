@@ -81,6 +81,7 @@ class DistiLLM(Method):
     Config = DistiLLMConfig
     requires_teacher = True
     student_init = "sft"  # DistiLLM starts from the SFT student (scripts/*/init)
+    budget = "on_policy"  # samples the student every step (preset budget_train.on_policy)
 
     def train(self, ctx: MethodContext) -> None:
         cfg = self.config

@@ -47,6 +47,7 @@ class GKD(Method):
     Config = GKDConfig
     requires_teacher = True
     student_init = "sft"  # GKD distils supervised fine-tuned students
+    budget = "on_policy"  # samples the student every step (preset budget_train.on_policy)
 
     def train(self, ctx: MethodContext) -> None:
         cfg = self.config

@@ -82,6 +82,7 @@ class MiniLLM(Method):
     Config = MiniLLMConfig
     requires_teacher = True
     student_init = "sft"  # MiniLLM starts from the SFT student
+    budget = "on_policy"  # samples the student every step (preset budget_train.on_policy)
 
     @torch.no_grad()
     def make_round(self, ctx: MethodContext, examples, seed: int) -> Batch:

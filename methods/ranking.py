@@ -64,6 +64,7 @@ class Ranking(Method):
     Config = RankingConfig
     requires_teacher = True
     student_init = "sft"  # sampling needs an on-task student, as MiniLLM
+    budget = "ranking"  # samples several responses per prompt: its own, smaller batch (preset budget_train.ranking)
 
     def train(self, ctx: MethodContext) -> None:
         cfg = self.config

@@ -17,6 +17,7 @@ class SFT(Method):
     description = "SFT w/o KD: cross-entropy on gold responses (no teacher)"
     Config = SFTConfig
     requires_teacher = False
+    shared_stage = True  # its student is the cached SFT stage (kdbench.stages.student_sft)
 
     def train(self, ctx: MethodContext) -> None:
         def loss_fn(batch):

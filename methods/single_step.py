@@ -27,6 +27,7 @@ class SingleStep(Method):
     Config = SingleStepConfig
     requires_teacher = True
     student_init = "sft"  # as MiniLLM: sampling from the base model would give off-task text
+    budget = "on_policy"  # samples the student every step (preset budget_train.on_policy)
 
     def train(self, ctx: MethodContext) -> None:
         def loss_fn(batch):

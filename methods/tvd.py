@@ -29,6 +29,7 @@ class TVD(Method):
     Config = TVDConfig
     requires_teacher = True
     student_init = "sft"  # on-policy sampling needs an on-task student (MiniLLM/DistiLLM start from SFT)
+    budget = "on_policy"  # samples the student every step (preset budget_train.on_policy)
 
     def train(self, ctx: MethodContext) -> None:
         def loss_fn(batch):

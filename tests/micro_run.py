@@ -94,7 +94,8 @@ def trained_weights(out: Path, cache: Path) -> dict[str, bytes]:
 def _install(kill: str) -> None:
     if kill == "none":
         return
-    import kdbench.runner as runner
+    import kdbench.cells as cells
+    import kdbench.stages as stages
     import kdbench.trainer as trainer
 
     def die() -> None:
@@ -115,16 +116,16 @@ def _install(kill: str) -> None:
 
         trainer.atomic_torch_save = save
     elif kind == "done":
-        real_done = runner.mark_done
+        real_done = cells.mark_done  # the same function in both modules (kdbench.io.mark_done)
 
         def mark(folder, info=None):
             real_done(folder, info)
             if rest in str(folder):
                 die()
 
-        runner.mark_done = mark
+        cells.mark_done = stages.mark_done = mark
     elif kind == "gens":
-        real_jsonl = runner.atomic_write_jsonl
+        real_jsonl = cells.atomic_write_jsonl
         count = [0]
 
         def write(path, rows):
@@ -134,7 +135,7 @@ def _install(kill: str) -> None:
                 if count[0] == int(rest):
                     die()
 
-        runner.atomic_write_jsonl = write
+        cells.atomic_write_jsonl = write
     else:
         raise SystemExit(f"unknown kill spec {kill!r}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kdbench import models as M
+from kdbench import model_sources as S
 from kdbench.cli import build_parser, main, resolve_config
 from kdbench.realdata import render_prompt
 
@@ -136,7 +137,7 @@ def test_gpt2_preset_validates_offline_with_stubbed_hub_models(data_dir, models,
     from transformers import GPT2Config
 
     tok = M.load_tokenizer(models["student"])
-    monkeypatch.setattr(M, "in_hub_cache", lambda name: True)
+    monkeypatch.setattr(S, "in_hub_cache", lambda name: True)
     monkeypatch.setattr(M, "load_tokenizer", lambda name: tok)
     # GPT-2's real embedding matches its vocabulary exactly; pad one model to exercise the row check
     monkeypatch.setattr(M, "load_config",
@@ -161,13 +162,13 @@ def test_tiny_real_preset_is_consistent(data_dir):
     assert c.eval.max_prompt_tokens == c.max_prompt_length and c.eval.max_examples
     from kdbench.runner import Benchmark
 
-    dolly = Benchmark(c, Path("/nonexistent")).task("dolly")
+    dolly = Benchmark(c, Path("/nonexistent")).tasks.get("dolly")
     docs = dolly.pretrain_texts()  # base models pretrain on the train split's text only
     assert len(docs) == len(dolly.examples("train")) == 30
     assert not any(ex.instruction in "\n".join(docs) for ex in dolly.examples("test"))
     # off by default: real base models come pretrained
     gpt2 = Benchmark(_resolve("--preset", "gpt2", "--data-dir", str(data_dir)), Path("/x"))
-    assert gpt2.task("dolly").pretrain_texts() is None
+    assert gpt2.tasks.get("dolly").pretrain_texts() is None
 
 
 # -- real models end to end -----------------------------------------------------------------------

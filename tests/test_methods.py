@@ -86,14 +86,16 @@ def train(name, ctx, **overrides):
 
 # --- registry and configs ------------------------------------------------------------------------
 
-ALL = ["seqkd", "minillm", "minillm-no-single-step", "minillm-no-teacher-mix", "minillm-no-length-norm",
-       "single_step", "ranking", "js", "tvd", "gkd", "distillm"]
+load_plugins()
+ALL = [m for m in METHODS.in_registration_order() if METHODS.get(m).requires_teacher]  # every KD method
 
 
 def test_every_method_is_registered_and_described():
+    assert {"seqkd", "minillm", "single_step", "ranking", "gkd", "distillm"} <= set(ALL)
     for name in ALL:
         cls = METHODS.get(name)
         assert cls.requires_teacher and METHODS.describe(name)
+        assert cls.name == name  # the registry stamps the name on the class (ablation subclasses too)
         make_method(name)  # defaults validate
 
 

@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from kdbench import models as M  # noqa: E402
+from kdbench import model_sources as S  # noqa: E402
 from kdbench.config import TrainConfig  # noqa: E402
 from kdbench.data import IGNORE, collate, encode_pair  # noqa: E402
 from kdbench.errors import ConfigError, ModelError  # noqa: E402
@@ -250,10 +251,10 @@ def test_kd_step_with_a_bf16_teacher_offloaded_to_cpu(saved, tmp_path):
 
 def test_hub_names_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(M, "in_hub_cache", lambda name: False)
+    monkeypatch.setattr(S, "in_hub_cache", lambda name: False)
     with pytest.raises(ModelError, match="not in the local Hugging Face cache"):
         M.check_model_name("gpt2-xl", "--teacher")
-    monkeypatch.setattr(M, "in_hub_cache", lambda name: True)
+    monkeypatch.setattr(S, "in_hub_cache", lambda name: True)
     M.check_model_name("gpt2-xl", "--teacher")  # cached: accepted without touching the network
     with pytest.raises(ModelError, match="does not exist"):
         M.check_model_name("/no/such/model", "--student")

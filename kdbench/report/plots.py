@@ -29,15 +29,12 @@ from .data import BASE, REFERENCE_ROWS, TEACHER, Key, Run, records_by_key, tasks
 from .tables import human_count, student_label
 
 # Fixed colours for the methods kdbench ships, so a method looks the same in every report.
-KNOWN_COLORS = {
-    TEACHER: "#222222", BASE: "#a6a6a6",
-    "sft": "#1f77b4", "kd": "#ff7f0e", "seqkd": "#2ca02c", "minillm": "#d62728",
-    "minillm-no-single-step": "#ff9896", "minillm-no-teacher-mix": "#e377c2", "minillm-no-length-norm": "#c49c94",
-    "single_step": "#9467bd", "ranking": "#8c564b", "js": "#17becf", "tvd": "#bcbd22", "gkd": "#393b79",
-    "distillm": "#637939",
-}
-EXTRA_COLORS = ["#e7ba52", "#843c39", "#7b4173", "#3182bd", "#31a354", "#756bb1", "#636363", "#fd8d3c",
-                "#6baed6", "#74c476", "#9e9ac8", "#ad494a"]
+REFERENCE_COLORS = {TEACHER: "#222222", BASE: "#a6a6a6"}
+# Methods take colours in registration order (kdbench.plugins), so a method keeps its colour in every
+# run and plot whatever subset of methods ran.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#ff9896", "#e377c2", "#c49c94", "#9467bd", "#8c564b",
+           "#17becf", "#bcbd22", "#393b79", "#637939", "#e7ba52", "#843c39", "#7b4173", "#3182bd", "#31a354",
+           "#756bb1", "#636363", "#fd8d3c", "#6baed6", "#74c476", "#9e9ac8", "#ad494a"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "d", "H", "8"]
 LINESTYLES = ["-", "--", ":", "-."]
 
@@ -74,10 +71,14 @@ class Styles:
 
 def styles_for(run: Run) -> Styles:
     # The reference rows always have a style: plots draw the teacher line even where its row is missing.
-    colors, markers = {TEACHER: KNOWN_COLORS[TEACHER], BASE: KNOWN_COLORS[BASE]}, {TEACHER: "*", BASE: "x"}
-    extra = iter(EXTRA_COLORS * 4)
+    from ..method import METHODS
+
+    registered = {m: i for i, m in enumerate(METHODS.in_registration_order())}
+    colors, markers = dict(REFERENCE_COLORS), {TEACHER: "*", BASE: "x"}
+    n_reg = len(registered)
     for i, m in enumerate(run.methods):
-        colors[m] = KNOWN_COLORS.get(m) or next(extra)
+        # registered methods by registration index; unregistered names (plugins gone) after them
+        colors[m] = colors.get(m) or PALETTE[registered.get(m, n_reg + i) % len(PALETTE)]
         markers[m] = "*" if m == TEACHER else ("x" if m == BASE else MARKERS[i % len(MARKERS)])
     ls = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(run.students)}
     ls[None] = "-"

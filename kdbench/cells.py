@@ -1,0 +1,181 @@
+"""Train and eval cells: one folder of work each, skipped when done with the same key.
+
+A train cell trains one student with one method (per training seed); an eval cell evaluates one
+model on one task for one evaluation seed. Each writes its frozen config, outputs and a DONE
+marker holding its key (kdbench.layout owns the paths). A failing cell writes error.json (message
+and traceback) and the run goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from . import models as M
+from .config import BenchConfig, stable_hash, to_dict
+from .errors import KdbenchError  # noqa: F401 - re-raised by callers
+from .evaluation import evaluate
+from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
+from .layout import EvalRecord, RunLayout, TrainResult, label_of
+from .method import METHODS, make_method
+from .metrics.base import METRICS
+from .stages import Stages
+from .taskset import TaskSet
+from .trainer import get_accelerator
+
+log = logging.getLogger("kdbench")
+
+
+class Cells:
+    def __init__(self, cfg: BenchConfig, layout: RunLayout, stages: Stages, tasks: TaskSet):
+        self.cfg = cfg
+        self.layout = layout
+        self.stages = stages
+        self.tasks = tasks
+        self.failures: list[dict] = []
+        self._model_cache: dict = {}  # the evaluated model in memory (one at a time)
+        self._teacher_cache: dict = {}  # the teacher for model metrics, loaded on first use
+
+    # ------------------------------------------------------------------------------------------
+    # training
+
+    def train_cell(self, student: str, method_name: str, train_seed: int | None = None) -> TrainResult:
+        """Train one student with one method; returns its result record or raises."""
+        c = self.cfg
+        cls = METHODS.get(method_name)
+        method = make_method(method_name, c.method_config.get(method_name))
+        train = c.train_config_for(method_name, train_seed, cls.budget)
+        cell = self.layout.train_cell(student, method_name, train_seed)
+        if cls.shared_stage:  # the SFT student is a shared cached stage (MiniLLM's init too)
+            return self._stage_cell(cell, student, method_name, train, train_seed)
+        teacher_path, teacher_key = self.stages.teacher_model() if method.requires_teacher else (None, None)
+        init = (self.stages.student_sft(student, train_seed) if method.student_init == "sft"
+                else self.stages.student_base(student))
+        frozen = {"method": method_name, "method_config": dataclasses.asdict(method.config), "train": to_dict(train),
+                  "student": student, "student_init": method.student_init, "init_key": init[1],
+                  "teacher": c.teacher if method.requires_teacher else None, "teacher_key": teacher_key,
+                  "data": self.stages.data_fp(), "max_length": c.max_length, "max_prompt_length": c.max_prompt_length}
+        key = stable_hash(frozen)
+        name = f"{label_of(student)}/{method_name}" + (f"/train-seed{train_seed}" if train_seed is not None else "")
+        if is_done(cell) and read_json(cell / "DONE").get("key") == key:
+            log.info("train %s: done, skipping", name)
+            return read_json(cell / "result.json")
+        cell.mkdir(parents=True, exist_ok=True)
+        (cell / "error.json").unlink(missing_ok=True)
+        (cell / "DONE").unlink(missing_ok=True)  # another config's marker must not vouch for the model being replaced
+        ckpt = cell / "checkpoint.pt"
+        if ckpt.exists() and (not (cell / "config.json").exists() or stable_hash(read_json(cell / "config.json")) != key):
+            ckpt.unlink()  # left by a run with another configuration: resuming it would mix the two
+        atomic_write_json(cell / "config.json", frozen)
+        t0 = time.time()
+        log.info("train %s: starting (init=%s)", name, method.student_init)
+        model = M.load_model(init[0])
+        teacher = M.load_model(teacher_path, c.dtype) if teacher_path else None  # frozen: loaded in --dtype
+        if teacher is not None:
+            self.stages.place_teacher(teacher)
+        ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student))
+        method.train(ctx)
+        model = ctx.trainer.accelerator.unwrap_model(ctx.student)
+        M.save_model(model.cpu(), self.stages.tokenizer(), cell / "model")
+        atomic_write_json(cell / "history.json", ctx.history)
+        res: TrainResult = {"model_path": str(cell / "model"), "key": key, "method": method_name, "student": student,
+                            "wall_time_s": round(time.time() - t0, 2), "counters": dict(ctx.counters)}
+        if train_seed is not None:
+            res["train_seed"] = train_seed
+        atomic_write_json(cell / "result.json", res)
+        (cell / "checkpoint.pt").unlink(missing_ok=True)
+        mark_done(cell, {"key": key})
+        return res
+
+    def _stage_cell(self, cell: Path, student: str, method_name: str, train, train_seed) -> TrainResult:
+        """A method whose student is a cached stage (sft): the cell records and points at it."""
+        t0 = time.time()
+        path, key = self.stages.student_sft(student, train_seed)
+        if is_done(cell) and read_json(cell / "DONE").get("key") == key:  # finished: leave it as it is
+            return {**read_json(cell / "result.json"), "model_path": path}
+        res: TrainResult = {"model_path": path, "key": key, "method": method_name, "student": student,
+                            "wall_time_s": round(time.time() - t0, 2)}
+        if train_seed is not None:
+            res["train_seed"] = train_seed
+        stage_done = read_json(Path(path).parent / "DONE")
+        res["train_wall_time_s"] = stage_done.get("wall_time_s")
+        res["counters"] = stage_done.get("counters", {})
+        cell.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cell / "config.json", {"method": method_name, "train": to_dict(train), "student": student})
+        hist = Path(path).parent / "history.json"
+        if hist.exists():
+            atomic_write_json(cell / "history.json", read_json(hist))
+        atomic_write_json(cell / "result.json", res)
+        mark_done(cell, {"key": key})
+        return res
+
+    # ------------------------------------------------------------------------------------------
+    # evaluation
+
+    def eval_cell(self, group: str, model_label: str, model_path: str, model_key: str, task_name: str,
+                  seed: int, train_seed: int | None = None) -> EvalRecord:
+        c = self.cfg
+        task = self.tasks.get(task_name)
+        metrics = list(c.eval.metrics or task.default_metrics)
+        cell = self.layout.eval_cell(group, model_label, task_name, seed, train_seed)
+        spec = {"model": model_key, "task": task.fingerprint(), "eval": to_dict(c.eval), "seed": seed,
+                "metrics": {m: METRICS.get(m).version for m in metrics}, "max_prompt_length": c.max_prompt_length}
+        if "judge" in metrics:  # switching judges must not reuse cells scored by the old one
+            from .metrics.judge import JUDGE_PROMPT_VERSION
+
+            spec["judge"] = {k: c.judge.get(k) for k in ("backend", "model", "base_url", "order")}
+            spec["judge"]["prompt_version"] = JUDGE_PROMPT_VERSION
+        key = stable_hash(spec)
+        if is_done(cell) and read_json(cell / "DONE").get("key") == key:
+            return read_json(cell / "metrics.json")
+        cell.mkdir(parents=True, exist_ok=True)
+        (cell / "error.json").unlink(missing_ok=True)
+        model = self._load_cached(model_path)
+        exs = self.tasks.test_examples(task_name)
+        t0 = time.time()
+        values, gens, artifacts = evaluate(model, self.stages.tokenizer(), task, exs, seed, c.eval, metrics,
+                                           max_prompt_length=c.max_prompt_length, model_label=model_label,
+                                           teacher_fn=self._eval_teacher, settings={"judge": dict(c.judge)},
+                                           run_dir=self.layout.out)
+        atomic_write_jsonl(cell / "generations.jsonl", gens)
+        out: EvalRecord = {"group": group, "model": model_label, "task": task_name, "seed": seed, "metrics": values,
+                           "n_examples": len(exs), "task_version": task.version,
+                           "metric_versions": {m: METRICS.get(m).version for m in metrics},
+                           "artifacts": artifacts, "wall_time_s": round(time.time() - t0, 2)}
+        if train_seed is not None:
+            out["train_seed"] = train_seed
+        atomic_write_json(cell / "config.json", spec)
+        atomic_write_json(cell / "metrics.json", out)
+        mark_done(cell, {"key": key})
+        return out
+
+    def _eval_teacher(self):
+        """The teacher for model metrics (exposure bias); loaded once, only when a metric asks."""
+        path, _ = self.stages.teacher_model()
+        # keyed by path: another benchmark's teacher would silently change this one's numbers
+        if path not in self._teacher_cache:
+            self._teacher_cache.clear()
+            device = get_accelerator(self.cfg.device, self.cfg.dtype).device
+            self._teacher_cache[path] = M.load_model(path, self.cfg.dtype).to(device).eval()
+        return self._teacher_cache[path]
+
+    def _load_cached(self, path: str):
+        if path not in self._model_cache:
+            self._model_cache.clear()  # keep one model in memory at a time
+            device = get_accelerator(self.cfg.device, self.cfg.dtype).device
+            self._model_cache[path] = M.load_model(path, self.cfg.dtype).to(device)
+        return self._model_cache[path]
+
+    # ------------------------------------------------------------------------------------------
+    # failures
+
+    def record_failure(self, kind: str, name: str, student: str | None, err: Exception, cell: Path, **extra) -> None:
+        cell.mkdir(parents=True, exist_ok=True)
+        rec = {"kind": kind, "name": name, "student": student, "error": f"{type(err).__name__}: {err}",
+               "traceback": traceback.format_exc(), **extra}
+        atomic_write_json(cell / "error.json", rec)
+        log.error("%s %s%s failed: %s (details: %s)", kind, name, f" [{student}]" if student else "", rec["error"],
+                  cell / "error.json")
+        self.failures.append({k: v for k, v in rec.items() if k != "traceback"})

@@ -1,0 +1,256 @@
+"""Cached stages: everything a run keeps under its stage cache, built once and shared.
+
+    tokenizer -> teacher-base (build + pretrain) -> teacher-sft
+    student-base (build + pretrain, or pruned from the teacher) -> student-sft (per training seed)
+    teacher-samples (SeqKD data, shared by every method that needs it)
+
+A stage's folder is named by a hash of everything that determines it (its spec), built in a
+`.partial` folder that an interrupted build resumes from, and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import models as M
+from . import vocab
+from .config import BenchConfig, TrainConfig, stable_hash, to_dict
+from .data import encode_pair, infinite_batches, lm_batch, lm_blocks
+from .errors import ConfigError
+from .evaluation import sampling_config
+from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl
+from .layout import RunLayout
+from .method import MethodContext, cross_entropy, make_method
+from .sampling import sample
+from .schema import Example
+from .taskset import TaskSet
+from .trainer import LossOutput, Trainer, get_accelerator
+
+log = logging.getLogger("kdbench")
+
+
+class Stages:
+    def __init__(self, cfg: BenchConfig, layout: RunLayout, tasks: TaskSet, progress: bool = True):
+        self.cfg = cfg
+        self.layout = layout
+        self.tasks = tasks
+        self.progress = progress
+        self._tokenizer = None
+        self._tok_key = ""
+        self._models: dict[str, tuple[str, str]] = {}  # memo: stage name -> (path, key)
+
+    def stage(self, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> tuple[Path, str]:
+        key = stable_hash(spec)
+        folder = self.layout.stage(kind, key)
+        if is_done(folder):
+            log.info("stage %s: cached (%s)", kind, folder)
+            return folder, key
+        if folder.exists():
+            shutil.rmtree(folder)  # no DONE marker: never trust partial output
+        tmp = self.layout.stage_partial(kind, key)
+        if is_done(tmp):  # finished, but interrupted before the rename: don't rebuild
+            tmp.rename(folder)
+            log.info("stage %s: cached (%s)", kind, folder)
+            return folder, key
+        tmp.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(tmp / "stage.json", {"kind": kind, "key": key, "spec": spec})
+        t0 = time.time()
+        log.info("stage %s: building (%s)", kind, folder.name)
+        info = build(tmp) or {}
+        info["wall_time_s"] = round(time.time() - t0, 2)
+        mark_done(tmp, info)
+        tmp.rename(folder)
+        log.info("stage %s: done in %.1fs", kind, info["wall_time_s"])
+        return folder, key
+
+    def data_fp(self) -> dict:
+        c = self.cfg
+        return {"train_task": self.tasks.get(c.train_task).fingerprint(), "max_length": c.max_length,
+                "max_prompt_length": c.max_prompt_length}
+
+    # ------------------------------------------------------------------------------------------
+    # tokenizer
+
+    def tokenizer(self):
+        if self._tokenizer is not None:
+            return self._tokenizer
+        c = self.cfg
+        if not M.is_preset(c.teacher):
+            # Real teacher: its tokenizer is the vocabulary everyone shares.
+            self._tokenizer = M.load_tokenizer(c.teacher)
+            self._tok_key = stable_hash({"teacher_tokenizer": c.teacher})
+            for s in c.students:
+                if not M.is_preset(s) and not M.is_derived(s):  # pruned students use the teacher's own
+                    M.check_same_vocab(self._tokenizer, M.load_tokenizer(s))
+            return self._tokenizer
+        for s in c.students:
+            if not M.is_preset(s) and not M.is_derived(s):
+                raise ConfigError(f"--student '{s}' is a real model but --teacher '{c.teacher}' is a built-in "
+                                  "preset with its own tokenizer; use a real teacher of the same family")
+        tasks = [self.tasks.get(t) for t in self.tasks.all_names()]
+
+        def build(folder: Path):
+            tok = vocab.build(c, tasks)
+            tok.save_pretrained(folder)
+            return {"vocab_size": len(tok)}
+
+        folder, self._tok_key = self.stage("tokenizer", vocab.recipe(c, tasks), build)
+        self._tokenizer = M.load_tokenizer(str(folder))
+        return self._tokenizer
+
+    def pretrain_blocks(self) -> torch.Tensor | None:
+        texts = self.tasks.get(self.cfg.train_task).pretrain_texts()
+        if not texts:
+            return None
+        return lm_blocks(self.tokenizer(), texts, self.cfg.max_length)
+
+    # ------------------------------------------------------------------------------------------
+    # models
+
+    def _base_model(self, role: str, name: str, pretrain: TrainConfig) -> tuple[str, str]:
+        """A base model: a preset built and pretrained on the task's text, or a real model as is."""
+        memo = f"{role}:{name}"
+        if memo in self._models:
+            return self._models[memo]
+        if M.is_derived(name):
+            self._models[memo] = self._pruned_base(name)
+            return self._models[memo]
+        if not M.is_preset(name):
+            self._models[memo] = (name, stable_hash({"model": name}))
+            return self._models[memo]
+        tok = self.tokenizer()
+        spec = {"role": role, "preset": name, "arch": M.MODEL_PRESETS.get(name).as_dict(), "tokenizer": self._tok_key,
+                "n_positions": self.cfg.max_length, "pretrain": to_dict(pretrain), "data": self.data_fp()}
+
+        def build(folder: Path):
+            model = M.build_preset_model(name, tok, self.cfg.max_length, seed=pretrain.seed)
+            blocks = self.pretrain_blocks()
+            hist = []
+            if blocks is not None and pretrain.steps > 0:
+                trainer = Trainer(pretrain, folder, desc=f"pretrain {role}", device=self.cfg.device,
+                                  dtype=self.cfg.dtype, progress=self.progress)
+                model.to(trainer.device)
+
+                def batches():
+                    for idx in infinite_batches(len(blocks), pretrain.batch_size, pretrain.seed):
+                        yield lm_batch(blocks[idx])
+
+                hist = trainer.fit(model, lambda b: LossOutput(cross_entropy(model(input_ids=b.input_ids).logits, b.labels)),
+                                   batches())
+                model = trainer.accelerator.unwrap_model(model)
+            M.save_model(model.cpu(), tok, folder / "model")
+            atomic_write_json(folder / "history.json", hist)
+            (folder / "checkpoint.pt").unlink(missing_ok=True)
+            return {"params": M.count_parameters(model), "preset": name}
+
+        folder, key = self.stage(f"{role}-base", spec, build)
+        self._models[memo] = (str(folder / "model"), key)
+        return self._models[memo]
+
+    def _pruned_base(self, name: str) -> tuple[str, str]:
+        """A student base cut from the teacher students distil from (kdbench.pruning)."""
+        from .pruning import parse_prune_spec, prune_model
+
+        spec_obj = parse_prune_spec(name)
+        t_path, t_key = self.teacher_model()
+        spec = {"role": "student", "prune": spec_obj.as_dict(), "teacher": t_key}
+
+        def build(folder: Path):
+            teacher = M.load_model(t_path)
+            student, kept = prune_model(teacher, spec_obj)
+            M.save_model(student, self.tokenizer(), folder / "model")
+            n_s, n_t = M.count_parameters(student), M.count_parameters(teacher)
+            log.info("student %s: %d of %d teacher layers kept %s; %.1fM params (teacher %.1fM, %.0f%%)", name,
+                     len(kept), teacher.config.num_hidden_layers, kept, n_s / 1e6, n_t / 1e6, 100 * n_s / n_t)
+            return {"params": n_s, "teacher_params": n_t, "kept_layers": kept, "preset": name}
+
+        folder, key = self.stage("student-pruned", spec, build)
+        return str(folder / "model"), key
+
+    def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig) -> tuple[str, str]:
+        memo = f"{role}-sft:{base[1]}:{train.seed}"
+        if memo in self._models:
+            return self._models[memo]
+        spec = {"role": role, "base": base[1], "train": to_dict(train), "data": self.data_fp(), "method": "sft"}
+
+        def build(folder: Path):
+            tok = self.tokenizer()
+            model = M.load_model(base[0])  # trained: fp32 master weights; --dtype is mixed precision
+            ctx = self.method_context(model, None, train, folder, "sft", role)
+            make_method("sft").train(ctx)
+            model = ctx.trainer.accelerator.unwrap_model(ctx.student)
+            M.save_model(model.cpu(), tok, folder / "model")
+            atomic_write_json(folder / "history.json", ctx.history)
+            (folder / "checkpoint.pt").unlink(missing_ok=True)
+            return {"counters": dict(ctx.counters), "params": M.count_parameters(model)}
+
+        folder, key = self.stage(f"{role}-sft", spec, build)
+        self._models[memo] = (str(folder / "model"), key)
+        return self._models[memo]
+
+    def teacher_model(self) -> tuple[str, str]:
+        c = self.cfg
+        base = self._base_model("teacher", c.teacher, c.build.teacher_pretrain)
+        if c.teacher_sft.steps == 0:
+            return base
+        return self._sft_stage("teacher", base, c.teacher_sft)
+
+    def student_base(self, student: str) -> tuple[str, str]:
+        return self._base_model("student", student, self.cfg.build.student_pretrain)
+
+    def student_sft(self, student: str, train_seed: int | None = None) -> tuple[str, str]:
+        """The SFT student (the `sft` row and MiniLLM's init), one per training seed."""
+        return self._sft_stage("student", self.student_base(student), self.cfg.train_config_for("sft", train_seed))
+
+    def teacher_samples(self) -> list[Example]:
+        """One teacher sample per train prompt (SeqKD data), generated once and cached."""
+        teacher_path, teacher_key = self.teacher_model()
+        exs = self.tasks.train_examples()
+        scfg = sampling_config(self.cfg.eval, self.cfg.max_length - self.cfg.max_prompt_length)
+        scfg.no_repeat_ngram_size = 0
+        seed = self.cfg.distill.seed
+        spec = {"teacher": teacher_key, "data": self.data_fp(), "sampling": dataclasses.asdict(scfg), "seed": seed}
+        c_max = self.cfg.max_length
+
+        def build(folder: Path):
+            tok = self.tokenizer()
+            model = M.load_model(teacher_path, self.cfg.dtype)  # frozen: loaded in --dtype
+            self.place_teacher(model)
+            prompts = [encode_pair(tok, ex.prompt, None, c_max, self.cfg.max_prompt_length)[0] for ex in exs]
+            r = sample(model, prompts, scfg, tok.eos_token_id, tok.pad_token_id, seed, batch_size=64)
+            atomic_write_jsonl(folder / "samples.jsonl",
+                               [{"id": ex.id, "response": t} for ex, t in zip(exs, r.texts(tok))])
+            return {"n": len(exs), "generated_tokens": r.n_generated}
+
+        folder, _ = self.stage("teacher-samples", spec, build)
+        by_id = {row["id"]: row["response"] for row in read_jsonl(folder / "samples.jsonl")}
+        out = []
+        for ex in exs:
+            meta = dict(ex.meta)
+            meta["target"] = by_id[ex.id]
+            out.append(dataclasses.replace(ex, meta=meta))
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # what a method trains with
+
+    def method_context(self, model, teacher, train: TrainConfig, run_dir: Path, method_name: str, label: str):
+        ctx = MethodContext(student=model, teacher=teacher, tokenizer=self.tokenizer(),
+                            train_examples=self.tasks.train_examples(), train_cfg=train,
+                            max_length=self.cfg.max_length, max_prompt_length=self.cfg.max_prompt_length,
+                            run_dir=run_dir, pretrain_blocks=self.pretrain_blocks(),
+                            teacher_samples_fn=self.teacher_samples if teacher is not None else None,
+                            device=self.cfg.device, dtype=self.cfg.dtype, method_name=f"{method_name} ({label})",
+                            progress=self.progress)
+        ctx.vocab_size = len(self.tokenizer())  # logits are cut to the real vocabulary (padded embeddings)
+        return ctx
+
+    def place_teacher(self, teacher) -> None:
+        where = self.cfg.teacher_device
+        teacher.to(get_accelerator(self.cfg.device, self.cfg.dtype).device if where == "same" else where)
