@@ -312,12 +312,12 @@ def test_stage_finished_but_not_renamed_is_not_rebuilt(tmp_path):
 
     b = Benchmark(BenchConfig(), tmp_path / "out", tmp_path / "cache", progress=False)
     calls = []
-    folder, key = b._stage("thing", {"x": 1}, lambda d: calls.append(d) or {"n": 1})
+    folder, key = b.stages.stage("thing", {"x": 1}, lambda d: calls.append(d) or {"n": 1})
     assert calls and is_done(folder)
     # simulate a kill between DONE and the rename: the .partial folder holds a complete stage
     partial = folder.parent / f".{folder.name}.partial"
     folder.rename(partial)
-    again, key2 = b._stage("thing", {"x": 1}, lambda d: calls.append(d))
+    again, key2 = b.stages.stage("thing", {"x": 1}, lambda d: calls.append(d))
     assert again == folder and key2 == key and len(calls) == 1 and is_done(folder) and not partial.exists()
 
 
