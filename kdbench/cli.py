@@ -20,8 +20,13 @@ EPILOG = """examples:
 """
 
 
+def _prog() -> str:
+    """`kdbench` when run as the installed console script, else `run_bench.py`."""
+    return "kdbench" if Path(sys.argv[0]).name == "kdbench" else "run_bench.py"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_bench.py", description="kdbench: compare knowledge-distillation methods for LLMs",
+    p = argparse.ArgumentParser(prog=_prog(), description="kdbench: compare knowledge-distillation methods for LLMs",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("--methods", help="comma-separated method names, or 'all'")
     p.add_argument("--tasks", help="comma-separated task names to evaluate on, or 'all'")
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if argv and argv[0] == "summarize":
-            sp = argparse.ArgumentParser(prog="run_bench.py summarize",
+            sp = argparse.ArgumentParser(prog=f"{_prog()} summarize",
                                          description="rebuild leaderboards, plots and report.html from a run folder")
             sp.add_argument("dir", help="benchmark output folder (holds cells/)")
             sp.add_argument("--baseline", help="method the delta table compares with (default: sft, if present)")

@@ -27,8 +27,7 @@ from typing import Callable
 
 import torch
 
-from .errors import UnknownNameError
-from .registry import suggest
+from .registry import Registry
 
 NEG_INF = float("-inf")
 
@@ -185,9 +184,13 @@ def token_skew_reverse_kl(
 # --------------------------------------------------------------------------- batch losses
 
 
-def _masked_loss(token_fn: Callable[..., torch.Tensor], student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+def masked_token_loss(token_fn: Callable[..., torch.Tensor], student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                  mask: torch.Tensor, *args) -> torch.Tensor:
     """masked_mean(token_fn(student, teacher), mask), evaluated on the masked-in positions only.
+
+    The helper for a new divergence: write the per-token function of [N, V] logits, then
+    `masked_token_loss(my_token_fn, student_logits, teacher_logits, mask, *args)` is its batch loss,
+    normalised by the number of response tokens like every other loss here.
 
     The same value (masked_mean ignores the other positions), but the vocabulary-sized temporaries
     (log-softmaxes, mixtures, products) exist only for response tokens: on a real task the prompt and
@@ -200,12 +203,12 @@ def _masked_loss(token_fn: Callable[..., torch.Tensor], student_logits: torch.Te
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Forward KL, sum_v p (log p - log q): mode-covering (word-level KD up to the teacher entropy)."""
-    return _masked_loss(token_forward_kl, student_logits, teacher_logits, mask)
+    return masked_token_loss(token_forward_kl, student_logits, teacher_logits, mask)
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Reverse KL, sum_v q (log q - log p): mode-seeking (MiniLLM's single-step term)."""
-    return _masked_loss(token_reverse_kl, student_logits, teacher_logits, mask)
+    return masked_token_loss(token_reverse_kl, student_logits, teacher_logits, mask)
 
 
 def js(
@@ -216,7 +219,7 @@ def js(
     beta = 0.5 is the symmetric JS divergence, bounded by ln 2. At beta = 0 or 1 it is identically 0.
     DistiLLM's ``jsd`` with lambda = 0.9 (its GKD baseline) is ``js(beta=0.1)``.
     """
-    return _masked_loss(token_js, student_logits, teacher_logits, mask, beta)
+    return masked_token_loss(token_js, student_logits, teacher_logits, mask, beta)
 
 
 def generalized_jsd(
@@ -231,44 +234,35 @@ def generalized_jsd(
     which GKD special-cases (the mixture formula would give 0 there). The function is therefore
     discontinuous at beta = 0 and 1 (near 0 it is about beta * KL(p||q)).
     """
-    return _masked_loss(token_generalized_jsd, student_logits, teacher_logits, mask, beta)
+    return masked_token_loss(token_generalized_jsd, student_logits, teacher_logits, mask, beta)
 
 
 def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Total variation distance 0.5 * sum_v |p - q|, in [0, 1]."""
-    return _masked_loss(token_tvd, student_logits, teacher_logits, mask)
+    return masked_token_loss(token_tvd, student_logits, teacher_logits, mask)
 
 
 def skew_forward_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float = 0.1
 ) -> torch.Tensor:
     """DistiLLM's skew KL (SKL): KL(p || alpha*p + (1-alpha)*q); alpha = 0 is forward KL."""
-    return _masked_loss(token_skew_forward_kl, student_logits, teacher_logits, mask, alpha)
+    return masked_token_loss(token_skew_forward_kl, student_logits, teacher_logits, mask, alpha)
 
 
 def skew_reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float = 0.1
 ) -> torch.Tensor:
     """DistiLLM's skew reverse KL (SRKL): KL(q || alpha*q + (1-alpha)*p); alpha = 0 is reverse KL."""
-    return _masked_loss(token_skew_reverse_kl, student_logits, teacher_logits, mask, alpha)
+    return masked_token_loss(token_skew_reverse_kl, student_logits, teacher_logits, mask, alpha)
 
 
-DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
-    "forward_kl": forward_kl,
-    "reverse_kl": reverse_kl,
-    "js": js,
-    "generalized_jsd": generalized_jsd,
-    "tvd": tvd,
-    "skew_forward_kl": skew_forward_kl,
-    "skew_reverse_kl": skew_reverse_kl,
-}
+# Every batch divergence by name (methods that take a divergence as a config value look it up here);
+# a new divergence registers with `DIVERGENCES.add(name, fn)`.
+DIVERGENCES: Registry[Callable[..., torch.Tensor]] = Registry("divergence")
+for _fn in (forward_kl, reverse_kl, js, generalized_jsd, tvd, skew_forward_kl, skew_reverse_kl):
+    DIVERGENCES.add(_fn.__name__, _fn, (_fn.__doc__ or "").strip().splitlines()[0])
 
 
 def get_divergence(name: str) -> Callable[..., torch.Tensor]:
-    """Look up a divergence by name; unknown names list the valid ones."""
-    if name not in DIVERGENCES:
-        valid = sorted(DIVERGENCES)
-        raise UnknownNameError(
-            f"unknown divergence '{name}'. Valid divergences: {', '.join(valid)}." + suggest(str(name), valid)
-        )
-    return DIVERGENCES[name]
+    """Look up a divergence by name; unknown names list the valid ones (with a did-you-mean)."""
+    return DIVERGENCES.get(name)

@@ -19,6 +19,10 @@ A method is one file in methods/:
                 return LossOutput(forward_kl(s, t, batch.loss_mask))
             ctx.fit(loss_fn, ctx.gold_batches())
 
+One import gives a method author everything: `from kdbench.method import ...` exposes the context,
+the config base and checks, `LossOutput`, `Batch`, `ResumableBatches`, `cross_entropy`,
+`gather_logprobs`, `masked_token_loss`, `masked_mean` and every divergence (and `DIVERGENCES`).
+
 Everything a method needs goes through `MethodContext`: the models, the data (gold batches, prompt
 batches, teacher samples, pretraining blocks), forward passes, sampling (plain or teacher-mixed),
 and `fit` (the shared training loop). Methods never touch files, devices or caches.
@@ -39,7 +43,14 @@ from .models import slice_vocab
 from .registry import Registry
 from .sampling import Rollout, SamplingConfig, sample
 from .schema import Example
-from .trainer import LossOutput, Trainer
+from .trainer import LossOutput, ResumableBatches, Trainer
+from .divergences import (DIVERGENCES, forward_kl, generalized_jsd, js, masked_mean, masked_token_loss,  # noqa: F401
+                          reverse_kl, skew_forward_kl, skew_reverse_kl, tvd)
+
+__all__ = ["METHODS", "Method", "MethodConfig", "MethodContext", "check_range", "check_choice", "DATA_SOURCES",
+           "LossOutput", "Batch", "ResumableBatches", "cross_entropy", "gather_logprobs", "disable_dropout",
+           "masked_token_loss", "masked_mean", "DIVERGENCES", "forward_kl", "reverse_kl", "js", "generalized_jsd",
+           "tvd", "skew_forward_kl", "skew_reverse_kl", "make_method"]
 
 METHODS: Registry[type["Method"]] = Registry("method")
 

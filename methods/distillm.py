@@ -28,11 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from kdbench.data import Batch, collate
-from kdbench.divergences import skew_forward_kl, skew_reverse_kl
+from kdbench.method import (Batch, skew_forward_kl, skew_reverse_kl, METHODS, Method, MethodConfig, MethodContext,
+                            check_choice, check_range, cross_entropy, LossOutput, ResumableBatches)
+from kdbench.data import collate
 from kdbench.errors import ConfigError
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_choice, check_range, cross_entropy
-from kdbench.trainer import LossOutput, ResumableBatches
 
 LOSSES = {"srkl": skew_reverse_kl, "sfkl": skew_forward_kl}
 REPLAY_RATIOS = ("decreasing", "constant", "increasing")

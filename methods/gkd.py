@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from kdbench.method import (Batch, generalized_jsd, METHODS, Method, MethodConfig, MethodContext, check_range,
+                            disable_dropout, LossOutput)
 
-from kdbench.data import Batch
-from kdbench.divergences import generalized_jsd
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, disable_dropout
-from kdbench.trainer import LossOutput
 
 
 @dataclass

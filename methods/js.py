@@ -12,10 +12,9 @@ beta = 0.1 here; see also the `gkd` method for GKD's generalised JSD with an on-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from kdbench.method import (js, DATA_SOURCES, METHODS, Method, MethodConfig, MethodContext, check_choice,
+                            check_range, LossOutput)
 
-from kdbench.divergences import js
-from kdbench.method import DATA_SOURCES, METHODS, Method, MethodConfig, MethodContext, check_choice, check_range
-from kdbench.trainer import LossOutput
 
 
 @dataclass

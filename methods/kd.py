@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from kdbench.method import (forward_kl, METHODS, Method, MethodConfig, MethodContext, check_choice, check_range,
+                            cross_entropy, LossOutput)
 
-from kdbench.divergences import forward_kl
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_choice, check_range, cross_entropy
-from kdbench.trainer import LossOutput
 
 
 @dataclass

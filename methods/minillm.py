@@ -35,12 +35,10 @@ from typing import ClassVar
 
 import torch
 
+from kdbench.method import (Batch, forward_kl, masked_mean, reverse_kl, METHODS, Method, MethodConfig, MethodContext,
+                            check_range, cross_entropy, disable_dropout, gather_logprobs, LossOutput,
+                            ResumableBatches)
 from kdbench.advantages import long_range_advantages, ppo_clipped_loss, sequence_rewards, whiten
-from kdbench.data import Batch
-from kdbench.divergences import forward_kl, masked_mean, reverse_kl
-from kdbench.method import (METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy, disable_dropout,
-                            gather_logprobs)
-from kdbench.trainer import LossOutput, ResumableBatches
 
 
 @dataclass

@@ -24,10 +24,9 @@ from typing import Iterator
 
 import torch
 
-from kdbench.data import Batch, collate, encode_pair
-from kdbench.divergences import masked_mean
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, check_range, gather_logprobs
-from kdbench.trainer import LossOutput
+from kdbench.method import (Batch, masked_mean, METHODS, Method, MethodConfig, MethodContext, check_range,
+                            gather_logprobs, LossOutput)
+from kdbench.data import collate, encode_pair
 
 
 @dataclass

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from kdbench.method import METHODS, Method, MethodConfig, MethodContext, cross_entropy, LossOutput
 
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, cross_entropy
-from kdbench.trainer import LossOutput
 
 
 @dataclass

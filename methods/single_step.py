@@ -10,10 +10,8 @@ without the pretraining loss; it equals GKD with lambda = 1, beta = 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from kdbench.method import reverse_kl, METHODS, Method, MethodConfig, MethodContext, LossOutput
 
-from kdbench.divergences import reverse_kl
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext
-from kdbench.trainer import LossOutput
 
 
 @dataclass

@@ -9,10 +9,8 @@ distribution is near zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from kdbench.method import tvd, DATA_SOURCES, METHODS, Method, MethodConfig, MethodContext, check_choice, LossOutput
 
-from kdbench.divergences import tvd
-from kdbench.method import DATA_SOURCES, METHODS, Method, MethodConfig, MethodContext, check_choice
-from kdbench.trainer import LossOutput
 
 
 @dataclass

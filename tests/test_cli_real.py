@@ -1,6 +1,6 @@
 """The command line on the real-task / real-model path: --dry-run reports, the gpt2 and tiny-real
 presets, local models by path end to end with --dtype/--device/--teacher-device, and the
-tokenizer-mismatch failure. Data is a small fixture written here (plus /work/shared/data when
+tokenizer-mismatch failure. Data is a small fixture written here (plus ../shared/data when
 present); models are tiny random GPT-2s saved locally. Nothing touches the network.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kdbench import model_sources as S
 from kdbench.cli import build_parser, main, resolve_config
 from kdbench.realdata import render_prompt
 
-SHARED = Path(os.environ.get("KDBENCH_SHARED_DATA", "/work/shared/data"))
+SHARED = Path(os.environ.get("KDBENCH_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 WORDS = ("apple river stone cloud green quick music garden window paper light silver forest "
          "yellow ocean simple answer question travel summer").split()

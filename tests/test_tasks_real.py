@@ -1,7 +1,7 @@
 """Real-data task adapters (tasks/dolly.py ... tasks/boolq.py, kdbench/realdata.py).
 
 Small fixtures written here cover every upstream and processed layout and the malformed-input
-errors; the last section runs on the real files in /work/shared/data and skips when absent.
+errors; the last section runs on the real files in ../shared/data and skips when absent.
 Nothing here touches the network: the hub is switched off, and the one hub test uses a fake.
 """
 from __future__ import annotations
@@ -17,14 +17,15 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from kdbench.errors import ConfigError, DataError  # noqa: E402
-from kdbench.realdata import RealTask, parse_bucket, read_jsonl, read_tsv, render_prompt  # noqa: E402
+from kdbench.readers import parse_bucket, read_jsonl, read_tsv, render_prompt  # noqa: E402
+from kdbench.realdata import RealTask  # noqa: E402
 from kdbench.task import TASKS, TaskOptions  # noqa: E402
 
 NAMES = ("dolly", "self_inst", "vicuna", "sni", "unni", "sst2", "boolq")
 for _n in NAMES:
     importlib.import_module(f"tasks.{_n}")
 
-SHARED = Path(os.environ.get("KDBENCH_SHARED_DATA", "/work/shared/data"))
+SHARED = Path(os.environ.get("KDBENCH_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(autouse=True)
@@ -485,7 +486,7 @@ def test_describe_load_whole_task_and_fingerprint(tmp_path):
     assert make("dolly", tmp_path).fingerprint()["data"]["test"]["sha256"] != fp["data"]["test"]["sha256"]
 
 
-# -- the real files in /work/shared/data ---------------------------------------------------------
+# -- the real files in ../shared/data ---------------------------------------------------------
 
 real = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is absent (set KDBENCH_SHARED_DATA)")
 
