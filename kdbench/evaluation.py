@@ -1,16 +1,26 @@
-"""Evaluate one model on one task for one seed: sample responses, compute every metric."""
+"""Evaluate one model on one task for one seed.
+
+Data flows one way: sample one response per example -> build an `EvalContext` -> every metric
+computes what it needs from it and hands back its values, its per-example values (`ctx.record`)
+and fields for the generation records (`ctx.annotate`) -> `EvalResult`. Nothing here knows a
+metric by name. Run-scoped state (judge clients and budget, teacher samples) lives in an
+`EvalSession` the runner creates once per benchmark run.
+"""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
-import torch
 
 from .config import EvalConfig
 from .data import encode_pair
-from .metrics.base import METRICS, EvalContext
+from .metrics.base import METRICS, EvalContext, EvalSession, default_session
 from .sampling import SamplingConfig, decode_response, sample
 from .schema import Example
+
+__all__ = ["EvalResult", "EvalSession", "eval_cache_spec", "evaluate", "sampling_config"]
 
 
 def sampling_config(ev: EvalConfig, max_new_tokens: int | None = None) -> SamplingConfig:
@@ -18,34 +28,38 @@ def sampling_config(ev: EvalConfig, max_new_tokens: int | None = None) -> Sampli
                           top_p=ev.top_p, top_k=ev.top_k, no_repeat_ngram_size=ev.no_repeat_ngram_size)
 
 
-@torch.no_grad()
-def label_word_logprobs(model, tokenizer, examples: Sequence[Example], max_prompt: int) -> dict[str, Any] | None:
-    """log p(label word | prompt) for every example with meta['label_words'] (zero-shot
-    classification: SST-2, BoolQ, the toy yes/no family). Multi-token label words are scored by
-    their summed token log-probs."""
-    rows = [ex for ex in examples if ex.meta.get("label_words")]
-    if not rows:
-        return None
-    device = next(model.parameters()).device
-    logprobs, gold = [], []
-    for ex in rows:
-        p_ids, _ = encode_pair(tokenizer, ex.prompt, None, 10**9, max_prompt)
-        scores = []
-        for word in ex.meta["label_words"]:
-            _, r = encode_pair(tokenizer, ex.prompt, word, 10**9, max_prompt)
-            r = r[:-1]  # drop EOS: the label word is scored as a continuation
-            ids = torch.tensor([p_ids + r], device=device)
-            lp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-            scores.append(float(sum(lp[len(p_ids) - 1 + j, tok] for j, tok in enumerate(r))))
-        logprobs.append(scores)
-        gold.append(int(ex.meta["label"]))
-    return {"logprobs": logprobs, "gold": gold, "ids": [ex.id for ex in rows]}
+@dataclass
+class EvalResult:
+    values: dict[str, float]  # value name -> number (metrics that did not apply are absent)
+    generations: list[dict]  # one record per example: generations.jsonl
+    per_example: list[dict]  # one row per example: per_example.jsonl ({"id", <value name>: float | None})
+    artifacts: dict[str, Any]  # per-cell data metrics left (curves, histograms, judge bookkeeping)
+
+    def __iter__(self):
+        # Legacy unpacking `values, gens, artifacts = evaluate(...)` (runner.eval_cell before the
+        # per-example rows existed); remove once every caller uses the attributes.
+        return iter((self.values, self.generations, self.artifacts))
+
+
+def eval_cache_spec(metrics: Sequence[str], settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the eval cell's cache key needs from its metrics: {"metrics": {name: version}} plus,
+    under a metric's name, whatever else changes its numbers (e.g. "judge": backend, model, ...)."""
+    settings = settings or {}
+    spec: dict[str, Any] = {"metrics": {m: METRICS.get(m, "eval.metrics").version for m in metrics}}
+    for m in metrics:
+        extra = METRICS.get(m).cache_key(settings)
+        if extra is not None:
+            spec[m] = extra
+    return spec
 
 
 def evaluate(model, tokenizer, task, examples: Sequence[Example], seed: int, ev: EvalConfig, metrics: Sequence[str],
              teacher=None, max_prompt_length: int = 256, model_label: str = "", teacher_fn=None,
-             settings: dict | None = None, run_dir=None) -> tuple[dict[str, float], list[dict], dict]:
-    """Returns (metric values, generation records, artifacts)."""
+             settings: dict | None = None, run_dir=None, session: EvalSession | None = None) -> EvalResult:
+    """Sample, then compute `metrics` in order. `session` holds state shared by the cells of one
+    benchmark run (None: a process-wide default session); `run_dir` defaults to the session's."""
+    session = session if session is not None else default_session()
+    run_dir = run_dir if run_dir is not None else session.run_dir
     model.eval()
     scfg = sampling_config(ev)
     prompts = [encode_pair(tokenizer, ex.prompt, None, 10**9, max_prompt_length)[0] for ex in examples]
@@ -60,13 +74,9 @@ def evaluate(model, tokenizer, task, examples: Sequence[Example], seed: int, ev:
 
     ctx = EvalContext(task=task, examples=list(examples), predictions=preds, seed=seed, model=model,
                       tokenizer=tokenizer, teacher=teacher, model_label=model_label, eval_config=ev,
-                      sample_fn=sample_fn, sampling=scfg, teacher_fn=teacher_fn, settings=dict(settings or {}))
-    ctx.cache["max_prompt_length"] = max_prompt_length
-    ctx.cache["run_dir"] = run_dir
-    if "ece" in metrics:
-        scores = label_word_logprobs(model, tokenizer, examples, max_prompt_length)
-        if scores is not None:
-            ctx.cache["label_scores"] = scores
+                      sample_fn=sample_fn, sampling=scfg, teacher_fn=teacher_fn, settings=dict(settings or {}),
+                      max_prompt_length=max_prompt_length, run_dir=Path(run_dir) if run_dir else None,
+                      session=session)
     values: dict[str, float] = {}
     for name in metrics:
         metric = METRICS.get(name, "eval.metrics")
@@ -79,18 +89,23 @@ def evaluate(model, tokenizer, task, examples: Sequence[Example], seed: int, ev:
                     values[k] = float(v)
         else:
             values[name] = float(out)
-    checks = ctx.cache.get("checks") or [task.check(ex, p) for ex, p in zip(examples, preds)]
-    ratings = ctx.cache.get("judge_ratings") or [None] * len(preds)
+    ctx.artifacts["avg_response_tokens"] = sum(len(r) for r in roll.response_ids) / max(len(preds), 1)
+    return EvalResult(values=values, generations=_records(ctx, roll.response_ids),
+                      per_example=ctx.per_example_rows(), artifacts=ctx.artifacts)
+
+
+def _records(ctx: EvalContext, response_ids: Sequence[Sequence[int]]) -> list[dict]:
+    checks = ctx.checks()  # the task's verdict on each generation, whichever metrics ran
+    notes = ctx.annotations()
     gens = []
-    for ex, p, resp, chk, rating in zip(examples, preds, roll.response_ids, checks, ratings):
-        rec = {"id": ex.id, "prompt": ex.prompt, "response": p, "references": ex.references,
-               "n_tokens": len(resp)}
-        if chk is not None:
-            rec["check"] = chk
+    for i, (ex, p, resp) in enumerate(zip(ctx.examples, ctx.predictions, response_ids)):
+        rec = {"id": ex.id, "prompt": ex.prompt, "response": p, "references": ex.references, "n_tokens": len(resp)}
+        if checks[i] is not None:
+            rec["check"] = checks[i]
         if "family" in ex.meta:
             rec["family"] = ex.meta["family"]
-        if rating is not None:
-            rec["judge"] = rating
+        for name, vals in notes.items():
+            if vals[i] is not None:
+                rec[name] = vals[i]
         gens.append(rec)
-    ctx.artifacts["avg_response_tokens"] = sum(len(r) for r in roll.response_ids) / max(len(preds), 1)
-    return values, gens, ctx.artifacts
+    return gens

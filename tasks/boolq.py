@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from kdbench.errors import DataError
-from kdbench.realdata import LabelWordTask, LoadInfo, Source, get_field, opt_field, read_jsonl
+from kdbench.readers import get_field, opt_field, read_jsonl
+from kdbench.realdata import LabelWordTask, LoadInfo, Source
 from kdbench.schema import Example
 from kdbench.task import TASKS
 

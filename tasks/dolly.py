@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from kdbench.errors import ConfigError, DataError
-from kdbench.realdata import (LoadInfo, RealTask, Source, get_field, opt_field, read_jsonl,
-                              render_prompt)
+from kdbench.readers import get_field, opt_field, read_jsonl, render_prompt
+from kdbench.realdata import LoadInfo, RealTask, Source
 from kdbench.schema import Example
 from kdbench.task import TASKS
 

@@ -1,8 +1,8 @@
 """Self-Instruct's 252 user-oriented instructions (MiniLLM's processed copy has 242)."""
 from __future__ import annotations
 
-from kdbench.realdata import (LoadInfo, RealTask, Source, get_field, instances_of, opt_field, read_jsonl,
-                              render_prompt)
+from kdbench.readers import get_field, instances_of, opt_field, read_jsonl, render_prompt
+from kdbench.realdata import LoadInfo, RealTask, Source
 from kdbench.schema import Example
 from kdbench.task import TASKS
 

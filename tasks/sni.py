@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdbench.errors import ConfigError, DataError
-from kdbench.realdata import (BucketSettings, BucketedTask, LoadInfo, Source, get_field, get_references,
-                              in_bucket, opt_field, read_json, read_lines, render_prompt)
+from kdbench.readers import get_field, get_references, in_bucket, opt_field, read_json, read_lines, render_prompt
+from kdbench.realdata import BucketSettings, BucketedTask, LoadInfo, Source
 from kdbench.schema import Example
 from kdbench.task import TASKS
 

@@ -5,8 +5,8 @@ import random
 from dataclasses import dataclass
 
 from kdbench.errors import ConfigError
-from kdbench.realdata import (BucketSettings, BucketedTask, LoadInfo, Source, get_field, get_references,
-                              in_bucket, instances_of, opt_field, read_jsonl, render_prompt)
+from kdbench.readers import get_field, get_references, in_bucket, instances_of, opt_field, read_jsonl, render_prompt
+from kdbench.realdata import BucketSettings, BucketedTask, LoadInfo, Source
 from kdbench.schema import Example
 from kdbench.task import TASKS
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdbench.errors import ConfigError, DataError
-from kdbench.realdata import LoadInfo, RealTask, Source, get_field, opt_field, read_jsonl, render_prompt
+from kdbench.readers import get_field, opt_field, read_jsonl, render_prompt
+from kdbench.realdata import LoadInfo, RealTask, Source
 from kdbench.schema import Example
 from kdbench.task import TASKS
 

@@ -238,7 +238,7 @@ def test_auto_judge_without_key_skips_with_one_clear_line(monkeypatch, caplog):
     line saying why, and the rest of the benchmark runs (documented behaviour)."""
     import logging
 
-    from kdbench.metrics import judge_metric
+    from kdbench.metrics.judge import metric as judge_metric
     from kdbench.metrics.base import EvalContext
     from kdbench.schema import Example
 

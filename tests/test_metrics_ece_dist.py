@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kdbench.metrics.base import METRICS, EvalContext
-from kdbench.metrics.calibration import ece, label_word_probs, reliability_bins
+from kdbench.metrics.calibration import check_label_scores, ece, ece_values, label_word_probs, reliability_bins
 from kdbench.metrics.diversity import dist_n, distinct_responses
 
 
@@ -112,33 +112,37 @@ def test_label_word_probs_validation(bad, msg):
         label_word_probs(bad)
 
 
-def _ctx(cache=None, predictions=None):
-    return EvalContext(task=None, examples=[], predictions=predictions or [], seed=10, cache=cache or {})
+def _ctx(predictions):
+    from kdbench.schema import Example
+
+    exs = [Example(id=f"e{i}", instruction="", input="", prompt="", references=[""]) for i in range(len(predictions))]
+    return EvalContext(task=None, examples=exs, predictions=list(predictions), seed=10)
 
 
-def test_ece_metric_from_label_scores():
+def test_ece_metric_not_applicable_without_a_model():
     m = METRICS.get("ece")
     assert m.kind == "model" and m.direction("ece") is False and m.direction("cls_acc") is True
-    ctx = _ctx()
-    assert m.fn(ctx) is None  # no label scores: not applicable
+    assert m.fn(EvalContext(task=None, examples=[], predictions=[], seed=10)) is None
+
+
+def test_ece_values_from_label_scores():
     # normalised conf .92 .74 .63 .81; preds 0 1 0 1; gold 0 1 1 1 -> correct 1 1 0 1, acc 75
     # each in its own bin: (0.08 + 0.26 + 0.63 + 0.19) / 4 = 0.29
     lp = [[math.log(.92), math.log(.08)], [math.log(.26), math.log(.74)],
           [math.log(.63), math.log(.37)], [math.log(.19), math.log(.81)]]
-    ctx = _ctx(cache={"label_scores": {"logprobs": lp, "gold": [0, 1, 1, 1]}})
-    out = m.fn(ctx)
+    pred, conf, correct = check_label_scores(lp, [0, 1, 1, 1])
+    assert pred.tolist() == [0, 1, 0, 1] and correct.tolist() == [True, True, False, True]
+    out = ece_values(conf, correct)
     assert out["ece"] == pytest.approx(0.29, abs=1e-9)
     assert out["cls_acc"] == pytest.approx(75.0)
-    rel = ctx.artifacts["reliability"]
-    assert [b["count"] for b in rel] == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert [b["count"] for b in reliability_bins(conf, correct)] == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
 
 
-def test_ece_metric_rejects_bad_gold():
-    m = METRICS.get("ece")
+def test_label_scores_reject_bad_gold():
     with pytest.raises(ValueError, match="gold"):
-        m.fn(_ctx(cache={"label_scores": {"logprobs": [[0.0, -1.0]], "gold": [2]}}))
+        check_label_scores([[0.0, -1.0]], [2])
     with pytest.raises(ValueError, match="gold"):
-        m.fn(_ctx(cache={"label_scores": {"logprobs": [[0.0, -1.0]], "gold": [0, 1]}}))
+        check_label_scores([[0.0, -1.0]], [0, 1])
 
 
 # ------------------------------------------------------------------------------------------------

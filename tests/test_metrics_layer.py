@@ -19,10 +19,9 @@ import torch
 
 from kdbench.config import EvalConfig
 from kdbench.errors import ConfigError
-from kdbench.metrics.base import METRICS, EvalContext
+from kdbench.metrics.base import METRICS, EvalContext, EvalSession
 from kdbench.metrics.exposure import accumulated, exposure_curve, sequence_errors
-from kdbench.metrics.judge import JUDGE_PROMPT_VERSION
-from kdbench.metrics.judge_metric import judge_settings, reset_judge_runs
+from kdbench.metrics.judge import JUDGE_PROMPT_VERSION, judge_settings, reset_judge_runs
 from kdbench.metrics.lm_loss import lm_loss
 from kdbench.metrics.rouge import rouge_l
 from kdbench.plugins import load_plugins
@@ -167,15 +166,14 @@ def toy():
 EV = EvalConfig(seeds=[1], max_new_tokens=6, max_prompt_tokens=48, batch_size=16, coverage_samples=2)
 
 
-def _ctx(toy, preds=None, settings=None, run_dir=None, label="kd", task=None, exs=None, ev=None):
+def _ctx(toy, preds=None, settings=None, run_dir=None, label="kd", task=None, exs=None, ev=None, session=None):
     exs = exs if exs is not None else toy.exs
     preds = preds if preds is not None else [ex.references[0] for ex in exs]
-    ctx = EvalContext(task=task or toy.task, examples=list(exs), predictions=list(preds), seed=1,
-                      model=toy.student, tokenizer=toy.tok, model_label=label, eval_config=ev or EV,
-                      teacher_fn=lambda: toy.teacher, settings=dict(settings or {}))
-    ctx.cache["max_prompt_length"] = 48
-    ctx.cache["run_dir"] = run_dir
-    return ctx
+    extra = {} if session is None else {"session": session}  # None: the default (process-wide) session
+    return EvalContext(task=task or toy.task, examples=list(exs), predictions=list(preds), seed=1,
+                       model=toy.student, tokenizer=toy.tok, model_label=label, eval_config=ev or EV,
+                       teacher_fn=lambda: toy.teacher, settings=dict(settings or {}), max_prompt_length=48,
+                       run_dir=run_dir, **extra)
 
 
 def test_lm_loss_metric_matches_per_example_loop(toy):
@@ -231,7 +229,8 @@ def test_judge_oracle_backend_on_toy(toy):
     assert METRICS.get("judge").fn(ctx) == {"judge": pytest.approx(55.0)}
     art = ctx.artifacts["judge"]
     assert art["label"] == "oracle" and art["backend"] == "oracle" and art["calls"] == 0 and art["missing"] == 0
-    assert [r["model"] for r in ctx.cache["judge_ratings"]] == [10.0, 1.0, 10.0, 1.0]
+    assert [r["model"] for r in ctx.annotations()["judge"]] == [10.0, 1.0, 10.0, 1.0]
+    assert [r["judge.model"] for r in ctx.per_example_rows()] == [10.0, 1.0, 10.0, 1.0]
 
 
 def _openai_settings(fake, **kw):  # noqa: F811
@@ -296,6 +295,24 @@ def test_judge_openai_run_budget_spans_cells(toy, fake, tmp_path):  # noqa: F811
     assert v2 == {"judge": None, "judge_missing": 2}  # None is dropped by the evaluation loop
     assert second.artifacts["judge"]["missing_reasons"] == {"budget": 2}
     assert second.artifacts["judge"]["run_calls"] == 3
+
+
+def test_judge_state_lives_in_the_session(toy, fake, tmp_path):  # noqa: F811
+    """Two sessions (two benchmark runs in one process) keep separate budgets; close() ends a run."""
+    exs = toy.exs[:1]
+    fake.ratings["x"] = 5
+    fake.ratings[exs[0].references[0]] = 5
+    settings = {"judge": _openai_settings(fake, max_calls=2, cache_path=":memory:")}
+    with EvalSession(tmp_path) as a, EvalSession(tmp_path) as b:
+        for s in (a, b):  # each run has its own budget of 2 calls
+            v = METRICS.get("judge").fn(_ctx(toy, preds=["x"], exs=exs, settings=settings, run_dir=tmp_path, session=s))
+            assert v["judge_missing"] == 0
+        assert fake.n_requests == 4
+        from kdbench.metrics.judge import JudgeRuns
+
+        run = a.state(JudgeRuns).get(tmp_path, settings)
+        assert run.client is not None and run.calls == 2
+    assert a.state(JudgeRuns).get(tmp_path, settings) is not run  # closed and forgotten
 
 
 class NoCheckerTask(Task):
@@ -392,10 +409,12 @@ def test_toy_default_metrics_end_to_end(toy, tmp_path):
     assert toy.task.default_metrics == ("rouge_l", "judge", "validity", "exact_match", "mode_coverage", "ece",
                                         "dist4", "exposure_bias", "lm_loss")
     for label, model in (("kd", toy.student), ("teacher", toy.teacher)):
-        vals, gens, art = evaluate(model, toy.tok, toy.task, toy.exs, 3, EV, list(toy.task.default_metrics),
-                                   max_prompt_length=48, model_label=label, teacher_fn=lambda: toy.teacher,
-                                   settings={"judge": {}, "exposure": {"prompts": 4, "samples": 2}},
-                                   run_dir=tmp_path)
+        res = evaluate(model, toy.tok, toy.task, toy.exs, 3, EV, list(toy.task.default_metrics),
+                       max_prompt_length=48, model_label=label, teacher_fn=lambda: toy.teacher,
+                       settings={"judge": {}, "exposure": {"prompts": 4, "samples": 2}},
+                       session=EvalSession(tmp_path))
+        vals, gens, art = res.values, res.generations, res.artifacts
+        assert [r["id"] for r in res.per_example] == [ex.id for ex in toy.exs]
         for key in ("rouge_l", "judge", "validity", "exact_match", "ece", "cls_acc", "dist4", "exposure_bias",
                     "lm_loss"):
             assert key in vals and math.isfinite(vals[key]), (label, key, vals)

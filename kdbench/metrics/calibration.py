@@ -1,19 +1,22 @@
 """Calibration: expected calibration error (ECE) from label-word probabilities.
 
 MiniLLM reports ECE on SST-2 and BoolQ, zero-shot, from the probabilities the model gives the
-label words. The model scoring (getting one log-prob per label word per example) is done by the
-engine, which leaves it in `ctx.cache["label_scores"]`; this module holds the pure maths and a
-metric that turns those scores into ECE and accuracy.
+label words. This module scores the label words with the evaluated model
+(`label_word_logprobs`), holds the pure maths, and registers the metric that turns the scores
+into ECE and accuracy.
 
 Binning convention: `n_bins` equal-width bins over [0, 1]; bin b holds b/n <= conf < (b+1)/n,
 except that the last bin is closed (conf == 1.0 lands there) and conf == 0 lands in the first.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from ..data import encode_pair
+from ..schema import Example
 from .base import EvalContext, register_metric
 
 
@@ -108,22 +111,79 @@ def label_word_probs(logprobs_per_label) -> tuple[np.ndarray, np.ndarray]:
     return pred, np.clip(conf, 0.0, 1.0)
 
 
+def check_label_scores(logprobs, gold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pred, conf, correct) from [N, K] label-word log-probs and N gold label indices; ValueError
+    on a shape or label mismatch."""
+    pred, conf = label_word_probs(logprobs)
+    gold = np.asarray(gold)
+    if gold.ndim != 1 or gold.shape[0] != pred.shape[0]:
+        raise ValueError(f"label scores: {pred.shape[0]} rows of logprobs but gold has shape {gold.shape}")
+    k = np.asarray(logprobs).shape[1]
+    if not np.issubdtype(gold.dtype, np.integer) or gold.min() < 0 or gold.max() >= k:
+        raise ValueError(f"label scores: gold labels must be integers in [0, {k}), got {gold.tolist()[:10]}...")
+    return pred, conf, pred == gold
+
+
+def ece_values(confidences, correct) -> dict[str, float]:
+    """The metric's values: ECE (10 bins) and classification accuracy x100."""
+    conf, corr = _validate(confidences, correct, 10)
+    return {"ece": ece(conf, corr), "cls_acc": 100.0 * float(corr.mean())}
+
+
+@torch.no_grad()
+def label_word_logprobs(model, tokenizer, examples: Sequence[Example], max_prompt: int) -> dict[str, Any] | None:
+    """log p(label word | prompt) for every example with meta['label_words'] (zero-shot
+    classification: SST-2, BoolQ, the toy yes/no family). Multi-token label words are scored by
+    their summed token log-probs. Returns {logprobs, gold, ids, index} (index: positions in
+    `examples`), or None when no example has label words."""
+    where = [i for i, ex in enumerate(examples) if ex.meta.get("label_words")]
+    if not where:
+        return None
+    device = next(model.parameters()).device
+    logprobs, gold = [], []
+    for i in where:
+        ex = examples[i]
+        p_ids, _ = encode_pair(tokenizer, ex.prompt, None, 10**9, max_prompt)
+        scores = []
+        for word in ex.meta["label_words"]:
+            _, r = encode_pair(tokenizer, ex.prompt, word, 10**9, max_prompt)
+            r = r[:-1]  # drop EOS: the label word is scored as a continuation
+            ids = torch.tensor([p_ids + r], device=device)
+            lp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            scores.append(float(sum(lp[len(p_ids) - 1 + j, tok] for j, tok in enumerate(r))))
+        logprobs.append(scores)
+        gold.append(int(ex.meta["label"]))
+    return {"logprobs": logprobs, "gold": gold, "ids": [examples[i].id for i in where], "index": where}
+
+
+def _ece_recompute(rows: list[dict]) -> dict[str, float]:
+    rows = [r for r in rows if r.get("ece.confidence") is not None]
+    if not rows:
+        return {}
+    return ece_values([r["ece.confidence"] for r in rows], [r["ece.correct"] for r in rows])
+
+
 @register_metric("ece", version=1, higher_is_better=False, kind="model",
                  description="expected calibration error from label-word probabilities (10 bins), plus accuracy",
-                 sub_directions={"ece": False, "cls_acc": True})
+                 sub_directions={"ece": False, "cls_acc": True}, per_example="recompute", recompute=_ece_recompute)
 def _ece_metric(ctx: EvalContext):
-    scores = ctx.cache.get("label_scores")
+    """Per-example fields on label-word examples: ece.confidence (normalised probability of the
+    predicted label), ece.correct (1/0), ece.pred (predicted label index). ECE bins over examples,
+    so it is recomputed from them rather than averaged."""
+    if ctx.model is None or ctx.tokenizer is None:
+        return None
+    was_training = ctx.model.training
+    ctx.model.eval()
+    try:
+        scores = label_word_logprobs(ctx.model, ctx.tokenizer, ctx.examples, ctx.max_prompt_length)
+    finally:
+        if was_training:
+            ctx.model.train()
     if scores is None:
-        return None  # the task has no label words, or the engine did not score them
-    if not isinstance(scores, dict) or "logprobs" not in scores or "gold" not in scores:
-        raise ValueError("ctx.cache['label_scores'] must be a dict with keys 'logprobs' and 'gold'")
-    pred, conf = label_word_probs(scores["logprobs"])
-    gold = np.asarray(scores["gold"])
-    if gold.ndim != 1 or gold.shape[0] != pred.shape[0]:
-        raise ValueError(f"label_scores: {pred.shape[0]} rows of logprobs but gold has shape {gold.shape}")
-    k = np.asarray(scores["logprobs"]).shape[1]
-    if not np.issubdtype(gold.dtype, np.integer) or gold.min() < 0 or gold.max() >= k:
-        raise ValueError(f"label_scores: gold labels must be integers in [0, {k}), got {gold.tolist()[:10]}...")
-    correct = pred == gold
+        return None  # the task has no label words
+    pred, conf, correct = check_label_scores(scores["logprobs"], scores["gold"])
+    ctx.record("ece.confidence", conf.tolist(), scores["index"])
+    ctx.record("ece.correct", correct.astype(np.float64).tolist(), scores["index"])
+    ctx.record("ece.pred", pred.astype(np.float64).tolist(), scores["index"])
     ctx.artifacts["reliability"] = reliability_bins(conf, correct)
-    return {"ece": ece(conf, correct), "cls_acc": 100.0 * float(correct.mean())}
+    return ece_values(conf, correct)

@@ -5,7 +5,7 @@ whitespace-split after lowercasing, so the number does not depend on any model's
 """
 from __future__ import annotations
 
-from .base import EvalContext, register_metric
+from .base import EvalContext, mean_values, register_metric
 
 
 def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
@@ -13,10 +13,10 @@ def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
     return [tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)]
 
 
-def dist_n(texts: list[str], n: int = 4) -> float:
-    """Mean over responses of distinct n-grams / total n-grams, x100.
+def dist_n_per_response(texts: list[str], n: int = 4) -> list[float]:
+    """Distinct n-grams / total n-grams of each response, x100.
 
-    A response shorter than n tokens has no n-grams and counts as fully distinct (1.0): it repeats
+    A response shorter than n tokens has no n-grams and counts as fully distinct (100): it repeats
     nothing, and dropping it would make the mean depend on how many short answers there are.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -26,13 +26,18 @@ def dist_n(texts: list[str], n: int = 4) -> float:
     texts = list(texts)
     if not texts:
         raise ValueError("dist_n: no responses")
-    total = 0.0
+    out = []
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise ValueError(f"dist_n: response {i} is {type(t).__name__}, not str")
         grams = _ngrams(t, n)
-        total += len(set(grams)) / len(grams) if grams else 1.0
-    return 100.0 * total / len(texts)
+        out.append(100.0 * len(set(grams)) / len(grams) if grams else 100.0)
+    return out
+
+
+def dist_n(texts: list[str], n: int = 4) -> float:
+    """Mean over responses of distinct n-grams / total n-grams, x100 (see dist_n_per_response)."""
+    return mean_values(dist_n_per_response(texts, n))
 
 
 def distinct_responses(groups: list[list[str]]) -> float:
@@ -55,7 +60,10 @@ def distinct_responses(groups: list[list[str]]) -> float:
     return 100.0 * total / len(groups)
 
 
-@register_metric("dist4", version=1, higher_is_better=True,
+@register_metric("dist4", version=1, higher_is_better=True, per_example="mean",
                  description="Dist-4: distinct 4-grams / total per response (lowercased whitespace tokens), x100")
 def _dist4_metric(ctx: EvalContext):
-    return dist_n(ctx.predictions, 4)
+    """Per-example value: Dist-4 of that response (the metric is a mean over responses)."""
+    vals = dist_n_per_response(ctx.predictions, 4)
+    ctx.record("dist4", vals)
+    return mean_values(vals)

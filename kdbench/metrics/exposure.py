@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from ..data import collate, encode_pair
 from ..divergences import token_forward_kl
 from ..models import vocab_size_of
 from ..sampling import SamplingConfig, sample
-from .base import EvalContext, register_metric
+from .base import EvalContext, mean_values, register_metric
 
 log = logging.getLogger("kdbench")
 
@@ -163,9 +163,20 @@ def sequence_errors(model, teacher, prompts: Sequence[Sequence[int]], responses:
 # ------------------------------------------------------------------------------------------------
 # the metric
 
-# Teacher continuations depend only on (teacher, prompts, decoding, seed), not on the evaluated
-# model: sample them once per evaluation seed and reuse them for every model.
-_TEACHER_SAMPLES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+class TeacherSamples:
+    """Teacher continuations depend only on (teacher, prompts, decoding, seed), not on the evaluated
+    model: sampled once per evaluation seed and reused for every model of the run (EvalSession state)."""
+
+    def __init__(self) -> None:
+        self._by_teacher: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+    def get(self, teacher, key, make):
+        per_teacher = self._by_teacher.setdefault(teacher, {})
+        if key not in per_teacher:
+            if len(per_teacher) >= 16:  # a few seeds x tasks; the runner interleaves seeds
+                per_teacher.pop(next(iter(per_teacher)))
+            per_teacher[key] = make()
+        return per_teacher[key]
 
 
 def _setting(ctx: EvalContext, name: str, default: int) -> int:
@@ -183,16 +194,49 @@ def _is_teacher(ctx: EvalContext) -> bool:
     return ctx.model_label == "teacher" or (ctx.teacher is not None and ctx.model is ctx.teacher)
 
 
-def _values(curve_ex: list, max_len: int) -> dict[str, float | None]:
-    vals = {f"exposure_bias@{L}": curve_ex[L - 1] for L in REPORT_LENGTHS if L < max_len}
-    vals["exposure_bias"] = curve_ex[max_len - 1]
-    return vals
+def _value_lengths(max_len: int) -> dict[str, int]:
+    """Reported value name -> generation length it is read at."""
+    out = {f"exposure_bias@{L}": L for L in REPORT_LENGTHS if L < max_len}
+    out["exposure_bias"] = max_len
+    return out
 
 
-@register_metric("exposure_bias", version=1, higher_is_better=False, kind="model",
+def _field(value: str, what: str) -> str:
+    # exposure_bias -> exposure_bias.R ; exposure_bias@8 -> exposure_bias.R@8
+    base, _, at = value.partition("@")
+    return f"{base}.{what}" + (f"@{at}" if at else "")
+
+
+def exaccerr(R_i: Sequence[Optional[float]], eps_i: Sequence[Optional[float]]) -> Optional[float]:
+    """100 * (mean R_i / mean eps_i - 1) over prompts: the one reduction behind the cell values and
+    their recompute (None where eps = 0)."""
+    R, eps = mean_values(R_i), mean_values(eps_i)
+    if R is None or eps is None or not eps > 0:
+        return None
+    return 100.0 * (R / eps - 1.0)
+
+
+def _exposure_recompute(rows: list[dict]) -> dict[str, float]:
+    present = [k for k in dict.fromkeys(k for r in rows for k in r) if any(r.get(k) is not None for r in rows)]
+    out = {}
+    for key in present:
+        if key.startswith("exposure_bias.oracle"):  # the teacher's own row: 0 by definition
+            out[key.replace(".oracle", "", 1)] = 0.0
+        elif key.startswith("exposure_bias.R"):
+            value = key.replace(".R", "", 1)
+            out[value] = exaccerr([r.get(key) for r in rows], [r.get(_field(value, "eps")) for r in rows])
+    return out
+
+
+@register_metric("exposure_bias", version=1, higher_is_better=False, kind="model", per_example="recompute",
+                 recompute=_exposure_recompute,
+                 cache_key=lambda settings: settings.get("exposure") or None,
                  description="ExAccErr % at the max generation length (teacher as oracle, lower is better)",
                  sub_directions={"exposure_bias": False, **{f"exposure_bias@{L}": False for L in REPORT_LENGTHS}})
 def _exposure_metric(ctx: EvalContext):
+    """Per-example fields on the first `exposure_prompts` examples: exposure_bias.R / .eps (and
+    .R@8, .eps@8, ...): that prompt's accumulated error on model / teacher text, averaged over its
+    k samples. ExAccErr is a ratio of means over prompts, so it is recomputed, not averaged."""
     if ctx.model is None or ctx.tokenizer is None:
         return None
     scfg: SamplingConfig = ctx.sampling or SamplingConfig(
@@ -200,11 +244,16 @@ def _exposure_metric(ctx: EvalContext):
     max_len = scfg.max_new_tokens
     n_prompts = _setting(ctx, "prompts", DEFAULT_PROMPTS)
     k = _setting(ctx, "samples", DEFAULT_SAMPLES)
+    lengths = _value_lengths(max_len)
     if _is_teacher(ctx):
         zeros = [0.0] * max_len
         ctx.artifacts["exposure_curve"] = {"lengths": list(range(1, max_len + 1)), "exaccerr": zeros,
                                            "stderr": zeros, "self": True, "k": k}
-        return _values(zeros, max_len)
+        # the oracle's own row: 0 by definition, marked per prompt so that recompute gives 0 too
+        where = list(range(min(n_prompts, len(ctx.examples))))
+        for value in lengths:
+            ctx.record(_field(value, "oracle"), [1.0] * len(where), where)
+        return {v: 0.0 for v in lengths}
     try:
         teacher = ctx.get_teacher()
     except Exception as e:  # noqa: BLE001 - one missing metric must not fail the cell
@@ -216,8 +265,7 @@ def _exposure_metric(ctx: EvalContext):
     exs = list(ctx.examples[:n_prompts])
     if not exs:
         return None
-    max_prompt = int(ctx.cache.get("max_prompt_length") or 256)
-    prompts = [encode_pair(tok, ex.prompt, None, 10**9, max_prompt)[0] for ex in exs]
+    prompts = [encode_pair(tok, ex.prompt, None, 10**9, int(ctx.max_prompt_length or 256))[0] for ex in exs]
     rep = [p for p in prompts for _ in range(k)]
     bs = int(getattr(ctx.eval_config, "batch_size", 32) or 32)
     seed = ctx.seed + 2  # mode_coverage samples with seed + 1; keep the streams apart
@@ -227,13 +275,9 @@ def _exposure_metric(ctx: EvalContext):
         model_resp = sample(ctx.model, rep, scfg, tok.eos_token_id, tok.pad_token_id, seed,
                             batch_size=bs * 4).response_ids
         key = (tuple(map(tuple, rep)), tuple(sorted(vars(scfg).items())), seed, tok.eos_token_id, tok.pad_token_id)
-        per_teacher = _TEACHER_SAMPLES.setdefault(teacher, {})
-        if key not in per_teacher:
-            if len(per_teacher) >= 16:  # a few seeds x tasks; the runner interleaves seeds
-                per_teacher.pop(next(iter(per_teacher)))
-            per_teacher[key] = sample(teacher, rep, scfg, tok.eos_token_id, tok.pad_token_id, seed,
-                                      batch_size=bs * 4).response_ids
-        teacher_resp = per_teacher[key]
+        teacher_resp = ctx.session.state(TeacherSamples).get(
+            teacher, key, lambda: sample(teacher, rep, scfg, tok.eos_token_id, tok.pad_token_id, seed,
+                                         batch_size=bs * 4).response_ids)
         vocab = vocab_size_of(tok)
         m_err = sequence_errors(ctx.model, teacher, rep, model_resp, tok.pad_token_id, bs * 4, vocab)
         t_err = sequence_errors(ctx.model, teacher, rep, teacher_resp, tok.pad_token_id, bs * 4, vocab)
@@ -245,4 +289,13 @@ def _exposure_metric(ctx: EvalContext):
     curve["k"] = k
     curve["self"] = False
     ctx.artifacts["exposure_curve"] = curve
-    return _values(curve["exaccerr"], max_len)
+    R_i = _per_prompt(group(m_err), max_len, "model samples")
+    e_i = _per_prompt(group(t_err), max_len, "teacher samples")
+    where = list(range(len(exs)))
+    values = {}
+    for value, L in lengths.items():
+        R_col, e_col = R_i[:, L - 1].tolist(), e_i[:, L - 1].tolist()
+        ctx.record(_field(value, "R"), R_col, where)
+        ctx.record(_field(value, "eps"), e_col, where)
+        values[value] = exaccerr(R_col, e_col)
+    return values

@@ -5,6 +5,9 @@ still gives the human answer, independent of what it samples. Ours is the mean o
 of -log q(y_t | prompt, y_<t), EOS included, one token one vote over the whole test set (MiniLLM
 averages per batch, which weights short batches more). The gold response is the example's first
 reference, so multi-reference tasks score the same answer on every run.
+
+Per example it records `lm_loss.nll` (summed nats over the response tokens) and `lm_loss.tokens`;
+the cell value is sum(nll) / sum(tokens) over those rows (token-weighted, so not a plain mean).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def model_max_positions(model) -> int | None:
 def eval_lengths(ctx: EvalContext) -> tuple[int, int]:
     """(max_prompt, max_total) tokens for teacher-forced scoring in this evaluation: the prompt
     limit plus the generation limit, capped by what the model can attend to."""
-    max_prompt = int(ctx.cache.get("max_prompt_length") or 256)
+    max_prompt = int(ctx.max_prompt_length or 256)
     max_new = int(getattr(ctx.eval_config, "max_new_tokens", 256) or 256)
     total = max_prompt + max_new
     cap = model_max_positions(ctx.model)
@@ -37,9 +40,9 @@ def eval_lengths(ctx: EvalContext) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def lm_loss(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
-            vocab_size: int | None = None) -> float:
-    """Mean cross-entropy (nats) per response token of `model` on (prompt_ids, response_ids) pairs.
+def per_example_nll(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
+                    vocab_size: int | None = None) -> tuple[list[float], list[int]]:
+    """(summed nats, scored tokens) of each (prompt_ids, response_ids) pair under `model`.
 
     The response ids include EOS (as `encode_pair` returns them); prompt tokens carry no loss.
     `vocab_size` cuts padded embedding rows off the logits, as training does (`slice_vocab`).
@@ -49,37 +52,62 @@ def lm_loss(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, ba
     if batch_size < 1:
         raise ValueError(f"lm_loss: batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
-    total, n = 0.0, 0
+    nll: list[float] = []
+    tokens: list[int] = []
     for s in range(0, len(pairs), batch_size):
         batch = collate(pairs[s: s + batch_size], pad_id)
         logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
         logits = slice_vocab(logits, vocab_size)
         labels = batch.labels.to(device)
-        # fp32 and a sum (not a per-batch mean): the result must not depend on batch size or dtype
-        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
-                                                reduction="sum")
-        total += float(nll)
-        n += int((labels != IGNORE).sum())
+        # fp32 token losses summed per example in fp64: the result must not depend on batch size or dtype
+        tok = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
+                                                reduction="none")
+        nll += tok.double().sum(dim=1).tolist()
+        tokens += (labels != IGNORE).sum(dim=1).tolist()
+    return nll, tokens
+
+
+def token_mean(nll: Sequence[float], tokens: Sequence[float]) -> float:
+    """sum(nll) / sum(tokens): the one reduction behind the cell value and its recompute."""
+    n = sum(tokens)
     if n == 0:
         raise ValueError("lm_loss: every response is empty after truncation")
-    return total / n
+    return sum(nll) / n
 
 
-@register_metric("lm_loss", version=1, higher_is_better=False, kind="model",
+def lm_loss(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
+            vocab_size: int | None = None) -> float:
+    """Mean cross-entropy (nats) per response token of `model` on (prompt_ids, response_ids) pairs."""
+    return token_mean(*per_example_nll(model, pairs, pad_id, batch_size, vocab_size))
+
+
+def _lm_loss_recompute(rows: list[dict]) -> dict[str, float]:
+    rows = [r for r in rows if r.get("lm_loss.tokens") is not None]
+    if not rows:
+        return {}
+    return {"lm_loss": token_mean([r["lm_loss.nll"] for r in rows], [r["lm_loss.tokens"] for r in rows])}
+
+
+@register_metric("lm_loss", version=1, higher_is_better=False, kind="model", per_example="recompute",
+                 recompute=_lm_loss_recompute,
                  description="teacher-forced cross-entropy per response token (EOS included) on the first reference")
 def _lm_loss_metric(ctx: EvalContext):
     if ctx.model is None or ctx.tokenizer is None:
         return None
-    exs = [ex for ex in ctx.examples if ex.references and ex.references[0]]
-    if not exs:
+    where = [i for i, ex in enumerate(ctx.examples) if ex.references and ex.references[0]]
+    if not where:
         return None
     max_prompt, max_total = eval_lengths(ctx)
-    pairs = [encode_pair(ctx.tokenizer, ex.prompt, ex.references[0], max_total, max_prompt) for ex in exs]
+    pairs = [encode_pair(ctx.tokenizer, ctx.examples[i].prompt, ctx.examples[i].references[0], max_total, max_prompt)
+             for i in where]
     bs = int(getattr(ctx.eval_config, "batch_size", 32) or 32)
     was_training = ctx.model.training
     ctx.model.eval()
     try:
-        return lm_loss(ctx.model, pairs, ctx.tokenizer.pad_token_id, bs, vocab_size_of(ctx.tokenizer))
+        nll, tokens = per_example_nll(ctx.model, pairs, ctx.tokenizer.pad_token_id, bs, vocab_size_of(ctx.tokenizer))
     finally:
         if was_training:
             ctx.model.train()
+    ctx.record("lm_loss.nll", nll, where)
+    ctx.record("lm_loss.tokens", tokens, where)
+    return token_mean(nll, [float(t) for t in tokens])
