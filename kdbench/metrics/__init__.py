@@ -2,8 +2,9 @@
 from .base import METRICS, EvalContext, EvalSession, Metric, register_metric  # noqa: F401
 from .rouge import exact_match, rouge_l  # noqa: F401
 
-# kdbench.plugins imports these first; the rest follow in alphabetical order. Defined here so that
-# the plugin loader's lookup does not fall through to the lazy __getattr__ below.
+# kdbench.plugins imports modules named here first, then the rest alphabetically (metrics need no
+# special order). Defined so that the loader's lookup does not fall through to the lazy
+# __getattr__ below, which would import every metric module in its own order.
 LOAD_ORDER: list[str] = []
 
 

@@ -110,4 +110,4 @@ def _lm_loss_metric(ctx: EvalContext):
             ctx.model.train()
     ctx.record("lm_loss.nll", nll, where)
     ctx.record("lm_loss.tokens", tokens, where)
-    return token_mean(nll, [float(t) for t in tokens])
+    return token_mean(nll, tokens)
