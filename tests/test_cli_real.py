@@ -6,7 +6,6 @@ present); models are tiny random GPT-2s saved locally. Nothing touches the netwo
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ from kdbench import models as M
 from kdbench import model_sources as S
 from kdbench.cli import build_parser, main, resolve_config
 from kdbench.realdata import render_prompt
-
-SHARED = Path(os.environ.get("KDBENCH_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+from fixtures import SHARED_DATA as SHARED, build_random_model
 
 WORDS = ("apple river stone cloud green quick music garden window paper light silver forest "
          "yellow ocean simple answer question travel summer").split()
@@ -55,7 +53,7 @@ def models(tmp_path_factory, data_dir) -> dict[str, str]:
     for name, t, kw in (("teacher", tok, {"hidden": 32, "layers": 2, "vocab_rows": len(tok) + 40}),
                         ("student", tok, {"hidden": 16, "layers": 1}),
                         ("other", other, {"hidden": 16, "layers": 1})):
-        M.save_model(M.build_random_model("gpt2", t, n_positions=256, seed=1, **kw), t, tmp / name)
+        M.save_model(build_random_model("gpt2", t, n_positions=256, seed=1, **kw), t, tmp / name)
         out[name] = str(tmp / name)
     return out
 

@@ -29,6 +29,7 @@ from kdbench.plugins import load_plugins  # noqa: E402
 from kdbench.realdata import render_prompt  # noqa: E402
 from kdbench.sampling import SamplingConfig, sample  # noqa: E402
 from kdbench.schema import Example  # noqa: E402
+from fixtures import build_random_model  # noqa: E402
 
 load_plugins()
 
@@ -77,12 +78,12 @@ def saved(tmp_path_factory):
         # (transformers 5: Qwen2Tokenizer, which adds '<|endoftext|>'): size the models from the
         # tokenizer as it loads from a model folder
         probe = tmp / f"{family}-probe"
-        M.save_model(M.build_random_model(family, tok, hidden=8, layers=1), tok, probe)
+        M.save_model(build_random_model(family, tok, hidden=8, layers=1), tok, probe)
         tok = M.load_tokenizer(str(probe))
         padded = -(-len(tok) // 64) * 64 + 64  # strictly larger than the vocabulary
-        teacher = M.build_random_model(family, tok, hidden=48, layers=2, heads=2, vocab_rows=padded, init_std=0.2,
+        teacher = build_random_model(family, tok, hidden=48, layers=2, heads=2, vocab_rows=padded, init_std=0.2,
                                        seed=1)
-        student = M.build_random_model(family, tok, hidden=32, layers=1, heads=2, init_std=0.2, seed=2)
+        student = build_random_model(family, tok, hidden=32, layers=1, heads=2, init_std=0.2, seed=2)
         t_path, s_path = tmp / f"{family}-teacher", tmp / f"{family}-student"
         M.save_model(teacher, tok, t_path)
         M.save_model(student, tok, s_path)
@@ -141,12 +142,12 @@ def test_family_loads_by_path_trains_one_kd_step_and_samples(family, saved, tmp_
 def test_padded_teacher_logits_are_cut_to_the_real_vocabulary(tmp_path):
     tok = _tokenizer(tmp_path, with_pad=True)
     V = len(tok)
-    exact = M.build_random_model("gpt2", tok, hidden=32, layers=1, seed=5)
-    padded = M.build_random_model("gpt2", tok, hidden=32, layers=1, vocab_rows=V + 37, seed=6)
+    exact = build_random_model("gpt2", tok, hidden=32, layers=1, seed=5)
+    padded = build_random_model("gpt2", tok, hidden=32, layers=1, vocab_rows=V + 37, seed=6)
     state = exact.state_dict()
     state = {k: (torch.cat([v, torch.randn(37, v.shape[1])]) if v.shape[:1] == (V,) else v) for k, v in state.items()}
     padded.load_state_dict(state)  # same weights, plus 37 junk rows
-    student = M.build_random_model("gpt2", tok, hidden=16, layers=1, seed=7)
+    student = build_random_model("gpt2", tok, hidden=16, layers=1, seed=7)
     batch = _ctx(student, exact, tok, tmp_path).encode(_examples(4))
     want = _ctx(student, exact, tok, tmp_path).teacher_logits(batch)
     got = _ctx(student, padded, tok, tmp_path).teacher_logits(batch)
@@ -164,8 +165,8 @@ def test_slice_vocab():
 def test_tokenizer_mismatch_is_reported_before_any_work(tmp_path):
     tok_a = _tokenizer(tmp_path, with_pad=True)
     tok_b = M.build_bpe_tokenizer(["completely different text, other merges 12345"] * 30, vocab_size=300)
-    a = M.build_random_model("gpt2", tok_a, seed=1)
-    b = M.build_random_model("gpt2", tok_b, seed=1)
+    a = build_random_model("gpt2", tok_a, seed=1)
+    b = build_random_model("gpt2", tok_b, seed=1)
     M.save_model(a, tok_a, tmp_path / "a")
     M.save_model(b, tok_b, tmp_path / "b")
     with pytest.raises(ModelError) as e:
@@ -180,7 +181,7 @@ def test_tokenizer_mismatch_is_reported_before_any_work(tmp_path):
 
 def test_embedding_smaller_than_tokenizer_fails(tmp_path):
     tok = _tokenizer(tmp_path, with_pad=True)
-    small = M.build_random_model("llama", tok, vocab_rows=len(tok) - 5)
+    small = build_random_model("llama", tok, vocab_rows=len(tok) - 5)
     M.save_model(small, tok, tmp_path / "small")
     with pytest.raises(ModelError, match="embedding has .* rows but the shared tokenizer has"):
         M.check_real_models(str(tmp_path / "small"), [])
@@ -259,4 +260,4 @@ def test_hub_names_offline(monkeypatch):
     with pytest.raises(ModelError, match="does not exist"):
         M.check_model_name("/no/such/model", "--student")
     with pytest.raises(ConfigError, match="unknown model family"):
-        M.build_random_model("bert", None)
+        build_random_model("bert", None)

@@ -21,6 +21,7 @@ from kdbench.cli import build_parser, main, resolve_config
 from kdbench.errors import ConfigError, ModelError
 from kdbench.pruning import PruneSpec, parse_prune_spec, prune_model
 from kdbench.realdata import render_prompt
+from fixtures import build_random_model
 
 HAVE_GGUF = importlib.util.find_spec("gguf") is not None
 SMOL = S.SOURCES["smollm2-135m-instruct"]
@@ -47,7 +48,7 @@ def _tok(texts=("the quick brown fox jumps over the lazy dog",) * 20, vocab=300)
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 def test_prune_keeps_every_kth_layer_and_copies_weights(family):
     tok = _tok()
-    t = M.build_random_model(family, tok, hidden=16, layers=4, heads=2, seed=0)
+    t = build_random_model(family, tok, hidden=16, layers=4, heads=2, seed=0)
     s, kept = prune_model(t, PruneSpec(k=2))
     assert kept == [0, 2] and s.config.num_hidden_layers == 2 and type(s) is type(t)
     assert M.count_parameters(s) < M.count_parameters(t)
@@ -63,7 +64,7 @@ def test_prune_keeps_every_kth_layer_and_copies_weights(family):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_prune_drop_removes_a_contiguous_block(family):
-    t = M.build_random_model(family, _tok(), hidden=16, layers=6, heads=2, seed=0).eval()
+    t = build_random_model(family, _tok(), hidden=16, layers=6, heads=2, seed=0).eval()
     spec = parse_prune_spec("prune:drop=1-3")
     s, kept = prune_model(t, spec)
     assert kept == [0, 4, 5] and s.config.num_hidden_layers == 3 and spec.as_dict()["drop"] == [1, 3]
@@ -81,7 +82,7 @@ def test_prune_drop_removes_a_contiguous_block(family):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_prune_mlp_keeps_whole_units_and_full_width_is_identity(family):
     tok = _tok()
-    t = M.build_random_model(family, tok, hidden=16, layers=2, heads=2, seed=1).eval()
+    t = build_random_model(family, tok, hidden=16, layers=2, heads=2, seed=1).eval()
     width = t.config.intermediate_size if family == "llama" else 4 * t.config.n_embd
     same, _ = prune_model(t, PruneSpec(k=1, mlp=width))  # nothing removed: the same function
     ids = torch.tensor([[5, 9, 14, 3, 7]])
@@ -241,7 +242,7 @@ def chat_teacher(tmp_path) -> str:
     tok = M.build_bpe_tokenizer(texts + ["<|im_start|> <|im_end|> user assistant"], vocab_size=300)
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHAT_TEMPLATE
-    M.save_model(M.build_random_model("llama", tok, hidden=16, layers=4, seed=3), tok, tmp_path / "teacher")
+    M.save_model(build_random_model("llama", tok, hidden=16, layers=4, seed=3), tok, tmp_path / "teacher")
     return str(tmp_path / "teacher")
 
 
