@@ -6,8 +6,10 @@ zeros; it writes the tables (tables.py), the plots (plots.py) and report.html (h
 output is a pure function of the cells: summarizing twice gives identical files.
 
 Outputs in the run folder:
-    leaderboard.md / .csv / .json / .tex   mean ± std over seeds per (student, method, task, metric)
-    leaderboard_delta.md                   each cell minus the baseline method's (default: sft)
+    leaderboard.md / .csv / .json / .tex   mean and 95% CI per (student, method, task, metric)
+    leaderboard_delta.md                   each cell minus the baseline method's (default: sft), with CIs
+    comparisons.json                       every paired comparison: delta, CI, p, adjusted p, significant
+    findings.md / findings.json            each registered claim (the paper's and the user's) with its verdict
     cost.md / cost.csv                     wall time, tokens trained/forwarded/generated, judge calls
     plots/*.png, plots/*.svg               one file per plot kind and task
     report.html                            all of the above in one self-contained page
@@ -21,15 +23,15 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from .data import Run, aggregate, collect, load_run  # noqa: F401 - public helpers
-from .tables import (check_tex_shape, cost_csv, cost_markdown, cost_rows, default_baseline, delta_markdown,
-                     latex, leaderboard_csv, markdown, to_json)
+from .cost import cost_csv, cost_markdown, cost_rows
+from .tables import check_tex_shape, default_baseline, delta_markdown, latex, leaderboard_csv, markdown, to_json
 
 log = logging.getLogger("kdbench")
 
 __all__ = ["summarize", "load_run", "collect", "aggregate", "Run", "check_tex_shape"]
 
 # Files this module owns; stale ones (e.g. a delta table when the baseline is gone) are removed.
-_OPTIONAL = ("leaderboard_delta.md", "failures.json")
+_OPTIONAL = ("leaderboard_delta.md", "failures.json", "findings.md", "findings.json")
 
 
 def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = None) -> list[dict]:
@@ -43,6 +45,9 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
         present = ", ".join(m for m in run.methods if m != "teacher") or "none"
         raise ConfigError(f"--baseline '{baseline}': no rows of that method in {out}; methods present: {present}")
     baseline = baseline or default_baseline(run)
+    from .verdicts import compute
+
+    run.verdicts = compute(run, baseline)  # CIs on every row, comparisons, bold sets, findings
 
     written: dict[str, str] = {
         "leaderboard.md": markdown(run),
@@ -52,6 +57,12 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
     }
     if baseline:
         written["leaderboard_delta.md"] = delta_markdown(run, baseline)
+    written["comparisons.json"] = to_json(run.verdicts.comparisons)
+    if run.verdicts.findings:
+        from ..claims import findings_markdown
+
+        written["findings.md"] = findings_markdown(run.verdicts.findings)
+        written["findings.json"] = to_json(run.verdicts.findings)
     cost = cost_rows(run)
     written["cost.md"] = cost_markdown(run, cost)
     written["cost.csv"] = cost_csv(cost)
@@ -77,6 +88,13 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
         if baseline:
             print(f"delta to {baseline}: {out / 'leaderboard_delta.md'}")
         print(f"cost: {out / 'cost.md'}")
+        print(f"comparisons: {out / 'comparisons.json'} ({len(run.verdicts.comparisons)}, "
+              f"{sum(bool(c['significant']) for c in run.verdicts.comparisons)} significant)")
+        if run.verdicts.findings:
+            counts: dict[str, int] = {}
+            for f in run.verdicts.findings:
+                counts[f["verdict"]] = counts.get(f["verdict"], 0) + 1
+            print(f"findings: {out / 'findings.md'} (" + ", ".join(f"{n} {k}" for k, n in counts.items()) + ")")
         print(f"plots: {len(figs)} in {plot_dir} ({', '.join(f.stem for f in figs)})")
         print(f"report: {out / 'report.html'}")
     return run.rows

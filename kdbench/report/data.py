@@ -34,6 +34,7 @@ class Run:
     columns: list[tuple[str, str]]  # (task, metric) in display order
     train: dict[Key, dict] = field(default_factory=dict)  # (student, method) -> train cell files
     params: dict[str, int] = field(default_factory=dict)  # student label -> parameter count
+    verdicts: Any = None  # report.verdicts.Verdicts once computed: CIs, comparisons, bold sets, findings
 
     def row(self, key: Key, col: tuple[str, str]) -> dict | None:
         return self._index.get((*key, *col))
@@ -192,7 +193,7 @@ def aggregate(records: list[dict], failures: list[dict] | None = None) -> list[d
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
             k = (student, r["model"], r["task"], metric)
-            vals.setdefault(k, {})[r.get("seed", len(vals.get(k, {})))] = float(value)
+            vals.setdefault(k, {})[(r.get("train_seed"), r.get("seed", len(vals.get(k, {}))))] = float(value)
             n_examples[k] = max(n_examples.get(k, 0), int(r.get("n_examples") or 0))
             if label and _is_judge_metric(metric):
                 judges[k] = label
@@ -212,7 +213,7 @@ def aggregate(records: list[dict], failures: list[dict] | None = None) -> list[d
         v = [by_seed[s] for s in sorted(by_seed, key=str)]
         _, reg_version, hib = meta.get(metric, (metric, None, True))
         mv = metric_versions.get((task, metric), reg_version)
-        done = {str(s) for s in by_seed}
+        done = {str(s[1]) for s in by_seed}
         rows.append({
             "student": student, "method": model, "task": task, "metric": metric,
             "mean": _rnd(statistics.fmean(v)), "std": _rnd(statistics.stdev(v)) if len(v) > 1 else 0.0,

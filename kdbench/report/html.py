@@ -16,8 +16,9 @@ from typing import Any
 
 from .data import REFERENCE_ROWS, TEACHER, Key, Run, first_seed_generations, tasks
 from .plots import Figure, styles_for
-from .tables import (COST_FIELDS, DASH, PARTIAL, STAR, _fmt_cost, best_by_group, cell_flags, decimals, delta_cells,
-                     direction, failure_lines, student_label)
+from .cost import COST_FIELDS, _fmt_cost
+from .tables import (DASH, PARTIAL, STAR, best_by_group, cell_flags, decimals, delta_cells, direction, failure_lines,
+                     student_label)
 
 N_SAMPLES = 6
 

@@ -1,8 +1,8 @@
 """Leaderboard, delta and cost tables as Markdown, CSV, JSON and LaTeX.
 
 Layout (the paper's): rows grouped by student, then method, with the teacher row on top; columns
-task x metric; mean ± std over seeds; the best distilled student of each student group in bold; a
-star where a student beats the teacher. A cell with no value shows `failed` when a failure covers
+task x metric; mean and 95% CI (report/verdicts.py); in bold every distilled student of its group
+not significantly worse than the best (ties share the bold); a star where a student beats the teacher. A cell with no value shows `failed` when a failure covers
 it and a dash otherwise, never a zero.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from .data import REFERENCE_ROWS, TEACHER, Key, Run
 STAR = "★"
 PARTIAL = "†"
 DASH = "–"
-CSV_FIELDS = ["student", "method", "task", "metric", "mean", "std", "n_seeds", "n_failed_seeds", "n_examples",
+CSV_FIELDS = ["student", "method", "task", "metric", "mean", "ci_low", "ci_high", "std", "std_between", "std_within",
+              "n_train_seeds", "n_eval_seeds", "n_prompts", "n_seeds", "n_failed_seeds", "n_examples",
               "judge", "higher_is_better", "task_version", "metric_version"]
 
 
@@ -83,8 +84,12 @@ def cell_flags(run: Run, key: Key, col: tuple[str, str], best: dict) -> dict[str
     r = run.row(key, col)
     if r is None:
         return {"row": None, "failed": run.failed(key, col)}
-    is_best = key[1] not in REFERENCE_ROWS and math.isclose(_score(r), best.get((key[0], *col), math.nan),
-                                                           rel_tol=1e-9, abs_tol=1e-12)
+    v = getattr(run, "verdicts", None)
+    if v is not None and (key[0], *col) in v.bold:  # significance-aware: not significantly worse than the best
+        is_best = key[1] in v.bold[(key[0], *col)]
+    else:
+        is_best = key[1] not in REFERENCE_ROWS and math.isclose(_score(r), best.get((key[0], *col), math.nan),
+                                                               rel_tol=1e-9, abs_tol=1e-12)
     t = run.row((None, TEACHER), col)
     beats = key[1] != TEACHER and t is not None and _score(r) > _score(t) and not teacher_is_reference(col)
     return {"row": r, "bold": is_best, "star": beats, "partial": r["n_failed_seeds"] > 0}
@@ -92,6 +97,30 @@ def cell_flags(run: Run, key: Key, col: tuple[str, str], best: dict) -> dict[str
 
 def column_title(col: tuple[str, str], hib: bool) -> str:
     return f"{col[0]}/{col[1]} {'↑' if hib else '↓'}"
+
+
+def value_text(r: dict, d: int) -> str:
+    """'mean [ci_low, ci_high]' when the row has a CI, else 'mean ± std' over seeds."""
+    if r.get("ci_low") is not None and r.get("ci_high") is not None:
+        return f"{r['mean']:.{d}f} [{r['ci_low']:.{d}f}, {r['ci_high']:.{d}f}]"
+    return f"{r['mean']:.{d}f} ± {r['std']:.{d}f}"
+
+
+def ci_note(run: Run) -> str:
+    """What the numbers in the cells are, with the counts behind them."""
+    if not any(r.get("ci_low") is not None for r in run.rows):
+        return f"Mean ± std over {_seed_note(run)} evaluation seeds."
+    ts = sorted({r["n_train_seeds"] for r in run.rows if r.get("n_train_seeds")})
+    es = sorted({r["n_eval_seeds"] for r in run.rows if r.get("n_eval_seeds")})
+    ps = sorted({r["n_prompts"] for r in run.rows if r.get("n_prompts")})
+    cell = sorted({f"{r['task']}/{r['metric']}" for r in run.rows if r.get("ci_level") == "cell"})
+    s = (f"Mean [95% CI]: hierarchical bootstrap over {'/'.join(map(str, ts))} training seed(s), "
+         f"{'/'.join(map(str, ps)) or '–'} prompts and {'/'.join(map(str, es))} evaluation seeds.")
+    if ts == [1]:
+        s += " One training run per method: training-seed variance is not in these CIs."
+    if cell:
+        s += f" No per-example breakdown for {', '.join(cell)}: CIs there resample seeds only."
+    return s
 
 
 def _seed_note(run: Run) -> str:
@@ -140,14 +169,16 @@ def markdown(run: Run) -> str:
                 cells.append("failed" if f["failed"] else DASH)
                 continue
             d = decimals(run, c)
-            s = f"{r['mean']:.{d}f} ± {r['std']:.{d}f}"
+            s = value_text(r, d)
             if f["bold"]:
                 s = f"**{s}**"
             s += (STAR if f["star"] else "") + (PARTIAL if f["partial"] else "")
             cells.append(s)
         lines.append(f"| {_md_escape(student_label(run, key[0]))} | {_md_escape(key[1])} | " + " | ".join(cells) + " |")
-    notes = [f"Mean ± std over {_seed_note(run)} evaluation seeds. **Bold**: best distilled student of its group "
-             f"per column; {STAR}: beats the teacher (not marked on ExAccErr, which is 0 for the teacher by "
+    bold = ("**Bold**: not significantly worse than the best distilled student of its group (paired bootstrap, "
+            "Benjamini-Hochberg over the column's comparisons, alpha 0.05)" if getattr(run, "verdicts", None)
+            else "**Bold**: best distilled student of its group")
+    notes = [f"{ci_note(run)} {bold} per column; {STAR}: beats the teacher (not marked on ExAccErr, which is 0 for the teacher by "
              f"definition); {PARTIAL}: some seeds failed; failed: no seed finished."]
     judges = sorted({r["judge"] for r in run.rows if r["judge"]})
     if judges:
@@ -184,7 +215,14 @@ def delta_cells(run: Run, baseline: str) -> tuple[list[Key], dict[tuple, dict]]:
                 out[(key, c)] = {"status": "no-baseline"}
             else:
                 d = r["mean"] - b["mean"]
-                out[(key, c)] = {"status": "ok", "delta": d, "better": (d > 0) == r["higher_is_better"] and d != 0}
+                x = {"status": "ok", "delta": d, "better": (d > 0) == r["higher_is_better"] and d != 0,
+                     "significant": None}
+                v = getattr(run, "verdicts", None)
+                cmp = v.comparison(key[0], key[1], baseline, *c) if v is not None else None
+                if cmp is not None:
+                    x.update(delta=cmp["delta"], ci_low=cmp["ci_low"], ci_high=cmp["ci_high"],
+                             p_adjusted=cmp["p_adjusted"], significant=bool(cmp["significant"]))
+                out[(key, c)] = x
     return keys, out
 
 
@@ -199,7 +237,10 @@ def delta_markdown(run: Run, baseline: str) -> str:
             x = cells[(key, c)]
             d = decimals(run, c)
             st = x["status"]
-            if st == "ok":
+            if st == "ok" and x.get("ci_low") is not None:
+                t = f"{x['delta']:+.{d}f} [{x['ci_low']:+.{d}f}, {x['ci_high']:+.{d}f}]"
+                out.append(f"**{t}**" if x["significant"] else t)
+            elif st == "ok":
                 out.append(f"{x['delta']:+.{d}f}")
             elif st == "baseline":
                 out.append(f"_{x['value']:.{d}f}_")
@@ -207,7 +248,9 @@ def delta_markdown(run: Run, baseline: str) -> str:
                 out.append({"failed": "failed", "missing": DASH, "no-baseline": "n/a"}[st])
         lines.append(f"| {_md_escape(student_label(run, key[0]))} | {_md_escape(key[1])} | " + " | ".join(out) + " |")
     note = (f"Difference of the mean to the `{baseline}` student of the same group (its row shows its own values "
-            f"in italics); arrows in the header give the better direction; n/a: the baseline has no value there.")
+            f"in italics) with its paired 95% CI (same prompts and seeds); **bold**: significant after "
+            f"Benjamini-Hochberg correction over the comparisons of its column (alpha 0.05), the rest is within "
+            f"noise; arrows in the header give the better direction; n/a: the baseline has no value there.")
     if len(run.students) > 1:
         note += " The teacher row is left out when several students ran."
     else:
@@ -230,83 +273,6 @@ def leaderboard_csv(run: Run) -> str:
 
 def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n"
-
-
-# ------------------------------------------------------------------------------------------------
-# cost
-
-
-COST_FIELDS = [("train_wall_time_s", "train wall time (s)"), ("student_tokens", "student tokens"),
-               ("teacher_forward_tokens", "teacher forward tokens"), ("generated_tokens", "generated tokens"),
-               ("eval_wall_time_s", "eval wall time (s)"), ("judge_calls", "judge calls")]
-
-
-def cost_rows(run: Run) -> list[dict]:
-    """Per (student, method): training cost from its train cell, evaluation cost from its eval cells."""
-    from .data import judge_info
-
-    ev: dict[Key, dict] = {}
-    for r in run.records:
-        key = (None, TEACHER) if r["model"] == TEACHER else (r["group"], r["model"])
-        e = ev.setdefault(key, {"eval_wall_time_s": 0.0, "judge_calls": 0})
-        e["eval_wall_time_s"] += float(r.get("wall_time_s") or 0.0)
-        e["judge_calls"] += judge_info(r.get("artifacts"))[1]
-    rows = []
-    for key in run.keys:
-        cell = run.train.get(key, {})
-        res = cell.get("result")
-        status = "ok"
-        if key[1] not in REFERENCE_ROWS and res is None:
-            status = "failed" if run.failed(key) else "missing"
-        counters = (res or {}).get("counters") or {}
-        wall = (res or {}).get("train_wall_time_s")  # a cached stage (sft): the time it took to build
-        if wall is None:
-            wall = (res or {}).get("wall_time_s")
-        e = ev.get(key, {})
-        rows.append({
-            "student": key[0], "method": key[1], "status": "shared stage" if key[1] in REFERENCE_ROWS else status,
-            "train_wall_time_s": round(float(wall), 2) if wall is not None else None,
-            "student_tokens": counters.get("student_tokens"),
-            "teacher_forward_tokens": counters.get("teacher_forward_tokens"),
-            "generated_tokens": counters.get("generated_tokens"),
-            "eval_wall_time_s": round(e["eval_wall_time_s"], 2) if e else None,
-            "judge_calls": e.get("judge_calls") if e else None,
-        })
-    return rows
-
-
-def _fmt_cost(field: str, v) -> str:
-    if v is None:
-        return DASH
-    if field.endswith("_s"):
-        return f"{v:,.1f}"
-    return f"{int(v):,}"
-
-
-def cost_markdown(run: Run, rows: list[dict]) -> str:
-    head = "| student | method | " + " | ".join(t for _, t in COST_FIELDS) + " |"
-    lines = [head, "|---|---|" + "---:|" * len(COST_FIELDS)]
-    train_fields = {"train_wall_time_s", "student_tokens", "teacher_forward_tokens", "generated_tokens"}
-    for r in rows:
-        failed = r["status"] == "failed"
-        cells = ["failed" if failed and f in train_fields else _fmt_cost(f, r[f]) for f, _ in COST_FIELDS]
-        lines.append(f"| {_md_escape(student_label(run, r['student']))} | {_md_escape(r['method'])} | "
-                     + " | ".join(cells) + " |")
-    note = ("Training cost from each method's train cell (counters in result.json; `sft` is a cached stage "
-            "shared with methods that start from it, shown with the time it took to build). Teacher and "
-            "student-base rows are shared stages: only their evaluation cost is shown. Eval wall time and judge "
-            "calls are summed over all tasks and seeds.")
-    return "\n".join(lines) + "\n\n" + note + "\n"
-
-
-def cost_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    fields = ["student", "method", "status"] + [f for f, _ in COST_FIELDS]
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r.get(k) for k in fields})
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------
