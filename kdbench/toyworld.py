@@ -49,6 +49,8 @@ FUNCTION_WORDS = (
 ).split()
 FAMILIES = ("fact", "reverse", "sort", "count", "choose", "describe", "yesno")
 LIST_WORDS = COLORS + HOMES + FOODS  # items for reverse / count
+ATTRS = ("color", "home", "food")
+ATTR_VALUES = {"color": COLORS, "home": HOMES, "food": FOODS}
 
 
 @dataclass
@@ -57,8 +59,14 @@ class ToyWorldConfig:
     n_creatures: int = 16
     n_train: int = 4000  # instruction examples in the train split
     n_dev: int = 140
-    n_test: int = 280
+    n_test: int = 720  # 30% yes/no (216) + 72 per other family: 95% CI half-width ~2 points on validity
     held_out_fraction: float = 0.25  # creature x question pairs reserved for dev/test
+    # Share of the dev/test splits that is the yes/no calibration family (the train split cycles
+    # through the families evenly): ECE and cls_acc need a few hundred prompts to say anything.
+    yesno_share: float = 0.3
+    # Prompts without gold responses (split "unlabeled"): held-out facts and new inputs that only a
+    # teacher-guided method can learn from (teacher labels, or on-policy samples scored by the teacher).
+    n_unlabeled: int = 1000
     min_list: int = 2
     max_list: int = 4
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
@@ -74,8 +82,12 @@ class ToyWorldConfig:
             raise ConfigError(f"config key 'toy.n_creatures': must be in [4, {len(SYLLABLES_A) * len(SYLLABLES_B)}]")
         if not 0 < self.held_out_fraction < 1:
             raise ConfigError("config key 'toy.held_out_fraction': must be in (0, 1)")
+        if not 0 <= self.yesno_share < 1:
+            raise ConfigError("config key 'toy.yesno_share': must be in [0, 1)")
         if not 1 <= self.min_list <= self.max_list <= 8:
             raise ConfigError("config key 'toy.min_list/max_list': need 1 <= min_list <= max_list <= 8")
+        if self.n_unlabeled < 0:
+            raise ConfigError("config key 'toy.n_unlabeled': must be >= 0")
         for k in ("n_train", "n_dev", "n_test", "pretrain_docs"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"config key 'toy.{k}': must be >= 1")
@@ -151,7 +163,7 @@ class ToyWorld:
             name = rng.choice(names)
             key = family
             attr = None
-            truth = color = None
+            truth = value = None
             if family == "fact":
                 attr = rng.choice(["color", "home", "food"])
                 key = f"fact:{attr}"
@@ -161,8 +173,9 @@ class ToyWorld:
                 # held-out pairs were answered below chance, confidently). Test prompts may repeat
                 # training prompts here; every other family holds out combinations.
                 truth = rng.random() < 0.5
-                c0 = self.creatures[name]["color"]
-                color = c0 if truth else rng.choice([x for x in COLORS if x != c0])
+                attr = rng.choice(ATTRS)
+                c0 = self.creatures[name][attr]
+                value = c0 if truth else rng.choice([x for x in ATTR_VALUES[attr] if x != c0])
                 held = split != "train"
             else:
                 held = (name, key) in self.held_out
@@ -178,7 +191,9 @@ class ToyWorld:
                 return dict(instruction=f"describe the {name}", input="",
                             references=[" ".join(self.fact_sentences(name))], meta={"family": family})
             if family == "yesno":
-                return dict(instruction=f"is the {name} {color} ?", input="", references=["yes" if truth else "no"],
+                instr = {"color": f"is the {name} {value} ?", "home": f"does the {name} live in the {value} ?",
+                         "food": f"does the {name} eat {value} ?"}[attr]
+                return dict(instruction=instr, input="", references=["yes" if truth else "no"],
                             meta={"family": family, "label_words": ["no", "yes"], "label": int(truth)})
             # choose: the answer distribution depends on the category only; the creature varies
             # the prompt so that held-out creature x category prompts exist.
@@ -208,32 +223,68 @@ class ToyWorld:
     def split(self, split: str) -> list[dict[str, Any]]:
         """Examples of a split as dicts: instruction, input, prompt, references, target, meta."""
         cfg = self.config
-        n = {"train": cfg.n_train, "dev": cfg.n_dev, "test": cfg.n_test}[split]
+        n = {"train": cfg.n_train, "dev": cfg.n_dev, "test": cfg.n_test, "unlabeled": cfg.n_unlabeled}[split]
         rng = random.Random(f"{cfg.seed}-{split}")
-        fams = list(cfg.families)
         out: list[dict[str, Any]] = []
         seen_inputs: set[str] = set()
         if split != "train":
             # list inputs seen in training are excluded from dev/test (held-out combinations)
             seen_inputs = {e["input"] for e in self.split("train") if e["input"]}
+        if split == "unlabeled":
+            # ... and the unlabeled pool never holds a test list input (held-out facts are shared
+            # with the test split by design: they are what the teacher knows and the gold lacks)
+            seen_inputs |= {e["input"] for e in self.split("test") if e["input"]}
+        order = self._family_order(split, n)
+        drawn: set[str] = set()
+        redraws = 0
         i = 0
         tries = 0
         while len(out) < n:
             tries += 1
             if tries > 200 * n:
                 raise RuntimeError(f"toy world: could not generate {n} {split} examples; relax the config")
-            fam = fams[i % len(fams)]
+            fam = order[i]
             ex = self.make(fam, rng, split)
             if ex is None or (ex["input"] and ex["input"] in seen_inputs):
                 continue
+            prompt = render_prompt(ex["instruction"], ex["input"])
+            if split != "train" and prompt in drawn and redraws < 30:
+                # evaluation prompts are distinct while the family has unused ones (a repeated
+                # prompt adds samples, not information); after 30 redraws a repeat is accepted
+                redraws += 1
+                continue
+            redraws = 0
+            drawn.add(prompt)
             probs = ex.pop("sample_probs", None)
             # The training target of a multi-answer prompt is drawn from its mode distribution;
             # all modes remain references for evaluation.
             ex["target"] = rng.choices(ex["references"], weights=probs)[0] if probs else ex["references"][0]
-            ex["prompt"] = render_prompt(ex["instruction"], ex["input"])
+            ex["prompt"] = prompt
             ex["id"] = f"toy-{split}-{len(out)}"
+            if split == "unlabeled":
+                ex["meta"]["gold_hidden"] = True
             out.append(ex)
             i += 1
+        return out
+
+    def _family_order(self, split: str, n: int) -> list[str]:
+        """The family of each example slot: train cycles through the families evenly; dev/test give
+        `yesno_share` of their slots (spread evenly) to yes/no and cycle the rest through the others."""
+        fams = list(self.config.families)
+        others = [f for f in fams if f != "yesno"]
+        share = self.config.yesno_share
+        if split == "unlabeled" and others:  # yes/no pairs are all in the train split already
+            return [others[i % len(others)] for i in range(n)]
+        if split == "train" or "yesno" not in fams or not others:
+            return [fams[i % len(fams)] for i in range(n)]
+        out: list[str] = []
+        j = 0
+        for i in range(n):
+            if int((i + 1) * share) > int(i * share):
+                out.append("yesno")
+            else:
+                out.append(others[j % len(others)])
+                j += 1
         return out
 
     # -- checking ------------------------------------------------------------------------------

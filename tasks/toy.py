@@ -10,8 +10,11 @@ from kdbench.toyworld import ToyWorld, ToyWorldConfig
 @TASKS.register("toy")
 class ToyTask(Task):
     description = "built-in procedurally generated instruction world with an exact checker (offline)"
-    version = 1
-    splits = ("train", "dev", "test")
+    # 2: world v2 (issue 14): yes/no share of dev/test, yes/no on every attribute, "unlabeled" split
+    version = 2
+    # "unlabeled": prompts without gold responses (meta['gold_hidden']); never train on their
+    # references, which are kept only so that teacher labels can be checked
+    splits = ("train", "dev", "test", "unlabeled")
     default_metrics = ("rouge_l", "judge", "validity", "exact_match", "mode_coverage", "ece", "dist4",
                        "exposure_bias", "lm_loss")
 

@@ -86,3 +86,51 @@ def test_bad_world_config_names_the_key():
         ToyWorldConfig(families=["fact", "bogus"])
     with pytest.raises(ConfigError, match="held_out_fraction"):
         ToyWorldConfig(held_out_fraction=1.5)
+
+
+def test_yesno_test_split_is_large_enough_for_calibration():
+    world = ToyWorld(ToyWorldConfig())
+    test = world.split("test")
+    yesno = [e for e in test if e["meta"]["family"] == "yesno"]
+    assert len(yesno) >= 200
+    # every attribute is asked, with both answers
+    assert {e["instruction"].split()[0] for e in yesno} == {"is", "does"}
+    assert {e["references"][0] for e in yesno} == {"yes", "no"}
+
+
+def test_held_out_facts_are_in_pretraining_but_not_in_sft_data():
+    world = ToyWorld(ToyWorldConfig())
+    text = set(world.pretrain_texts())
+    joined = " ".join(text)
+    train = world.split("train")
+    trained = {(e["references"][0]) for e in train if e["meta"]["family"] == "fact"}
+    held = [e for e in world.split("test") if e["meta"]["family"] == "fact"]
+    assert held
+    for e in held:
+        ref = e["references"][0]
+        assert ref in joined, ref  # the teacher can know it from pretraining ...
+        assert ref not in trained, ref  # ... but no SFT fact answer states it
+    # describe answers state facts too: a held-out fact question's creature may still be described in
+    # training, but the question itself (the instruction-format combination) never is
+    assert not {e["prompt"] for e in held} & {e["prompt"] for e in train}
+
+
+def test_unlabeled_split_holds_prompts_without_gold():
+    world = ToyWorld(ToyWorldConfig(n_unlabeled=300))
+    unl = world.split("unlabeled")
+    assert len(unl) == 300 and all(e["meta"]["gold_hidden"] for e in unl)
+    assert "yesno" not in {e["meta"]["family"] for e in unl}
+    train_prompts = {e["prompt"] for e in world.split("train")}
+    assert not [e["prompt"] for e in unl if e["prompt"] in train_prompts]
+    test_inputs = {e["input"] for e in world.split("test") if e["input"]}
+    assert not [e["input"] for e in unl if e["input"] in test_inputs]
+    # its fact prompts ask only held-out pairs (what only the teacher's pretraining covers)
+    trained = {e["references"][0] for e in world.split("train") if e["meta"]["family"] == "fact"}
+    facts = [e for e in unl if e["meta"]["family"] == "fact"]
+    assert facts and not [e for e in facts if e["references"][0] in trained]
+
+
+def test_unlabeled_split_through_the_task():
+    task = make_task("toy", TaskOptions(extra={"n_train": 70, "n_test": 14, "n_dev": 7, "n_unlabeled": 20}))
+    unl = task.examples("unlabeled")
+    assert len(unl) == 20 and all(e.meta["gold_hidden"] for e in unl)
