@@ -101,8 +101,7 @@ class _Prep:
             self.count = np.bincount(flat, minlength=S * P).reshape(S, P)
             self.start = (np.cumsum(self.count.ravel()) - self.count.ravel()).reshape(S, P)
 
-    def has(self) -> np.ndarray:
-        """Mask of the prompts with values."""
+    def has(self) -> np.ndarray:  # mask of the prompts with values
         return self.K.any(0) if isinstance(self.stat, MeanOf) else self.count.sum(0) > 0
 
     def take(self, mask: np.ndarray) -> "_Prep":
@@ -178,8 +177,9 @@ def model_ci(df: pd.DataFrame, statistic: Statistic | str, n_resamples: int = 20
     _one_model(df)
     stat = as_statistic(statistic)
     prep, rng = _Prep(df, stat), np.random.default_rng(seed)  # one Generator: deterministic per seed
+    prep = prep.take(prep.has())  # prompts without any value are not part of the estimand
     if not len(prep.prompts):
-        raise ValueError("model_ci: no rows")
+        raise ValueError("model_ci: no rows with values")
     ws, wp = _seed_draws(rng, len(prep.seeds), n_resamples), _draws(rng, len(prep.prompts), n_resamples)
     lo, hi = _percentile(prep.replicates(ws, wp), confidence)
     runs = df.groupby(["train_seed", "eval_seed"])
