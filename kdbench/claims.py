@@ -126,20 +126,20 @@ for _spec in paper_claims.PAPER_CLAIMS:  # the MiniLLM paper's claims, as data
 def _judge(req: Requirement, d: dict, vs: dict | None) -> tuple[str, str]:
     """(status, why) of one measured instance; d, vs: oriented {delta, ci_low, ci_high, significant}."""
     lo, hi, m = d["ci_low"], d["ci_high"], req.margin
-    if req.vs_metric:
-        up, down = lo > vs["ci_high"], hi < vs["ci_low"]
-        ok, bad = (up, down) if req.expect == "higher" else (down, up)
-        return ("supported", "the CIs do not overlap, as claimed") if ok else \
-            ("contradicted", "the CIs do not overlap, the other way") if bad else ("inconclusive", "the CIs overlap")
-    if req.expect in ("higher", "lower"):
-        if not d["significant"]:
-            return "inconclusive", "not significant"
-        ok = (d["delta"] > 0) == (req.expect == "higher")
-        return ("supported", f"significant, {req.expect} as claimed") if ok else ("contradicted", "significant, the other way")
-    inside, outside = {"equivalent": (-m <= lo and hi <= m, lo > m or hi < -m),
-                       "at_least": (lo > -m, hi < -m), "at_most": (hi < m, lo > m)}[req.expect]
-    return ("supported", f"CI inside the {req.expect} margin") if inside else \
-        ("contradicted", f"CI entirely outside the {req.expect} margin") if outside else ("inconclusive", "CI crosses the margin")
+    if req.vs_metric:  # is delta(metric) above / below delta(vs_metric)? non-overlapping CIs only
+        above, below = lo > vs["ci_high"], hi < vs["ci_low"]
+        ok, bad = (above, below) if req.expect == "higher" else (below, above)
+        why = ("the CIs do not overlap, as claimed", "the CIs do not overlap, the other way", "the CIs overlap")
+    elif req.expect in ("higher", "lower"):
+        sig, up = bool(d["significant"]), d["delta"] > 0
+        ok, bad = sig and up == (req.expect == "higher"), sig and up != (req.expect == "higher")
+        why = (f"significant, {req.expect} as claimed", "significant, the other way", "not significant")
+    else:
+        ok, bad = {"equivalent": (-m <= lo and hi <= m, lo > m or hi < -m),
+                   "at_least": (lo > -m, hi < -m), "at_most": (hi < m, lo > m)}[req.expect]
+        why = (f"CI inside the {req.expect} margin", f"CI entirely outside the {req.expect} margin",
+               "CI crosses the margin")
+    return ("supported", why[0]) if ok else ("contradicted", why[1]) if bad else ("inconclusive", why[2])
 
 
 class _Run:
