@@ -89,7 +89,7 @@ class _Prep:
         keep, S, P = (s >= 0) & (p >= 0), len(self.seeds), len(self.prompts)
         flat = s[keep] * P + p[keep]
         if isinstance(stat, MeanOf):
-            v = df[stat.column].to_numpy(dtype=float)[keep]
+            v = df[stat.column].to_numpy(dtype=float, na_value=np.nan)[keep]  # None/NA = not applicable
             ok = ~np.isnan(v)
             sums = np.bincount(flat[ok], weights=v[ok], minlength=S * P).reshape(S, P)
             cnt = np.bincount(flat[ok], minlength=S * P).reshape(S, P)

@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-# The regime the coverage tests check (95.2% per-model, 95.3% paired over 1500 simulations): 4 training
+# The regime the coverage tests check (measured over 5500 simulations: per-model CI 94.7%, paired 95.4%): 4 training
 # seeds with a seed effect about the size of the prompt-level standard error, moderate per-cell noise.
 CALIBRATED = dict(S=4, P=100, E=2, sd_seed=0.4, sd_prompt=3.0, sd_mp=1.0, sd_cell=1.0, sd_eval=2.0)
 

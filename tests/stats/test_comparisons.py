@@ -18,7 +18,7 @@ KEYS = {"task", "metric", "method", "baseline", "delta", "ci_low", "ci_high", "p
 
 def test_paired_ci_covers_the_true_difference_95_percent_of_the_time():
     rng = np.random.default_rng(11)
-    n, hits = 600, 0
+    n, hits = 800, 0
     for i in range(n):
         f = simulate(rng, {"s/a": 1.0, "s/b": 0.0}, **CALIBRATED)
         r = paired_comparison(f["s/a"], f["s/b"], "v", n_resamples=400, seed=i)
@@ -31,7 +31,7 @@ def test_known_limits_of_the_two_factor_bootstrap():
     # no seed effect; too narrow with 3 seeds and a seed effect far above the prompt-level error.
     rng = np.random.default_rng(12)
     cover = {"noise": 0, "seeds": 0}
-    n = 250
+    n = 200
     for i in range(n):
         f = simulate(rng, {"s/a": 1.0, "s/b": 0.0}, S=3, P=60, E=1, sd_seed=0.0, sd_prompt=3.0, sd_mp=0.5,
                      sd_cell=3.0, sd_eval=3.0)
