@@ -16,11 +16,11 @@ from pathlib import Path
 from . import models as M
 from .config import BenchConfig, stable_hash, to_dict
 from .errors import KdbenchError  # noqa: F401 - re-raised by callers
-from .evaluation import evaluate
+from .evaluation import eval_cache_spec, evaluate
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
 from .layout import EvalRecord, RunLayout, TrainResult, label_of
 from .method import METHODS, make_method
-from .metrics.base import METRICS
+from .metrics.base import METRICS, EvalSession
 from .stages import Stages
 from .taskset import TaskSet
 from .trainer import get_accelerator
@@ -37,6 +37,7 @@ class Cells:
         self.failures: list[dict] = []
         self._model_cache: dict = {}  # the evaluated model in memory (one at a time)
         self._teacher_cache: dict = {}  # the teacher for model metrics, loaded on first use
+        self.session = EvalSession(run_dir=layout.out)  # run-scoped metric state (judge, teacher samples)
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -120,13 +121,10 @@ class Cells:
         task = self.tasks.get(task_name)
         metrics = list(c.eval.metrics or task.default_metrics)
         cell = self.layout.eval_cell(group, model_label, task_name, seed, train_seed)
+        settings = {"judge": dict(c.judge)}
+        # each metric adds what changes its numbers (e.g. which judge) to the key
         spec = {"model": model_key, "task": task.fingerprint(), "eval": to_dict(c.eval), "seed": seed,
-                "metrics": {m: METRICS.get(m).version for m in metrics}, "max_prompt_length": c.max_prompt_length}
-        if "judge" in metrics:  # switching judges must not reuse cells scored by the old one
-            from .metrics.judge import JUDGE_PROMPT_VERSION
-
-            spec["judge"] = {k: c.judge.get(k) for k in ("backend", "model", "base_url", "order")}
-            spec["judge"]["prompt_version"] = JUDGE_PROMPT_VERSION
+                **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length}
         key = stable_hash(spec)
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:
             return read_json(cell / "metrics.json")
@@ -135,15 +133,16 @@ class Cells:
         model = self._load_cached(model_path)
         exs = self.tasks.test_examples(task_name)
         t0 = time.time()
-        values, gens, artifacts = evaluate(model, self.stages.tokenizer(), task, exs, seed, c.eval, metrics,
-                                           max_prompt_length=c.max_prompt_length, model_label=model_label,
-                                           teacher_fn=self._eval_teacher, settings={"judge": dict(c.judge)},
-                                           run_dir=self.layout.out)
-        atomic_write_jsonl(cell / "generations.jsonl", gens)
-        out: EvalRecord = {"group": group, "model": model_label, "task": task_name, "seed": seed, "metrics": values,
+        res = evaluate(model, self.stages.tokenizer(), task, exs, seed, c.eval, metrics,
+                       max_prompt_length=c.max_prompt_length, model_label=model_label, teacher_fn=self._eval_teacher,
+                       settings=settings, run_dir=self.layout.out, session=self.session)
+        atomic_write_jsonl(cell / "generations.jsonl", res.generations)
+        atomic_write_jsonl(cell / "per_example.jsonl", res.per_example)  # what the statistics resample
+        out: EvalRecord = {"group": group, "model": model_label, "task": task_name, "seed": seed,
+                           "metrics": res.values,
                            "n_examples": len(exs), "task_version": task.version,
                            "metric_versions": {m: METRICS.get(m).version for m in metrics},
-                           "artifacts": artifacts, "wall_time_s": round(time.time() - t0, 2)}
+                           "artifacts": res.artifacts, "wall_time_s": round(time.time() - t0, 2)}
         if train_seed is not None:
             out["train_seed"] = train_seed
         atomic_write_json(cell / "config.json", spec)

@@ -152,7 +152,10 @@ class Benchmark:
                         models.append((group, m, res["model_path"], res["key"], ts))
                     except Exception as e:  # noqa: BLE001 - recorded; other cells go on
                         cells.record_failure("train", m, student, e, where, train_seed=ts)
-        self._evaluate_all(models)
+        try:
+            self._evaluate_all(models)
+        finally:
+            self.cells.session.close()  # judge clients and caches of this run
         atomic_write_json(self.layout.run_info, {"wall_time_s": round(time.time() - t_start, 2),
                                                  "failures": self.failures})
         from .report import summarize

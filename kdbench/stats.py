@@ -54,6 +54,9 @@ class Custom:
 
     fn: Callable[[pd.DataFrame], float]
     name: str = "custom"
+    # With `columns`, fn gets {column: numpy array} of the resampled rows instead of a DataFrame:
+    # the same resamples at a fraction of the cost (no DataFrame per replicate).
+    columns: tuple[str, ...] | None = None
 
 
 Statistic = Union[MeanOf, Custom]
@@ -100,6 +103,9 @@ class _Prep:
             self.rows = df.iloc[np.flatnonzero(keep)[order]].reset_index(drop=True)
             self.count = np.bincount(flat, minlength=S * P).reshape(S, P)
             self.start = (np.cumsum(self.count.ravel()) - self.count.ravel()).reshape(S, P)
+            cols = stat.columns
+            self.arrays = None if cols is None else {c: self.rows[c].to_numpy() if c in self.rows else
+                                                     np.full(len(self.rows), np.nan) for c in cols}
 
     def has(self) -> np.ndarray:  # mask of the prompts with values
         return self.K.any(0) if isinstance(self.stat, MeanOf) else self.count.sum(0) > 0
@@ -117,7 +123,11 @@ class _Prep:
         if isinstance(self.stat, MeanOf):
             k = self.K.sum()
             return float(self.M0.sum() / k) if k else math.nan
-        return float(self.stat.fn(self.rows))
+        return float(self.stat.fn(self.rows if self.arrays is None else self.arrays))
+
+    def _index_of(self, seed_idx: np.ndarray, prompt_idx: np.ndarray) -> np.ndarray:
+        ct, st = (a[np.ix_(seed_idx, prompt_idx)].ravel() for a in (self.count, self.start))
+        return np.repeat(st - np.cumsum(ct) + ct, ct) + np.arange(ct.sum())
 
     def df_of(self, seed_idx: np.ndarray, prompt_idx: np.ndarray) -> pd.DataFrame:
         """Rows of the drawn cells (seed_idx x prompt_idx), duplicates included, seeds renumbered."""
@@ -133,6 +143,12 @@ class _Prep:
             with np.errstate(invalid="ignore", divide="ignore"):
                 return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
         seeds, prompts = np.arange(ws.shape[1]), np.arange(wp.shape[1])  # Custom: recompute per replicate
+        if self.arrays is not None:
+            out = []
+            for a, b in zip(ws.astype(int), wp.astype(int)):
+                idx = self._index_of(np.repeat(seeds, a), np.repeat(prompts, b))
+                out.append(float(self.stat.fn({c: v[idx] for c, v in self.arrays.items()})))
+            return np.array(out)
         return np.array([float(self.stat.fn(self.df_of(np.repeat(seeds, a), np.repeat(prompts, b))))
                          for a, b in zip(ws.astype(int), wp.astype(int))])
 

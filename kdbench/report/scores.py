@@ -39,13 +39,18 @@ class Column:
     level: str  # "example" (prompts resampled) or "cell" (one value per eval cell)
 
 
-def _recompute(metric, value: str):
-    def fn(df: pd.DataFrame) -> float:
-        rows = df.drop(columns=["model", "train_seed", "eval_seed"], errors="ignore").to_dict("records")
-        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+def _none(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def _recompute(metric, value: str, columns: tuple[str, ...]) -> Custom:
+    """The metric's own recompute over the resampled rows' raw fields (arrays in, rows rebuilt)."""
+    def fn(arrays: dict) -> float:
+        cols = list(arrays)
+        rows = [{c: _none(v) for c, v in zip(cols, vals)} for vals in zip(*(arrays[c].tolist() for c in cols))]
         return float(metric.recompute(rows).get(value, math.nan))
 
-    return fn
+    return Custom(fn, name=value, columns=columns)
 
 
 def load_columns(run: Run) -> dict[tuple[str, str], Column]:
@@ -88,7 +93,9 @@ def load_columns(run: Run) -> dict[tuple[str, str], Column]:
             if metric.per_example == "mean" and value in frame.columns:
                 stat: Statistic = MeanOf(value)
             elif metric.per_example == "recompute":
-                stat = Custom(_recompute(metric, value), name=value)
+                # its raw fields are prefixed with its name (ece.confidence, lm_loss.nll, ...)
+                fields = tuple(c for c in frame.columns if c.startswith(f"{parent}.") or c == value)
+                stat = _recompute(metric, value, fields)
             else:
                 frames = None
         if frames is not None:

@@ -104,11 +104,16 @@ def compute(run: Run, baseline: str | None) -> Verdicts:
             frames = {k: by_model[k] for k in keys}
             n = _n(col.statistic)
             if len(keys) >= 2:
+                # all pairs where the bootstrap is vectorised; for recomputed metrics the baseline
+                # and the pairs the registered claims read (each pair recomputes the metric B times)
+                cheap = type(col.statistic).__name__ == "MeanOf"
+                extra = [] if cheap else _claim_pairs(student, keys)
                 try:
                     recs = compare_table(frames, col.statistic, task=task, metric=metric,
                                          baseline=baseline if baseline in methods else None,
                                          higher_is_better=col.higher_is_better, alpha=ALPHA, correction=CORRECTION,
-                                         pairs="all", models=keys, n_resamples=n)
+                                         pairs="all" if cheap else "baseline", extra_pairs=extra, models=keys,
+                                         n_resamples=n)
                 except ValueError as e:
                     log.warning("no comparisons on %s/%s [%s]: %s", task, metric, student, e)
                     recs = []
@@ -155,6 +160,23 @@ def _ranks(run: Run, cols: dict[tuple[str, str], Column]) -> list[dict]:
         return rank_intervals(merged, columns, hib, models=keys, n_resamples=500)
     except ValueError:
         return []
+
+
+def _claim_pairs(student: str, keys: list[str]) -> list[tuple[str, str]]:
+    """(method, other) pairs of one student group that some registered claim compares."""
+    try:
+        from ..claims import CLAIMS
+    except ImportError:
+        return []
+    out = []
+    for name in CLAIMS.names():
+        for r in CLAIMS.get(name).requirements:
+            for m in ([r.method] if isinstance(r.method, str) else r.method):
+                for o in ([r.other] if isinstance(r.other, str) else r.other):
+                    pair = (model_key(student, m), model_key(student, o))
+                    if set(pair) <= set(keys) and pair not in out and pair[::-1] not in out:
+                        out.append(pair)
+    return out
 
 
 def _findings(comparisons: list[dict]) -> list[dict]:
