@@ -6,8 +6,11 @@ of -log q(y_t | prompt, y_<t), EOS included, one token one vote over the whole t
 averages per batch, which weights short batches more). The gold response is the example's first
 reference, so multi-reference tasks score the same answer on every run.
 
-Per example it records `lm_loss.nll` (summed nats over the response tokens) and `lm_loss.tokens`;
-the cell value is sum(nll) / sum(tokens) over those rows (token-weighted, so not a plain mean).
+Per example it records `lm_loss.nll` (summed nats over the response tokens, accumulated in fp64)
+and `lm_loss.tokens`; recompute gives sum(nll) / sum(tokens) over the rows (token-weighted, so
+not a plain mean). The cell value itself keeps its historical form (fp32 sums per batch), so it
+matches the recompute to fp32 accumulation error (relative ~1e-7), not bit for bit: switching the
+cell to the fp64 per-example sums would make it exact but moves existing numbers in the 7th digit.
 """
 from __future__ import annotations
 
@@ -40,9 +43,10 @@ def eval_lengths(ctx: EvalContext) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def per_example_nll(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
-                    vocab_size: int | None = None) -> tuple[list[float], list[int]]:
-    """(summed nats, scored tokens) of each (prompt_ids, response_ids) pair under `model`.
+def score_pairs(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
+                vocab_size: int | None = None) -> tuple[float, list[float], list[int]]:
+    """(mean nats per response token, per-pair summed nats, per-pair scored tokens) of `model` on
+    (prompt_ids, response_ids) pairs.
 
     The response ids include EOS (as `encode_pair` returns them); prompt tokens carry no loss.
     `vocab_size` cuts padded embedding rows off the logits, as training does (`slice_vocab`).
@@ -52,23 +56,27 @@ def per_example_nll(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id:
     if batch_size < 1:
         raise ValueError(f"lm_loss: batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
+    total, n = 0.0, 0
     nll: list[float] = []
     tokens: list[int] = []
     for s in range(0, len(pairs), batch_size):
         batch = collate(pairs[s: s + batch_size], pad_id)
         logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
-        logits = slice_vocab(logits, vocab_size)
+        logits = slice_vocab(logits, vocab_size).float().transpose(1, 2)
         labels = batch.labels.to(device)
-        # fp32 token losses summed per example in fp64: the result must not depend on batch size or dtype
-        tok = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
-                                                reduction="none")
+        # fp32 and a sum (not a per-batch mean): the result must not depend on batch size or dtype
+        total += float(torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum"))
+        n += int((labels != IGNORE).sum())
+        tok = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
         nll += tok.double().sum(dim=1).tolist()
         tokens += (labels != IGNORE).sum(dim=1).tolist()
-    return nll, tokens
+    if n == 0:
+        raise ValueError("lm_loss: every response is empty after truncation")
+    return total / n, nll, tokens
 
 
 def token_mean(nll: Sequence[float], tokens: Sequence[float]) -> float:
-    """sum(nll) / sum(tokens): the one reduction behind the cell value and its recompute."""
+    """sum(nll) / sum(tokens) over per-example rows."""
     n = sum(tokens)
     if n == 0:
         raise ValueError("lm_loss: every response is empty after truncation")
@@ -78,7 +86,7 @@ def token_mean(nll: Sequence[float], tokens: Sequence[float]) -> float:
 def lm_loss(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32,
             vocab_size: int | None = None) -> float:
     """Mean cross-entropy (nats) per response token of `model` on (prompt_ids, response_ids) pairs."""
-    return token_mean(*per_example_nll(model, pairs, pad_id, batch_size, vocab_size))
+    return score_pairs(model, pairs, pad_id, batch_size, vocab_size)[0]
 
 
 def _lm_loss_recompute(rows: list[dict]) -> dict[str, float]:
@@ -104,10 +112,10 @@ def _lm_loss_metric(ctx: EvalContext):
     was_training = ctx.model.training
     ctx.model.eval()
     try:
-        nll, tokens = per_example_nll(ctx.model, pairs, ctx.tokenizer.pad_token_id, bs, vocab_size_of(ctx.tokenizer))
+        value, nll, tokens = score_pairs(ctx.model, pairs, ctx.tokenizer.pad_token_id, bs, vocab_size_of(ctx.tokenizer))
     finally:
         if was_training:
             ctx.model.train()
     ctx.record("lm_loss.nll", nll, where)
     ctx.record("lm_loss.tokens", tokens, where)
-    return token_mean(nll, tokens)
+    return value
