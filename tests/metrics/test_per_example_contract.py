@@ -18,6 +18,7 @@ from kdbench.metrics.judge import JUDGE_PROMPT_VERSION
 from kdbench.schema import Example
 from kdbench.task import Task
 
+from fixtures import build_random_model
 from test_judge import KEY_ENV, fake  # noqa: F401  (the local OpenAI-compatible server fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models, 1 torch thread
@@ -36,8 +37,8 @@ def toy():
     task = make_task("toy", TaskOptions(extra={"n_creatures": 8, "n_train": 50, "n_dev": 7, "n_test": 24,
                                                "pretrain_docs": 20}))
     tok = M.build_word_tokenizer(task.vocabulary())
-    student = M.build_random_model("gpt2", tok, hidden=16, layers=1, heads=2, n_positions=96, seed=1).eval()
-    teacher = M.build_random_model("gpt2", tok, hidden=16, layers=1, heads=2, n_positions=96, seed=2).eval()
+    student = build_random_model("gpt2", tok, hidden=16, layers=1, heads=2, n_positions=96, seed=1).eval()
+    teacher = build_random_model("gpt2", tok, hidden=16, layers=1, heads=2, n_positions=96, seed=2).eval()
     return SimpleNamespace(task=task, tok=tok, student=student, teacher=teacher, exs=task.examples("test"))
 
 
