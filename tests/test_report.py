@@ -157,11 +157,11 @@ def test_leaderboard_markdown_bold_star_failed(built):
     order = [(c[0].split(" (")[0], c[1]) for c in (l.strip("|").split("|") for l in md.splitlines()[2:11])]
     assert [m.strip() for _, m in order][:6] == ["teacher", "student-base", "sft", "kd", "minillm", "broken"]
     teacher = _md_row(md, None, "teacher")
-    assert teacher[v] == "70.00 ± 1.00"  # no bold, no star on the teacher
+    assert teacher[v] == "70.00 [69.00, 71.00]"  # mean [95% CI]; no bold, no star on the teacher
     best_s = _md_row(md, "gpt2-toy-s", "minillm")
-    assert best_s[v] == "**75.00 ± 1.00**★"  # best of its group and beats the teacher
-    assert _md_row(md, "gpt2-toy-s", "kd")[v] == "55.00 ± 1.00"
-    assert _md_row(md, "gpt2-toy-xs", "kd")[v] == "**40.00 ± 1.00**"  # best of the other group, below teacher
+    assert best_s[v] == "**75.00 [74.00, 76.00]**★"  # best of its group and beats the teacher
+    assert _md_row(md, "gpt2-toy-s", "kd")[v] == "55.00 [54.00, 56.00]"  # significantly worse: not bold
+    assert _md_row(md, "gpt2-toy-xs", "kd")[v] == "**40.00 [39.00, 41.00]**"  # best of the other group, below teacher
     assert "★" not in _md_row(md, "gpt2-toy-xs", "kd")[v]
     # Lower is better for ECE: the lowest value is bold and beats the teacher's higher ECE.
     ece = _col(md, "sst2/ece ↓")
@@ -191,14 +191,16 @@ def test_leaderboard_json_and_csv_schema(built):
     assert not any(r["method"] == "broken" for r in rows)  # failed cells are no rows, never zeros
     assert not any(k[1:] == ("minillm", "sst2") and k[0] == "gpt2-toy-xs" for k in by)
     csv_lines = (built / "leaderboard.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("student,method,task,metric,mean,std,n_seeds")
+    assert csv_lines[0].startswith("student,method,task,metric,mean,ci_low,ci_high,std,std_between,std_within,"
+                                   "n_train_seeds,n_eval_seeds,n_prompts,n_seeds")
     assert len(csv_lines) == len(rows) + 1
 
 
 def test_delta_view(built):
     md = (built / "leaderboard_delta.md").read_text()
     v = _col(md, "toy/validity")
-    assert _md_row(md, "gpt2-toy-s", "kd")[v] == "+5.00"
+    # the fake seeds move every model alike: the paired delta is constant, its CI has zero width
+    assert _md_row(md, "gpt2-toy-s", "kd")[v] == "**+5.00 [+5.00, +5.00]**"
     assert _md_row(md, "gpt2-toy-s", "sft")[v] == "_50.00_"  # the baseline row shows its own values
     assert _md_row(md, "gpt2-toy-xs", "minillm")[_col(md, "sst2/ece")] == "failed"
     assert not any(line.split("|")[2].strip() == "teacher" for line in md.splitlines()[2:] if line.startswith("|"))
@@ -232,10 +234,10 @@ def test_delta_baseline_flag_and_identical_rebuild(small):
     assert main(["summarize", str(small), "--baseline", "kd"]) == 0  # the CLI path of `run_bench.py summarize`
     md = (small / "leaderboard_delta.md").read_text()
     acc = _col(md, "sst2/cls_acc")
-    assert "`kd`" in md and _md_row(md, "gpt2-toy-s", "minillm")[acc] == "+20.00"
+    assert "`kd`" in md and _md_row(md, "gpt2-toy-s", "minillm")[acc] == "**+20.00 [+20.00, +20.00]**"
     # The teacher row is compared with the single student group's baseline.
     assert _md_row(md, None, "teacher")[acc] == "+15.00"
-    assert _md_row(md, "gpt2-toy-s", "minillm")[_col(md, "sst2/ece")] == "-0.050"
+    assert _md_row(md, "gpt2-toy-s", "minillm")[_col(md, "sst2/ece")] == "**-0.050 [-0.050, -0.050]**"
 
     # Rebuilding gives the same bytes, plots included; leftovers of an earlier build go away.
     first = _digest(small)
@@ -274,7 +276,8 @@ def test_latex_shape(built):
 
 
 KINDS = ["toy_metrics", "sst2_metrics", "toy_validity_vs_coverage", "toy_mode_histogram", "toy_validity_by_family",
-         "toy_exposure_bias", "sst2_reliability", "training_curves", "toy_scaling", "sst2_scaling"]
+         "toy_exposure_bias", "sst2_reliability", "training_curves", "toy_scaling", "sst2_scaling", "toy_forest",
+         ]
 
 
 def test_every_plot_kind_is_written(built):

@@ -90,9 +90,21 @@ def _groups(run: Run) -> dict[str | None, list[str]]:
     return out
 
 
+MIN_CELL_UNITS = 3  # a column without per-example scores needs >= 3 (training x evaluation) seeds per model
+
+
+def _enough(col: Column) -> bool:
+    """Whether a column supports a bootstrap: per-example scores, or enough seeds per model. Two
+    evaluation seeds of one run would give a 'CI' from two numbers: no CI and no verdict instead."""
+    if col.level == "example":
+        return True
+    units = col.frame.groupby("model")[["train_seed", "example_id"]].nunique()
+    return bool(len(units)) and int((units["train_seed"] * units["example_id"]).min()) >= MIN_CELL_UNITS
+
+
 def compute(run: Run, baseline: str | None) -> Verdicts:
     """CIs on run.rows (in place), comparisons, bold sets, rank intervals and findings."""
-    cols = load_columns(run)
+    cols = {k: c for k, c in load_columns(run).items() if _enough(c)}
     attach_cis(run, cols)
     v = Verdicts(baseline=baseline, levels={k: c.level for k, c in cols.items()})
     for (task, metric), col in cols.items():
