@@ -35,11 +35,6 @@ class EvalResult:
     per_example: list[dict]  # one row per example: per_example.jsonl ({"id", <value name>: float | None})
     artifacts: dict[str, Any]  # per-cell data metrics left (curves, histograms, judge bookkeeping)
 
-    def __iter__(self):
-        # Legacy unpacking `values, gens, artifacts = evaluate(...)` (runner.eval_cell before the
-        # per-example rows existed); remove once every caller uses the attributes.
-        return iter((self.values, self.generations, self.artifacts))
-
 
 def eval_cache_spec(metrics: Sequence[str], settings: Mapping[str, Any] | None) -> dict[str, Any]:
     """What the eval cell's cache key needs from its metrics: {"metrics": {name: version}} plus,

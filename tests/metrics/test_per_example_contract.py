@@ -123,12 +123,6 @@ def test_generation_records_keep_check_family_and_judge(toy, tmp_path):
     assert [g["judge"]["model"] for g in res.generations] == [r["judge.model"] for r in res.per_example]
 
 
-def test_legacy_three_way_unpacking(toy, tmp_path):
-    res = _evaluate(toy, toy.student, "kd", tmp_path, metrics=["rouge_l"], seed=7)
-    values, gens, artifacts = res  # what runner.eval_cell does until it uses the attributes
-    assert (values, gens, artifacts) == (res.values, res.generations, res.artifacts)
-
-
 # ------------------------------------------------------------------------------------------------
 # lm_loss's raw rows; the LLM judge: missing pairs and order flips come back from the rows too
 
