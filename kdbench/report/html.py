@@ -17,8 +17,8 @@ from typing import Any
 from .data import REFERENCE_ROWS, TEACHER, Key, Run, first_seed_generations, tasks
 from .plots import Figure, styles_for
 from .cost import COST_FIELDS, _fmt_cost
-from .tables import (DASH, PARTIAL, STAR, best_by_group, cell_flags, decimals, delta_cells, direction, failure_lines,
-                     student_label)
+from .tables import (DASH, PARTIAL, STAR, best_by_group, ci_note, cell_flags, decimals, delta_cells, direction,
+                     failure_lines, student_label)
 
 N_SAMPLES = 6
 
@@ -67,7 +67,7 @@ summary code { font-size: 12.5px; }
 .resp h4 { margin: 0 0 4px; font-size: 13px; }
 pre { white-space: pre-wrap; word-break: break-word; margin: 0; font: 12.5px/1.4 ui-monospace, "DejaVu Sans Mono",
       monospace; }
-.ok { color: #1a7f37; } .bad { color: #b00020; }
+.ok { color: #1a7f37; } .bad { color: #b00020; } .good { color: #1a7f37; font-weight: 600; } td.ns, span.ns { color: #888; background: #f0f0f0; }
 .refs { color: var(--muted); }
 footer { color: var(--muted); font-size: 12px; padding: 16px 32px; border-top: 1px solid var(--line); }
 """
@@ -184,16 +184,22 @@ def _leaderboard(run: Run) -> str:
             v = f"<strong>{v}</strong>" if f["bold"] else v
             marks = (f'<span class="star" title="beats the teacher">{STAR}</span>' if f["star"] else "") + \
                     (f'<span class="failed" title="some seeds failed">{PARTIAL}</span>' if f["partial"] else "")
-            title = f"n_seeds={r['n_seeds']}, n_examples={r['n_examples']}"
+            has_ci = r.get("ci_low") is not None
+            title = (f"95% CI [{r['ci_low']:.{dd}f}, {r['ci_high']:.{dd}f}]; " if has_ci else "")
+            title += (f"training seeds={r.get('n_train_seeds') or 1}, eval seeds={r.get('n_eval_seeds') or r['n_seeds']}, "
+                      f"prompts={r.get('n_prompts') or r['n_examples']}")
+            if r.get("std_between") is not None:
+                title += f", std between training seeds={r['std_between']:.{dd}f}"
             title += f", judge={r['judge']}" if r["judge"] else ""
-            cells.append(f'<td title="{e(title)}">{v} <span class="std">± {r["std"]:.{dd}f}</span>{marks}</td>')
+            spread = (f"[{r['ci_low']:.{dd}f}, {r['ci_high']:.{dd}f}]" if has_ci else f"± {r['std']:.{dd}f}")
+            cells.append(f'<td title="{e(title)}">{v} <span class="std">{spread}</span>{marks}</td>')
         rows.append(_row_open(run, run.keys, i) + "".join(cells) + "</tr>")
-    n = sorted({r["n_seeds"] for r in run.rows})
-    note = (f"Mean ± std over {', '.join(map(str, n)) or 0} evaluation seeds. <strong>Bold</strong>: best distilled "
-            f"student of its group per column; <span class='star'>{STAR}</span>: beats the teacher (not marked on "
+    bold = ("not significantly worse than the best distilled student of its group (paired bootstrap, "
+            "Benjamini-Hochberg, alpha 0.05)" if run.verdicts is not None else "best distilled student of its group")
+    note = (f"{e(ci_note(run))} <strong>Bold</strong>: {bold} per column; <span class='star'>{STAR}</span>: beats the teacher (not marked on "
             "ExAccErr, 0 for the teacher by definition); "
             f"<span class='failed'>{PARTIAL}</span>: some seeds failed; <span class='failed'>failed</span>: no seed "
-            "finished. Hover a cell for its seed and example counts. Also in leaderboard.md / .csv / .json / .tex.")
+            "finished. Hover a cell for its CI, seed and prompt counts. Also in leaderboard.md / .csv / .json / .tex.")
     return _table(run, rows, note)
 
 
@@ -214,11 +220,16 @@ def _delta(run: Run, baseline: str | None) -> str:
             dd = decimals(run, c)
             st = x["status"]
             if st == "ok":
-                # Colour by whether the change is an improvement in the metric's own direction.
+                # Colour only what is significant (in the metric's own direction); the rest is grey:
+                # within noise. Without comparisons (no scores to test) nothing is coloured.
                 a = 0.15 + 0.55 * (abs(x["delta"]) / scale[c]) if scale[c] else 0.0
                 rgb = "26,127,55" if x["better"] else "176,0,32"
-                style = f' style="background: rgba({rgb},{a:.2f})"' if x["delta"] != 0 else ""
-                tds.append(f"<td{style}>{x['delta']:+.{dd}f}</td>")
+                sig = x.get("significant")
+                style = (f' style="background: rgba({rgb},{a:.2f})"' if sig and x["delta"] != 0
+                         else ' class="ns"' if sig is False else "")
+                tip = (f' title="95% CI [{x["ci_low"]:+.{dd}f}, {x["ci_high"]:+.{dd}f}], adjusted p={x["p_adjusted"]:.3g}"'
+                       if x.get("ci_low") is not None else "")
+                tds.append(f"<td{style}{tip}>{x['delta']:+.{dd}f}</td>")
             elif st == "baseline":
                 tds.append(f"<td><em>{x['value']:.{dd}f}</em></td>")
             elif st == "failed":
@@ -227,8 +238,10 @@ def _delta(run: Run, baseline: str | None) -> str:
                 tds.append(f'<td><span class="dash">{"n/a" if st == "no-baseline" else DASH}</span></td>')
         rows.append(_row_open(run, keys, i) + "".join(tds) + "</tr>")
     note = (f"Each cell: mean minus the mean of the <code>{e(baseline)}</code> student of the same group (its own "
-            "row shows its values in italics). Green: better in the metric's direction, red: worse; the deeper "
-            "the colour, the larger the change within its column. Also in leaderboard_delta.md.")
+            "row shows its values in italics). Coloured only where the paired difference is significant after "
+            "Benjamini-Hochberg correction over its column (green: better in the metric's direction, red: worse; "
+            "the deeper, the larger); grey: within noise. Hover for the 95% CI and adjusted p-value. Also in "
+            "leaderboard_delta.md and comparisons.json.")
     return _table(run, rows, note)
 
 
@@ -324,10 +337,38 @@ def _samples(run: Run) -> str:
     return "".join(parts) or '<p class="note">No generations found.</p>'
 
 
+VERDICT_CLASS = {"supported": "good", "contradicted": "bad", "inconclusive": "ns", "not measured": "dash"}
+
+
+def _findings(run: Run) -> str:
+    """Each registered claim with its verdict and evidence (findings.md has the same)."""
+    fs = run.verdicts.findings if run.verdicts is not None else []
+    if not fs:
+        return '<p class="note">No claims evaluated.</p>'
+    rows = []
+    for f in fs:
+        ev = "".join(
+            f"<li>{e(x.get('requirement', ''))} [{e(str(x.get('task', '')))}]: "
+            + (f"Δ {x['delta']:+.3g} [{x['ci_low']:+.3g}, {x['ci_high']:+.3g}], adj. p {x['p_adjusted']:.3g}, "
+               if x.get("delta") is not None and x.get("ci_low") is not None and x.get("p_adjusted") is not None
+               else "")
+            + f"{e(str(x.get('status', '')))}</li>" for x in f.get("evidence", []))
+        rows.append(f'<tr><td class="l">{e(f["id"])}</td><td class="l">{e(f["text"])}</td>'
+                    f'<td><span class="{VERDICT_CLASS.get(f["verdict"], "")}">{e(f["verdict"])}</span></td>'
+                    f'<td class="l"><details><summary>{e(f.get("reason", ""))[:160]}</summary><ul>{ev}</ul>'
+                    "</details></td></tr>")
+    return ("<table><thead><tr><th>claim</th><th>text</th><th>verdict</th><th>evidence</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table><p class='note'>A claim is supported when every comparison it "
+            "needs is significant in the claimed direction, contradicted when any is significant the other way, "
+            "inconclusive otherwise, not measured when the run lacks its methods or metrics. Also in findings.md "
+            "/ findings.json; add your own with <code>kdbench.claims.register_claim</code>.</p>")
+
+
 def render(run: Run, figs: list[Figure], problems: list[str], baseline: str | None, cost: list[dict]) -> str:
     title = f"kdbench report: {run.config.get('preset') or run.out.name}"
     sections = [("setup", "Setup", _setup(run)), ("leaderboard", "Leaderboard", _leaderboard(run)),
                 ("delta", f"Difference to {baseline or 'a baseline'}", _delta(run, baseline)),
+                ("findings", "Findings", _findings(run)),
                 ("cost", "Cost", _cost(run, cost)), ("plots", "Plots", _plots(figs, problems)),
                 ("samples", "Samples", _samples(run))]
     fl = failure_lines(run)
