@@ -64,7 +64,7 @@ class Benchmark:
             METRICS.get(name, "eval.metrics")
         for t in cfg.task_options:  # a misspelt task name would silently drop its options
             TASKS.get(t, "task_options")
-        from .metrics.judge_metric import judge_settings
+        from .metrics.judge import judge_settings
 
         judge_backend, judge_cfg, _ = judge_settings(cfg.judge)  # a bad judge backend/key fails here, not in every eval cell
         M.check_model_name(cfg.teacher, "--teacher")
