@@ -58,6 +58,9 @@ class Cells:
                   "student": student, "student_init": method.student_init, "init_key": init[1],
                   "teacher": c.teacher if method.requires_teacher else None, "teacher_key": teacher_key,
                   "data": self.stages.data_fp(), "max_length": c.max_length, "max_prompt_length": c.max_prompt_length}
+        select = self.stages.selection_spec()
+        if select:  # only when on: the keys of runs without selection stay as they were
+            frozen["select"] = select
         key = stable_hash(frozen)
         name = f"{label_of(student)}/{method_name}" + (f"/train-seed{train_seed}" if train_seed is not None else "")
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:
@@ -77,6 +80,7 @@ class Cells:
         if teacher is not None:
             self.stages.place_teacher(teacher)
         ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student))
+        ctx.selector = self.stages.selector() if select else None
         method.train(ctx)
         model = ctx.trainer.accelerator.unwrap_model(ctx.student)
         M.save_model(model.cpu(), self.stages.tokenizer(), cell / "model")
@@ -85,6 +89,11 @@ class Cells:
                             "wall_time_s": round(time.time() - t0, 2), "counters": dict(ctx.counters)}
         if train_seed is not None:
             res["train_seed"] = train_seed
+        res["budget"] = {"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr,
+                         "budget_class": cls.budget, "init": method.student_init}
+        if ctx.selection:
+            res["selected_step"] = ctx.selection["selected_step"]
+            res["selection"] = ctx.selection
         atomic_write_json(cell / "result.json", res)
         (cell / "checkpoint.pt").unlink(missing_ok=True)
         mark_done(cell, {"key": key})
@@ -103,6 +112,11 @@ class Cells:
         stage_done = read_json(Path(path).parent / "DONE")
         res["train_wall_time_s"] = stage_done.get("wall_time_s")
         res["counters"] = stage_done.get("counters", {})
+        res["budget"] = {"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr,
+                         "budget_class": METHODS.get(method_name).budget, "init": "base"}
+        if stage_done.get("selection"):
+            res["selected_step"] = stage_done["selection"]["selected_step"]
+            res["selection"] = stage_done["selection"]
         cell.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cell / "config.json", {"method": method_name, "train": to_dict(train), "student": student})
         hist = Path(path).parent / "history.json"

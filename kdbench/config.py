@@ -14,6 +14,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 from .registry import suggest
+from .selection import SelectConfig
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -126,6 +127,7 @@ class BenchConfig:
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config overrides
     build: ModelBuildConfig = field(default_factory=ModelBuildConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)  # checkpoint selection on dev (kdbench.selection)
     data_dir: str | None = None
     max_train_examples: int | None = None
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task extra settings

@@ -138,6 +138,8 @@ class MethodContext:
         self.trainer = Trainer(train_cfg, run_dir, desc=method_name or "train", device=device, dtype=dtype,
                                progress=progress)
         self.device = self.trainer.device
+        self.selector = None  # kdbench.selection.DevSelector when the run selects on dev (set by the cell)
+        self.selection: dict | None = None  # what the selector chose, after fit
         self.student.to(self.device)
         if self.teacher is not None:
             self.teacher.eval()
@@ -267,7 +269,14 @@ class MethodContext:
     # -- training --------------------------------------------------------------------------------
     def fit(self, loss_fn: Callable[[Batch], LossOutput], batches: Iterator[Batch]) -> list[dict]:
         # counters are checkpointed with the model: a resumed cell reports the cost of the whole run
-        self.history = self.trainer.fit(self.student, loss_fn, batches, state={"counters": self.counters})
+        sel = self.selector
+        state = {"counters": self.counters, **({"selection": sel.state} if sel is not None else {})}
+        if sel is not None:
+            sel.model = self.student
+        self.history = self.trainer.fit(self.student, loss_fn, batches, state=state,
+                                        on_step=sel.on_step if sel is not None else None)
+        if sel is not None:  # end on the dev-selected weights (kdbench.selection)
+            self.selection = sel.finish(self.trainer.accelerator.unwrap_model(self.student), self.train_cfg.steps)
         return self.history
 
 

@@ -62,6 +62,12 @@ class Benchmark:
             cfg.train_config_for(m, None, METHODS.get(m).budget)
         for name in cfg.eval.metrics or []:
             METRICS.get(name, "eval.metrics")
+        if cfg.select.every:  # the dev score runs on the trainer's logging steps
+            for m in cfg.methods:
+                tc = cfg.train_config_for(m, None, METHODS.get(m).budget)
+                if cfg.select.every % tc.log_every:
+                    raise ConfigError(f"config key 'select.every': {cfg.select.every} is not a multiple of "
+                                      f"{m}'s log_every {tc.log_every}; use a multiple of it")
         for t in cfg.task_options:  # a misspelt task name would silently drop its options
             TASKS.get(t, "task_options")
         from .metrics.judge import judge_settings

@@ -178,17 +178,22 @@ class Stages:
         if memo in self._models:
             return self._models[memo]
         spec = {"role": role, "base": base[1], "train": to_dict(train), "data": self.data_fp(), "method": "sft"}
+        select = self.selection_spec() if role == "student" else None
+        if select:
+            spec["select"] = select
 
         def build(folder: Path):
             tok = self.tokenizer()
             model = M.load_model(base[0])  # trained: fp32 master weights; --dtype is mixed precision
             ctx = self.method_context(model, None, train, folder, "sft", role)
+            ctx.selector = self.selector() if select else None
             make_method("sft").train(ctx)
             model = ctx.trainer.accelerator.unwrap_model(ctx.student)
             M.save_model(model.cpu(), tok, folder / "model")
             atomic_write_json(folder / "history.json", ctx.history)
             (folder / "checkpoint.pt").unlink(missing_ok=True)
-            return {"counters": dict(ctx.counters), "params": M.count_parameters(model)}
+            return {"counters": dict(ctx.counters), "params": M.count_parameters(model),
+                    **({"selection": ctx.selection} if ctx.selection else {})}
 
         folder, key = self.stage(f"{role}-sft", spec, build)
         self._models[memo] = (str(folder / "model"), key)
@@ -250,6 +255,42 @@ class Stages:
                             progress=self.progress)
         ctx.vocab_size = len(self.tokenizer())  # logits are cut to the real vocabulary (padded embeddings)
         return ctx
+
+    def selection_spec(self) -> dict | None:
+        """The dev-selection settings that change a trained model (None when selection is off, so the
+        keys of runs without it are unchanged)."""
+        sel = self.cfg.select
+        if not sel.every:
+            return None
+        return {**dataclasses.asdict(sel), "metric": self._selection_metric()}
+
+    def _selection_metric(self) -> str:
+        return self.cfg.select.metric or self.tasks.get(self.cfg.train_task).primary_metric
+
+    def selector(self):
+        """A DevSelector over the train task's dev split, or None (selection off or no dev split)."""
+        from .evaluation import evaluate
+        from .metrics.base import METRICS
+        from .selection import DevSelector
+
+        sel, c = self.cfg.select, self.cfg
+        if not sel.every:
+            return None
+        task = self.tasks.get(c.train_task)
+        if "dev" not in task.splits:
+            raise ConfigError(f"config key 'select.every': task '{c.train_task}' has no dev split to select on; "
+                              "set select.every: 0")
+        dev = self.tasks.filter_prompts(task.examples("dev"), f"{c.train_task}/dev")[: sel.max_examples]
+        metric = self._selection_metric()
+        parent = next((m for m in METRICS.names() if m == metric or metric in METRICS.get(m).sub_directions), metric)
+        hib = METRICS.get(parent, "select.metric").direction(metric)
+        tok = self.tokenizer()
+
+        def score(model) -> float:
+            res = evaluate(model, tok, task, dev, sel.seed, c.eval, [parent], max_prompt_length=c.max_prompt_length)
+            return res.values.get(metric, float("nan"))
+
+        return DevSelector(sel.every, metric, hib, score)
 
     def place_teacher(self, teacher) -> None:
         where = self.cfg.teacher_device

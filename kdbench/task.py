@@ -41,6 +41,8 @@ class Task:
     version: ClassVar[int] = 1
     # Metrics computed on this task unless the benchmark overrides them.
     default_metrics: ClassVar[tuple[str, ...]] = ("rouge_l",)
+    # The metric a task is judged by first: checkpoint selection on dev, tuning, the claims' "primary metric".
+    primary_metric: ClassVar[str] = "rouge_l"
     # Which splits exist; a pure eval set has only "test".
     splits: ClassVar[tuple[str, ...]] = ("test",)
 

@@ -98,9 +98,10 @@ def _terms(histories: dict[Key, list[dict]]) -> list[str]:
         for rec in h:
             for k, v in rec.items():
                 numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
-                if numeric and (k == "loss" or DIVERGENCE_TERM.search(k)):
+                if numeric and (k == "loss" or k.startswith("dev_") or DIVERGENCE_TERM.search(k)):
                     seen.setdefault(k, None)
-    return sorted(seen, key=lambda k: (k != "loss", k))[:MAX_PANELS]
+    # loss first, then the dev curves (checkpoint selection, kdbench.selection), then the terms
+    return sorted(seen, key=lambda k: (k != "loss", not k.startswith("dev_"), k))[:MAX_PANELS]
 
 
 def plot_training(run: Run, st: Styles, out: Path) -> list[Figure]:
@@ -124,7 +125,8 @@ def plot_training(run: Run, st: Styles, out: Path) -> list[Figure]:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=st.colors[key[1]],
                     linestyle=st.linestyles[key[0]], marker=st.markers[key[1]], markersize=3, linewidth=1.3,
                     label=st.label(key, several))
-        ax.set_title(term + (" (the method's objective)" if term == "loss" else ""))
+        ax.set_title(term + (" (the method's objective)" if term == "loss" else
+                             " (dev split; checkpoints selected on it)" if term.startswith("dev_") else ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("training step")
         ax.set_ylabel(term)
@@ -134,8 +136,9 @@ def plot_training(run: Run, st: Styles, out: Path) -> list[Figure]:
             *_axes_legend_entries(axes), ncol=6)
     png, svg = _save(fig, out, "training_curves")
     return [Figure("training", png.stem, "Training curves",
-                   "Loss and the divergence terms each method logs (history.json), against optimisation "
-                   "steps; a panel shows only the methods that log its term.", png, svg)]
+                   "Loss, the dev-split curve when checkpoints are selected on dev, and the divergence terms "
+                   "each method logs (history.json), against optimisation steps; a panel shows only the "
+                   "methods that log its term.", png, svg)]
 
 
 # ------------------------------------------------------------------------------------------------
