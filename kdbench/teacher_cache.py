@@ -9,7 +9,7 @@ The float16 log-probs carry a relative error <= 2^-11 (0.008 nats on a log-prob 
 Reconstruction spreads the remaining mass uniformly over the V-k other tokens (a normalised
 distribution p_hat). Error against the full teacher distribution p, per position:
   KL(p || p_hat) = sum_{tail} p_i log(p_i / (r/(V-k))) <= r log(V-k) - H_tail-part,  r = tail mass,
-so it vanishes as r -> 0 and is exactly 0 for k = V (tests/test_teacher_cache.py checks both and
+so it vanishes as r -> 0 and is exactly 0 for k = V (tests/engine/test_teacher_cache.py checks both and
 that the error falls with k). For KD the student's loss changes by E_p_hat - E_p of -log q, which
 is at most r x (max - min of -log q over the tail); with a peaked teacher (a trained toy teacher
 puts > 99 % of its mass on a few tokens) r is small. Measure it for your teacher with

@@ -1,4 +1,4 @@
-"""One rank of the 2-process training test (tests/test_ddp.py); not a test module itself.
+"""One rank of the 2-process training test (tests/engine/test_ddp.py); not a test module itself.
 
 Launched with the variables torchrun / `accelerate launch` set (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT); accelerate then starts a gloo process group on CPU. Usage:

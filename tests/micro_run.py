@@ -38,7 +38,7 @@ MICRO = ["--preset", "ci", "--no-progress",
 
 def skip_plots() -> None:
     """Summaries without plots: matplotlib takes most of a micro run's time, and no test here looks
-    at the figures (tests/test_report.py does)."""
+    at the figures (tests/report/test_report.py does)."""
     import kdbench.report.plots as plots
 
     plots.make_plots = lambda run, plot_dir: ([], [])

@@ -25,7 +25,7 @@ NAMES = ("dolly", "self_inst", "vicuna", "sni", "unni", "sst2", "boolq")
 for _n in NAMES:
     importlib.import_module(f"tasks.{_n}")
 
-SHARED = Path(os.environ.get("KDBENCH_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+from fixtures import SHARED_DATA as SHARED  # noqa: E402  (../shared/data, or $KDBENCH_SHARED_DATA)
 
 
 @pytest.fixture(autouse=True)

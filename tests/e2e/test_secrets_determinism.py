@@ -20,7 +20,7 @@ import pytest
 import micro_run
 from kdbench.cli import main
 from kdbench.metrics.judge import reset_judge_runs
-from test_judge import FakeOpenAI
+from fake_openai import FakeOpenAI
 
 SECRET = "sk-kdbench-FAKE-KEY-do-not-write-3b9e1d7c"
 

@@ -1,5 +1,5 @@
 """Bad input fails before any expensive work, with a message that names what was wrong, where,
-and what would be valid. One test per case (tests/test_config_cli.py holds the older ones: unknown
+and what would be valid. One test per case (tests/engine/test_config_cli.py holds the older ones: unknown
 method/task/preset, bad --seeds, distill.lr < 0, distill.batch_size 0, an unknown --set key,
 max_prompt_length >= max_length via --set, eval.top_p, a missing --teacher path, kd_ratio 1.5, an
 unknown key / broken YAML in --config, an --out below a file)."""
