@@ -140,7 +140,8 @@ def _collect_train(out: Path) -> dict[Key, dict]:
                 except (OSError, json.JSONDecodeError):
                     pass
         cell["done"] = (d / "DONE").exists()
-        cells.setdefault((student, method), cell)  # the first training seed stands for the row
+        first = cells.setdefault((student, method), cell)  # the first training seed stands for the row
+        first.setdefault("runs", []).append(cell)  # every training seed's cell (cost, selection)
     return cells
 
 
