@@ -61,8 +61,10 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
     if run.verdicts.findings:
         from ..claims import findings_markdown
 
-        written["findings.md"] = findings_markdown(run.verdicts.findings)
-        written["findings.json"] = to_json(run.verdicts.findings)
+        from .verdicts import health_markdown
+
+        written["findings.md"] = findings_markdown(run.verdicts.findings) + health_markdown(run.verdicts.health)
+        written["findings.json"] = to_json({"claims": run.verdicts.findings, "metric_health": run.verdicts.health})
     cost = cost_rows(run)
     written["cost.md"] = cost_markdown(run, cost)
     written["cost.csv"] = cost_csv(cost)

@@ -343,8 +343,11 @@ VERDICT_CLASS = {"supported": "good", "contradicted": "bad", "inconclusive": "ns
 def _findings(run: Run) -> str:
     """Each registered claim with its verdict and evidence (findings.md has the same)."""
     fs = run.verdicts.findings if run.verdicts is not None else []
+    health = "".join(f"<li><code>{e(h['task'])}/{e(h['metric'])}</code>: {e(h['issue'])}</li>"
+                     for h in (run.verdicts.health if run.verdicts is not None else []))
+    health = (f"<p>Metrics that cannot tell the students apart in this run:</p><ul>{health}</ul>" if health else "")
     if not fs:
-        return '<p class="note">No claims evaluated.</p>'
+        return '<p class="note">No claims evaluated.</p>' + health
     rows = []
     for f in fs:
         ev = "".join(
@@ -361,7 +364,7 @@ def _findings(run: Run) -> str:
             + "".join(rows) + "</tbody></table><p class='note'>A claim is supported when every comparison it "
             "needs is significant in the claimed direction, contradicted when any is significant the other way, "
             "inconclusive otherwise, not measured when the run lacks its methods or metrics. Also in findings.md "
-            "/ findings.json; add your own with <code>kdbench.claims.register_claim</code>.</p>")
+            "/ findings.json; add your own with <code>kdbench.claims.register_claim</code>.</p>" + health)
 
 
 def render(run: Run, figs: list[Figure], problems: list[str], baseline: str | None, cost: list[dict]) -> str:

@@ -37,6 +37,7 @@ class Verdicts:
     findings: list[dict] = field(default_factory=list)
     ranks: list[dict] = field(default_factory=list)
     baseline: str | None = None
+    health: list[dict] = field(default_factory=list)  # metrics that cannot tell the students apart
     levels: dict[tuple, str] = field(default_factory=dict)  # (task, metric) -> example | cell
 
     def comparison(self, student, method, baseline, task, metric) -> dict | None:
@@ -142,6 +143,7 @@ def compute(run: Run, baseline: str | None) -> Verdicts:
             else:
                 v.bold[(student, task, metric)] = {keys[0].rpartition("/")[2]}
     v.ranks = _ranks(run, cols)
+    v.health = metric_health(run)
     v.findings = _findings(v.comparisons)
     return v
 
@@ -172,6 +174,40 @@ def _ranks(run: Run, cols: dict[tuple[str, str], Column]) -> list[dict]:
         return rank_intervals(merged, columns, hib, models=keys, n_resamples=500)
     except ValueError:
         return []
+
+
+CHANCE = {"cls_acc": 50.0}  # two-way label-word classification
+
+
+def metric_health(run: Run) -> list[dict]:
+    """Columns where no distilled student differs from another (saturated or constant), or where every
+    student sits at chance: such a metric says nothing about the methods, and the findings say so."""
+    out = []
+    for task, metric in run.columns:
+        rows = [r for r in run.rows if r["task"] == task and r["metric"] == metric and r["student"] is not None
+                and r["method"] not in REFERENCE_ROWS]
+        if len(rows) < 2:
+            continue
+        means = [r["mean"] for r in rows]
+        lo, hi = min(means), max(means)
+        issue = None
+        if hi - lo <= 1e-9 * max(1.0, abs(hi)):
+            issue = f"every student scores {hi:g}"
+        elif metric in CHANCE and all(r.get("ci_low") is not None and r["ci_low"] <= CHANCE[metric] <= r["ci_high"]
+                                      for r in rows):
+            issue = f"every student's 95% CI contains chance ({CHANCE[metric]:g}); range {lo:g}-{hi:g}"
+        if issue:
+            out.append({"task": task, "metric": metric, "issue": issue, "n_models": len(rows)})
+    return out
+
+
+def health_markdown(health: list[dict]) -> str:
+    if not health:
+        return ""
+    lines = ["", "## Metrics that cannot tell the students apart in this run", "",
+             "| task | metric | why |", "|---|---|---|"]
+    lines += [f"| {h['task']} | {h['metric']} | {h['issue']} (over {h['n_models']} students) |" for h in health]
+    return "\n".join(lines) + "\n"
 
 
 def _claim_pairs(student: str, keys: list[str]) -> list[tuple[str, str]]:
