@@ -24,6 +24,7 @@ from .metrics.base import METRICS, EvalSession
 from .stages import Stages
 from .taskset import TaskSet
 from .trainer import get_accelerator
+from .tuning import point_label
 
 log = logging.getLogger("kdbench")
 
@@ -42,15 +43,16 @@ class Cells:
     # ------------------------------------------------------------------------------------------
     # training
 
-    def train_cell(self, student: str, method_name: str, train_seed: int | None = None) -> TrainResult:
-        """Train one student with one method; returns its result record or raises."""
+    def train_cell(self, student: str, method_name: str, train_seed: int | None = None,
+                   point: dict | None = None) -> TrainResult:
+        """Train one student with one method (at one tuning grid point); returns its result or raises."""
         c = self.cfg
         cls = METHODS.get(method_name)
         method = make_method(method_name, c.method_config.get(method_name))
-        train = c.train_config_for(method_name, train_seed, cls.budget)
-        cell = self.layout.train_cell(student, method_name, train_seed)
+        train = c.train_config_for(method_name, train_seed, cls.budget, point)
+        cell = self.layout.train_cell(student, method_name, train_seed, point_label(point) if point else None)
         if cls.shared_stage:  # the SFT student is a shared cached stage (MiniLLM's init too)
-            return self._stage_cell(cell, student, method_name, train, train_seed)
+            return self._stage_cell(cell, student, method_name, train, train_seed, point)
         teacher_path, teacher_key = self.stages.teacher_model() if method.requires_teacher else (None, None)
         init = (self.stages.student_sft(student, train_seed) if method.student_init == "sft"
                 else self.stages.student_base(student))
@@ -99,10 +101,10 @@ class Cells:
         mark_done(cell, {"key": key})
         return res
 
-    def _stage_cell(self, cell: Path, student: str, method_name: str, train, train_seed) -> TrainResult:
+    def _stage_cell(self, cell: Path, student: str, method_name: str, train, train_seed, point=None) -> TrainResult:
         """A method whose student is a cached stage (sft): the cell records and points at it."""
         t0 = time.time()
-        path, key = self.stages.student_sft(student, train_seed)
+        path, key = self.stages.student_sft(student, train_seed, point)
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:  # finished: leave it as it is
             return {**read_json(cell / "result.json"), "model_path": path}
         res: TrainResult = {"model_path": path, "key": key, "method": method_name, "student": student,
@@ -125,6 +127,18 @@ class Cells:
         atomic_write_json(cell / "result.json", res)
         mark_done(cell, {"key": key})
         return res
+
+    def dev_score(self, res: TrainResult, cell: Path, metric: str = "") -> float:
+        """The trained model's dev score (tuning), cached in the cell next to its result."""
+        score_fn, name, _ = self.stages.dev_scorer(metric)
+        f = cell / "dev_score.json"
+        if f.exists():
+            rec = read_json(f)
+            if rec.get("key") == res["key"] and rec.get("metric") == name:
+                return float(rec["score"])
+        value = float(score_fn(self._load_cached(res["model_path"])))
+        atomic_write_json(f, {"key": res["key"], "metric": name, "score": value})
+        return value
 
     # ------------------------------------------------------------------------------------------
     # evaluation

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with config overrides")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set distill.lr=1e-3 (repeatable)")
+    p.add_argument("--train-seeds", help="training seeds, comma-separated: one train cell per method and seed "
+                                         "(CIs then include training-seed variance)")
+    p.add_argument("--tune", action="append", default=[], metavar="KEY=V1,V2",
+                   help="tuning grid over a training setting, the same for every method, selected on the dev "
+                        "split, e.g. --tune lr=1e-3,3e-3 (repeatable)")
+    p.add_argument("--tune-metric", help="dev metric the tuning selects by (default: the train task's primary)")
+    p.add_argument("--baseline", help="method the comparisons and the delta table use as baseline (default sft)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16")
     p.add_argument("--teacher-device", help="same | cpu | cuda:N (where the teacher sits)")
@@ -122,6 +129,22 @@ def resolve_config(args: argparse.Namespace):
         except ValueError:
             raise ConfigError(f"--seeds: expected comma-separated integers like 10,20,30, got '{args.seeds}'") from None
         data.setdefault("eval", {})["seeds"] = seeds
+    if getattr(args, "train_seeds", None):
+        try:
+            data["train_seeds"] = [int(x) for x in args.train_seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--train-seeds: expected comma-separated integers like 1,2,3, got "
+                              f"'{args.train_seeds}'") from None
+    for item in getattr(args, "tune", None) or []:
+        if "=" not in item:
+            raise ConfigError(f"--tune '{item}': expected KEY=V1,V2,..., e.g. --tune lr=1e-3,3e-3")
+        k, v = item.split("=", 1)
+        data.setdefault("tune", {})[k.strip()] = [_number(x.strip()) for x in v.split(",") if x.strip()]
+    if getattr(args, "baseline", None):
+        METHODS.get(args.baseline, "--baseline")
+        data["baseline"] = args.baseline
+    if getattr(args, "tune_metric", None):
+        data["tune_metric"] = args.tune_metric
     data_dir = args.data_dir or os.environ.get("KDBENCH_DATA")
     if data_dir:
         data["data_dir"] = data_dir
@@ -144,6 +167,18 @@ def resolve_config(args: argparse.Namespace):
     for t in cfg.tasks + [cfg.train_task]:
         TASKS.get(t, "tasks")
     return cfg
+
+
+def _number(text: str):
+    """'3' -> 3, '1e-3' -> 0.001 (YAML 1.1 reads '1e-3' as a string), anything else as YAML."""
+    import yaml
+
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def apply_limit(cfg, n: int) -> None:

@@ -128,6 +128,11 @@ class BenchConfig:
     build: ModelBuildConfig = field(default_factory=ModelBuildConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     select: SelectConfig = field(default_factory=SelectConfig)  # checkpoint selection on dev (kdbench.selection)
+    # The tuning protocol (kdbench.tuning): TrainConfig field -> values, the same grid for every method;
+    # selected on the dev split by tune_metric ("" = the train task's primary metric).
+    tune: dict[str, list[Any]] = field(default_factory=dict)
+    tune_metric: str = ""
+    baseline: str = "sft"  # the method comparisons and the delta table are against (when it ran)
     data_dir: str | None = None
     max_train_examples: int | None = None
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task extra settings
@@ -155,7 +160,8 @@ class BenchConfig:
         _check(self.prompt_format in ("plain", "chat", "chat-alpaca"), "prompt_format",
                f"'{self.prompt_format}' is not one of plain, chat, chat-alpaca")
 
-    def train_config_for(self, method: str, train_seed: int | None = None, budget: str | None = None) -> TrainConfig:
+    def train_config_for(self, method: str, train_seed: int | None = None, budget: str | None = None,
+                         point: dict[str, Any] | None = None) -> TrainConfig:
         """The TrainConfig of one method (and training seed): distill, then the method's budget class's
         overrides, then the method's own; a training seed replaces `seed`."""
         base = dataclasses.asdict(self.distill)
@@ -167,6 +173,7 @@ class BenchConfig:
         base.update(self.method_train.get(method, {}))
         if train_seed is not None:
             base["seed"] = int(train_seed)
+        base.update(point or {})  # a tuning grid point (kdbench.tuning)
         return from_dict(TrainConfig, base, where=where)
 
     def train_seed_list(self) -> list[int | None]:

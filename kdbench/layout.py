@@ -4,7 +4,9 @@ The runner writes through it; the report, `summarize` and the dry run read throu
 names a folder under a run or cache directory, so writers and readers cannot drift (no torch import).
 
     <out>/config.json, run_info.json, leaderboard.*, report.html, plots/
-    <out>/cells/train/<student>/<method>[/train-seed<k>]/     config.json, model/, history.json, result.json, DONE
+    <out>/cells/train/<student>/<method>[/tune-<point>][/train-seed<k>]/
+                                                     config.json, model/, history.json, result.json, DONE
+    <out>/cells/train/<student>/<method>/tuning.json  grid, dev scores, selected point (--tune)
     <out>/cells/train/<student>/_base/ , cells/train/_teacher/  error.json of a failed shared stage
     <out>/cells/eval/<group>/<model>[/train-seed<k>]/<task>/seed<e>/
                                                      generations.jsonl, per_example.jsonl, metrics.json, DONE
@@ -29,6 +31,7 @@ REFERENCE_ROWS = (TEACHER, BASE)
 TEACHER_GROUP = "_teacher"  # eval-cell group (and failure folder) of the teacher
 BASE_FOLDER = "_base"  # train-cell folder recording a failed student-base stage
 TRAIN_SEED_PREFIX = "train-seed"
+TUNE_PREFIX = "tune-"
 EVAL_SEED_PREFIX = "seed"
 
 
@@ -161,9 +164,18 @@ class RunLayout:
             yield done.parent
 
     # cells
-    def train_cell(self, student: str, method: str, train_seed: int | None = None) -> Path:
+    def train_cell(self, student: str, method: str, train_seed: int | None = None, point: str | None = None) -> Path:
         d = self.cells / "train" / label_of(student) / method
+        if point is not None:  # a tuning grid point (kdbench.tuning)
+            d = d / f"{TUNE_PREFIX}{point}"
         return d / f"{TRAIN_SEED_PREFIX}{train_seed}" if train_seed is not None else d
+
+    def tuning(self, student: str, method: str) -> Path:
+        """The tuning record of one (student, method): grid, dev scores, selected point."""
+        return self.cells / "train" / label_of(student) / method / "tuning.json"
+
+    def tuning_records(self) -> list[dict]:
+        return [read_json(p) for p in sorted((self.cells / "train").glob("*/*/tuning.json"))]
 
     def teacher_failure(self) -> Path:
         return self.cells / "train" / TEACHER_GROUP
@@ -211,10 +223,14 @@ class RunLayout:
         for d in sorted(p for p in root.glob("*/*") if p.is_dir()):
             if d.parent.name == TEACHER_GROUP or d.name.startswith("_"):
                 continue
+            student, method = d.parent.name, d.name
+            tuned = self.tuning(student, method)
+            if tuned.exists():  # tuned: the selected point's cells stand for the method
+                d = d / f"{TUNE_PREFIX}{read_json(tuned)['selected']}"
             seeds = sorted((p for p in d.glob(f"{TRAIN_SEED_PREFIX}*") if p.is_dir()),
                            key=lambda p: _seed(p.name, TRAIN_SEED_PREFIX) or 0)
             if seeds:
                 for s in seeds:
-                    yield d.parent.name, d.name, _seed(s.name, TRAIN_SEED_PREFIX), s
+                    yield student, method, _seed(s.name, TRAIN_SEED_PREFIX), s
             else:
-                yield d.parent.name, d.name, None, d
+                yield student, method, None, d

@@ -25,6 +25,7 @@ from .plugins import load_plugins
 from .stages import Stages
 from .task import TASKS
 from .taskset import TaskSet
+from .tuning import parse_grid, point_label, select
 
 log = logging.getLogger("kdbench")
 
@@ -62,6 +63,10 @@ class Benchmark:
             cfg.train_config_for(m, None, METHODS.get(m).budget)
         for name in cfg.eval.metrics or []:
             METRICS.get(name, "eval.metrics")
+        if cfg.tune:
+            parse_grid(cfg.tune)  # bad keys or empty lists fail before any work
+            if "dev" not in self.tasks.get(cfg.train_task).splits:
+                raise ConfigError(f"--tune: task '{cfg.train_task}' has no dev split to select on")
         if cfg.select.every:  # the dev score runs on the trainer's logging steps
             for m in cfg.methods:
                 tc = cfg.train_config_for(m, None, METHODS.get(m).budget)
@@ -147,17 +152,13 @@ class Benchmark:
                 cells.record_failure("stage", BASE, student, e, self.layout.base_failure(student))
                 continue
             for m in c.methods:
-                for ts in c.train_seed_list():
-                    where = self.layout.train_cell(student, m, ts)
-                    if METHODS.get(m).requires_teacher and t_path is None:
-                        cells.record_failure("train", m, student, KdbenchError("teacher stage failed"), where,
-                                             train_seed=ts)
-                        continue
-                    try:
-                        res = cells.train_cell(student, m, ts)
-                        models.append((group, m, res["model_path"], res["key"], ts))
-                    except Exception as e:  # noqa: BLE001 - recorded; other cells go on
-                        cells.record_failure("train", m, student, e, where, train_seed=ts)
+                if METHODS.get(m).requires_teacher and t_path is None:
+                    for ts in c.train_seed_list():
+                        cells.record_failure("train", m, student, KdbenchError("teacher stage failed"),
+                                             self.layout.train_cell(student, m, ts), train_seed=ts)
+                    continue
+                trained = self._tune(student, m) if c.tune else self._train(student, m, None)
+                models += [(group, m, res["model_path"], res["key"], ts) for ts, res in trained]
         try:
             self._evaluate_all(models)
         finally:
@@ -175,6 +176,46 @@ class Benchmark:
         rows = summarize(self.out)
         atomic_write_json(marker, {"rows": len(rows)})  # written last: the summary is complete
         return rows
+
+    def _train(self, student: str, m: str, point: dict | None) -> list[tuple[int | None, dict]]:
+        """Every training seed of one (student, method[, grid point]); failures recorded, not raised."""
+        out = []
+        for ts in self.cfg.train_seed_list():
+            try:
+                out.append((ts, self.cells.train_cell(student, m, ts, point)))
+            except Exception as e:  # noqa: BLE001 - recorded; other cells go on
+                where = self.layout.train_cell(student, m, ts, point_label(point) if point else None)
+                self.cells.record_failure("train", m, student, e, where, train_seed=ts)
+        return out
+
+    def _tune(self, student: str, m: str) -> list[tuple[int | None, dict]]:
+        """--tune: train at every grid point, score each on dev, keep the selected point's models."""
+        c = self.cfg
+        grid = parse_grid(c.tune)
+        runs: dict[str, list] = {}
+        scores: dict[str, list[float]] = {}
+        t0 = time.time()
+        hib, metric = True, c.tune_metric
+        for point in grid:
+            label = point_label(point)
+            runs[label] = self._train(student, m, point)
+            scores[label] = []
+            for ts, res in runs[label]:
+                cell = self.layout.train_cell(student, m, ts, label)
+                try:
+                    scores[label].append(self.cells.dev_score(res, cell, c.tune_metric))
+                except Exception as e:  # noqa: BLE001
+                    self.cells.record_failure("train", m, student, e, cell, train_seed=ts)
+        _, metric, hib = self.stages.dev_scorer(c.tune_metric)
+        best = select(scores, hib)
+        atomic_write_json(self.layout.tuning(student, m), {
+            "student": student, "method": m, "metric": metric, "higher_is_better": hib, "selected": best,
+            "grid": [{"point": p, "label": point_label(p), "dev": scores[point_label(p)],
+                      "dev_mean": (sum(scores[point_label(p)]) / len(scores[point_label(p)])
+                                   if scores[point_label(p)] else None)} for p in grid],
+            "wall_time_s": round(time.time() - t0, 2)})
+        log.info("tune %s/%s: selected %s on dev %s", label_of(student), m, best, metric)
+        return runs[best]
 
     def _summary_is_current(self, marker: Path) -> bool:
         if not marker.exists() or not (self.out / "leaderboard.json").exists():

@@ -209,9 +209,10 @@ class Stages:
     def student_base(self, student: str) -> tuple[str, str]:
         return self._base_model("student", student, self.cfg.build.student_pretrain)
 
-    def student_sft(self, student: str, train_seed: int | None = None) -> tuple[str, str]:
-        """The SFT student (the `sft` row and MiniLLM's init), one per training seed."""
-        return self._sft_stage("student", self.student_base(student), self.cfg.train_config_for("sft", train_seed))
+    def student_sft(self, student: str, train_seed: int | None = None, point: dict | None = None) -> tuple[str, str]:
+        """The SFT student (the `sft` row and MiniLLM's init), one per training seed (and tuning point)."""
+        return self._sft_stage("student", self.student_base(student),
+                               self.cfg.train_config_for("sft", train_seed, None, point))
 
     def teacher_samples(self) -> list[Example]:
         """One teacher sample per train prompt (SeqKD data), generated once and cached."""
@@ -267,30 +268,38 @@ class Stages:
     def _selection_metric(self) -> str:
         return self.cfg.select.metric or self.tasks.get(self.cfg.train_task).primary_metric
 
-    def selector(self):
-        """A DevSelector over the train task's dev split, or None (selection off or no dev split)."""
+    def dev_scorer(self, metric: str = "", max_examples: int | None = None, seed: int | None = None):
+        """(score_fn(model) -> float, metric, higher_is_better) on the train task's dev split: the
+        primary metric (or `metric`) of a sampled evaluation at a fixed seed."""
         from .evaluation import evaluate
         from .metrics.base import METRICS
-        from .selection import DevSelector
 
-        sel, c = self.cfg.select, self.cfg
-        if not sel.every:
-            return None
+        c = self.cfg
         task = self.tasks.get(c.train_task)
         if "dev" not in task.splits:
-            raise ConfigError(f"config key 'select.every': task '{c.train_task}' has no dev split to select on; "
-                              "set select.every: 0")
-        dev = self.tasks.filter_prompts(task.examples("dev"), f"{c.train_task}/dev")[: sel.max_examples]
-        metric = self._selection_metric()
+            raise ConfigError(f"task '{c.train_task}' has no dev split to select on (select.every / --tune need one)")
+        n = max_examples if max_examples is not None else c.select.max_examples
+        dev = self.tasks.filter_prompts(task.examples("dev"), f"{c.train_task}/dev")[:n]
+        metric = metric or task.primary_metric
         parent = next((m for m in METRICS.names() if m == metric or metric in METRICS.get(m).sub_directions), metric)
-        hib = METRICS.get(parent, "select.metric").direction(metric)
+        hib = METRICS.get(parent, "dev metric").direction(metric)
         tok = self.tokenizer()
+        s = c.select.seed if seed is None else seed
 
         def score(model) -> float:
-            res = evaluate(model, tok, task, dev, sel.seed, c.eval, [parent], max_prompt_length=c.max_prompt_length)
+            res = evaluate(model, tok, task, dev, s, c.eval, [parent], max_prompt_length=c.max_prompt_length)
             return res.values.get(metric, float("nan"))
 
-        return DevSelector(sel.every, metric, hib, score)
+        return score, metric, hib
+
+    def selector(self):
+        """A DevSelector over the train task's dev split, or None (selection off)."""
+        from .selection import DevSelector
+
+        if not self.cfg.select.every:
+            return None
+        score, metric, hib = self.dev_scorer(self._selection_metric())
+        return DevSelector(self.cfg.select.every, metric, hib, score)
 
     def place_teacher(self, teacher) -> None:
         where = self.cfg.teacher_device

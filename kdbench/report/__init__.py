@@ -31,7 +31,7 @@ log = logging.getLogger("kdbench")
 __all__ = ["summarize", "load_run", "collect", "aggregate", "Run", "check_tex_shape"]
 
 # Files this module owns; stale ones (e.g. a delta table when the baseline is gone) are removed.
-_OPTIONAL = ("leaderboard_delta.md", "failures.json", "findings.md", "findings.json")
+_OPTIONAL = ("leaderboard_delta.md", "failures.json", "findings.md", "findings.json", "tuning.md")
 
 
 def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = None) -> list[dict]:
@@ -58,6 +58,10 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
     if baseline:
         written["leaderboard_delta.md"] = delta_markdown(run, baseline)
     written["comparisons.json"] = to_json(run.verdicts.comparisons)
+    from .tuning import tuning_markdown
+
+    if tuning_markdown(run):
+        written["tuning.md"] = tuning_markdown(run)
     if run.verdicts.findings:
         from ..claims import findings_markdown
 
@@ -90,6 +94,8 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
         if baseline:
             print(f"delta to {baseline}: {out / 'leaderboard_delta.md'}")
         print(f"cost: {out / 'cost.md'}")
+        if "tuning.md" in written:
+            print(f"tuning: {out / 'tuning.md'}")
         print(f"comparisons: {out / 'comparisons.json'} ({len(run.verdicts.comparisons)}, "
               f"{sum(bool(c['significant']) for c in run.verdicts.comparisons)} significant)")
         if run.verdicts.findings:

@@ -337,6 +337,13 @@ def _samples(run: Run) -> str:
     return "".join(parts) or '<p class="note">No generations found.</p>'
 
 
+def _tuning(run: Run) -> str:
+    from .tuning import tuning_markdown
+
+    md = tuning_markdown(run)
+    return f"<h3>Tuning (dev split)</h3><pre>{e(md)}</pre>" if md else ""
+
+
 VERDICT_CLASS = {"supported": "good", "contradicted": "bad", "inconclusive": "ns", "not measured": "dash"}
 
 
@@ -372,7 +379,7 @@ def render(run: Run, figs: list[Figure], problems: list[str], baseline: str | No
     sections = [("setup", "Setup", _setup(run)), ("leaderboard", "Leaderboard", _leaderboard(run)),
                 ("delta", f"Difference to {baseline or 'a baseline'}", _delta(run, baseline)),
                 ("findings", "Findings", _findings(run)),
-                ("cost", "Cost", _cost(run, cost)), ("plots", "Plots", _plots(figs, problems)),
+                ("cost", "Cost", _cost(run, cost) + _tuning(run)), ("plots", "Plots", _plots(figs, problems)),
                 ("samples", "Samples", _samples(run))]
     fl = failure_lines(run)
     if fl:

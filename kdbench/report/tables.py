@@ -194,7 +194,9 @@ def markdown(run: Run) -> str:
 
 
 def default_baseline(run: Run) -> str | None:
-    return "sft" if "sft" in run.methods else None
+    """The run's configured baseline (config key `baseline`, default sft) when it has rows."""
+    b = run.config.get("baseline") or "sft"
+    return b if b in run.methods else None
 
 
 def delta_cells(run: Run, baseline: str) -> tuple[list[Key], dict[tuple, dict]]:
