@@ -17,6 +17,7 @@ from typing import Any
 from .data import REFERENCE_ROWS, TEACHER, Key, Run, first_seed_generations, tasks
 from .plots import Figure, styles_for
 from .cost import COST_FIELDS, _fmt_cost
+from .html_verdicts import _findings, _tuning
 from .tables import (DASH, PARTIAL, STAR, best_by_group, ci_note, cell_flags, decimals, delta_cells, direction,
                      failure_lines, student_label)
 
@@ -335,43 +336,6 @@ def _samples(run: Run) -> str:
                          f'<div class="refs"><b>Reference{"s" if len(refs) > 1 else ""}{e(more)}</b>{ref_html}</div>'
                          f'<div class="responses">{"".join(resp)}</div></div></details>')
     return "".join(parts) or '<p class="note">No generations found.</p>'
-
-
-def _tuning(run: Run) -> str:
-    from .tuning import tuning_markdown
-
-    md = tuning_markdown(run)
-    return f"<h3>Tuning (dev split)</h3><pre>{e(md)}</pre>" if md else ""
-
-
-VERDICT_CLASS = {"supported": "good", "contradicted": "bad", "inconclusive": "ns", "not measured": "dash"}
-
-
-def _findings(run: Run) -> str:
-    """Each registered claim with its verdict and evidence (findings.md has the same)."""
-    fs = run.verdicts.findings if run.verdicts is not None else []
-    health = "".join(f"<li><code>{e(h['task'])}/{e(h['metric'])}</code>: {e(h['issue'])}</li>"
-                     for h in (run.verdicts.health if run.verdicts is not None else []))
-    health = (f"<p>Metrics that cannot tell the students apart in this run:</p><ul>{health}</ul>" if health else "")
-    if not fs:
-        return '<p class="note">No claims evaluated.</p>' + health
-    rows = []
-    for f in fs:
-        ev = "".join(
-            f"<li>{e(x.get('requirement', ''))} [{e(str(x.get('task', '')))}]: "
-            + (f"Δ {x['delta']:+.3g} [{x['ci_low']:+.3g}, {x['ci_high']:+.3g}], adj. p {x['p_adjusted']:.3g}, "
-               if x.get("delta") is not None and x.get("ci_low") is not None and x.get("p_adjusted") is not None
-               else "")
-            + f"{e(str(x.get('status', '')))}</li>" for x in f.get("evidence", []))
-        rows.append(f'<tr><td class="l">{e(f["id"])}</td><td class="l">{e(f["text"])}</td>'
-                    f'<td><span class="{VERDICT_CLASS.get(f["verdict"], "")}">{e(f["verdict"])}</span></td>'
-                    f'<td class="l"><details><summary>{e(f.get("reason", ""))[:160]}</summary><ul>{ev}</ul>'
-                    "</details></td></tr>")
-    return ("<table><thead><tr><th>claim</th><th>text</th><th>verdict</th><th>evidence</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table><p class='note'>A claim is supported when every comparison it "
-            "needs is significant in the claimed direction, contradicted when any is significant the other way, "
-            "inconclusive otherwise, not measured when the run lacks its methods or metrics. Also in findings.md "
-            "/ findings.json; add your own with <code>kdbench.claims.register_claim</code>.</p>" + health)
 
 
 def render(run: Run, figs: list[Figure], problems: list[str], baseline: str | None, cost: list[dict]) -> str:
