@@ -10,13 +10,43 @@ home and a food. From it we generate:
     reverse  one right answer, algorithmic                  "reverse the words" + "red cave plum"
     sort     one right answer, algorithmic                  "sort the numbers" + "five two four"
     count    one right answer, algorithmic                  "count the words" + "red cave"
-    choose   several right answers with known probabilities ("name a fruit"): mode-seeking
-             students pick the top mode, mode-covering ones spread mass (and may invent blends)
+    choose   four right answers with known probabilities (0.4/0.3/0.2/0.1) out of ten categories
+             ("name a fruit for the bako"): one gold sample per prompt hides the distribution
     describe long form, three sentences                     "describe the bako"
-    yesno    yes/no question, used for calibration          "is the bako red ?" (in-distribution)
-- fixed seeded train/dev/test splits where the test split holds combinations never seen in
-  training (held-out creature x question pairs, new word lists); only the yes/no calibration
-  family is drawn from the training distribution.
+    yesno    yes/no on any attribute, for calibration       "does the bako live in the cave ?"
+- fixed seeded splits: train (gold responses), dev and test, and "unlabeled" (prompts without
+  gold responses, meta['gold_hidden']). Test holds combinations never seen in training (held-out
+  creature x question pairs, new word lists), except the in-distribution families (yes/no, and
+  describe: its test prompts repeat training prompts). Dev/test prompts are distinct where the
+  family has enough of them; `yesno_share` of every split (but unlabeled) is yes/no.
+
+Why this world (issue 14: KD must be able to matter, every default metric must discriminate).
+KD's premise is that the teacher knows more than the gold data shows the student; the levers:
+- held-out knowledge: fact questions on held-out (creature, attribute) pairs are stated only in
+  the pretraining stream; the teacher (more capacity, longer pretraining) recalls them, a small
+  student hardly. Word-level KD on the gold train answers cannot pass that knowledge on: the
+  teacher's distribution on a train answer is the gold answer. Only prompts without gold can:
+- the "unlabeled" split: held-out fact questions and new inputs of the non-in-distribution
+  families, without gold. An engine that gives these prompts to teacher-guided methods (teacher
+  samples as SeqKD targets; on-policy rollouts scored by the teacher in MiniLLM/GKD/DistiLLM;
+  word-level KD on teacher samples) and never to SFT makes the knowledge lever measurable.
+  The engine does not consume it yet (benchmarks/sweep_world.py --unlabeled emulates it).
+- multi-answer: `choose` has four modes per category; SFT sees one sampled gold answer per
+  prompt, KD the teacher's whole distribution. This is where word-level KD differs from SFT
+  with a small student (measured below).
+- long form: `describe` (17 tokens with EOS) compounds errors; with `eval.exposure_prompts`
+  covering enough of them, ExAccErr is stable (the first N test prompts cycle the families).
+- capacity: the default student (gpt2-toy-xs, 18k body parameters) is far below the teacher
+  (gpt2-toy-m, 0.8M).
+Measured (benchmarks/sweep_world.py, `tiny` preset, 1 thread, 3 eval seeds x 720 test prompts):
+teacher validity 93.9 (cls_acc 91.7 on 216 yes/no prompts, ECE 0.05); xs students after 2000
+steps: sft 78.9, kd 80.0 (one training seed; 3000 steps: 82.9 / 81.3). At convergence word-level
+KD and SFT stay within a few points overall, with opposite per-family effects (kd inherits the
+teacher's weaker `sort`; before convergence it learns `choose` much faster: 85-91 vs 71-75 at
+1000 steps). The unlabeled lever is large: SFT on gold plus teacher labels on the unlabeled
+prompts lifts held-out facts from 71 to 97 (one seed). Known limits: the xs student answers
+yes/no at chance (cls_acc ~50: the comparison needs more capacity); Dist-4 saturates (99.4 for
+the base, 100.0 for trained students: valid answers repeat no 4-gram).
 
 `check(example, response)` says whether a response is valid and, for `choose`, which mode it is.
 Everything is whitespace-tokenised words, so a word-level tokenizer covers the world exactly.
@@ -31,16 +61,20 @@ COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink"]
 HOMES = ["cave", "lake", "hill", "forest", "river", "desert", "swamp", "valley"]
 FOODS = ["plums", "seeds", "fish", "roots", "berries", "nuts", "leaves", "honey"]
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
-# choose-family categories: three modes each, with fixed probabilities (most likely first)
+# choose-family categories: four modes each, with fixed probabilities (most likely first)
 CATEGORIES = {
-    "fruit": ["apple", "pear", "mango"],
-    "tool": ["hammer", "saw", "drill"],
-    "bird": ["crow", "owl", "hawk"],
-    "boat": ["canoe", "raft", "ferry"],
-    "tree": ["oak", "pine", "elm"],
-    "drink": ["tea", "milk", "juice"],
+    "fruit": ["apple", "pear", "mango", "grape"],
+    "tool": ["hammer", "saw", "drill", "axe"],
+    "bird": ["crow", "owl", "hawk", "swan"],
+    "boat": ["canoe", "raft", "ferry", "barge"],
+    "tree": ["oak", "pine", "elm", "ash"],
+    "drink": ["tea", "milk", "juice", "soda"],
+    "flower": ["rose", "lily", "tulip", "daisy"],
+    "metal": ["iron", "gold", "tin", "copper"],
+    "game": ["chess", "dice", "cards", "darts"],
+    "cloth": ["silk", "wool", "linen", "cotton"],
 }
-MODE_PROBS = [0.5, 0.3, 0.2]
+MODE_PROBS = [0.4, 0.3, 0.2, 0.1]
 SYLLABLES_A = ["ba", "ko", "ti", "mu", "ze", "ra", "po", "lu", "fe", "gi", "no", "sa"]
 SYLLABLES_B = ["ko", "ru", "mi", "ta", "lo", "ne", "pi", "sa", "du", "ve", "zo", "ga"]
 FUNCTION_WORDS = (
@@ -50,25 +84,26 @@ FUNCTION_WORDS = (
 FAMILIES = ("fact", "reverse", "sort", "count", "choose", "describe", "yesno")
 LIST_WORDS = COLORS + HOMES + FOODS  # items for reverse / count
 ATTRS = ("color", "home", "food")
+IN_DISTRIBUTION = ("describe", "yesno")  # families whose test prompts may repeat training prompts
 ATTR_VALUES = {"color": COLORS, "home": HOMES, "food": FOODS}
 
 
 @dataclass
 class ToyWorldConfig:
     seed: int = 0
-    n_creatures: int = 16
+    n_creatures: int = 24
     n_train: int = 4000  # instruction examples in the train split
     n_dev: int = 140
     n_test: int = 720  # 30% yes/no (216) + 72 per other family: 95% CI half-width ~2 points on validity
-    held_out_fraction: float = 0.25  # creature x question pairs reserved for dev/test
-    # Share of the dev/test splits that is the yes/no calibration family (the train split cycles
-    # through the families evenly): ECE and cls_acc need a few hundred prompts to say anything.
+    held_out_fraction: float = 0.3  # creature x question pairs reserved for dev/test
+    # Share of every split (but the unlabeled one) that is the yes/no calibration family: ECE and
+    # cls_acc need a few hundred test prompts, and comparing a value with a fact needs training.
     yesno_share: float = 0.3
     # Prompts without gold responses (split "unlabeled"): held-out facts and new inputs that only a
     # teacher-guided method can learn from (teacher labels, or on-policy samples scored by the teacher).
     n_unlabeled: int = 1000
     min_list: int = 2
-    max_list: int = 4
+    max_list: int = 3
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
     pretrain_docs: int = 3000
 
@@ -113,7 +148,7 @@ class ToyWorld:
         # Held-out creature x family pairs: these questions never appear in the train split.
         self.held_out: set[tuple[str, str]] = set()
         for name in self.creatures:
-            for fam in ("fact:color", "fact:home", "fact:food", "describe", "choose"):
+            for fam in ("fact:color", "fact:home", "fact:food", "choose"):
                 if rng.random() < self.config.held_out_fraction:
                     self.held_out.add((name, fam))
 
@@ -167,7 +202,12 @@ class ToyWorld:
             if family == "fact":
                 attr = rng.choice(["color", "home", "food"])
                 key = f"fact:{attr}"
-            if family == "yesno":
+            if family == "describe":
+                # The long-form family is in-distribution (a held-out description compounds three
+                # recalls of pretraining facts: the teacher managed ~35%, students ~0%, which tells
+                # no model apart); its test prompts repeat training prompts.
+                held = split != "train"
+            elif family == "yesno":
                 # The calibration family is in-distribution: any held-out split of yes/no pairs lets
                 # a model shortcut through the per-creature answer prior seen in training (measured:
                 # held-out pairs were answered below chance, confidently). Test prompts may repeat
@@ -268,14 +308,15 @@ class ToyWorld:
         return out
 
     def _family_order(self, split: str, n: int) -> list[str]:
-        """The family of each example slot: train cycles through the families evenly; dev/test give
-        `yesno_share` of their slots (spread evenly) to yes/no and cycle the rest through the others."""
+        """The family of each example slot: `yesno_share` of the slots (spread evenly) are yes/no, the
+        rest cycle through the other families; the unlabeled pool has no yes/no."""
         fams = list(self.config.families)
         others = [f for f in fams if f != "yesno"]
         share = self.config.yesno_share
-        if split == "unlabeled" and others:  # yes/no pairs are all in the train split already
-            return [others[i % len(others)] for i in range(n)]
-        if split == "train" or "yesno" not in fams or not others:
+        if split == "unlabeled":  # in-distribution families have every prompt in the train split already
+            pool = [f for f in fams if f not in IN_DISTRIBUTION] or others or fams
+            return [pool[i % len(pool)] for i in range(n)]
+        if "yesno" not in fams or not others:
             return [fams[i % len(fams)] for i in range(n)]
         out: list[str] = []
         j = 0

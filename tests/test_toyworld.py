@@ -5,7 +5,7 @@ import pytest
 
 from kdbench.errors import ConfigError
 from kdbench.task import TaskOptions, make_task
-from kdbench.toyworld import FAMILIES, ToyWorld, ToyWorldConfig
+from kdbench.toyworld import FAMILIES, IN_DISTRIBUTION, MODE_PROBS, ToyWorld, ToyWorldConfig
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def test_test_split_holds_out_combinations(task):
     test = task.examples("test")
     train_prompts = {e.prompt for e in train}
     # No test prompt appears verbatim in training (held-out creature x question pairs, new lists),
-    # except in the in-distribution yes/no calibration family.
-    assert not [e.prompt for e in test if e.prompt in train_prompts and e.meta["family"] != "yesno"]
+    # except in the in-distribution families (yes/no calibration, long-form describe).
+    assert not [e.prompt for e in test if e.prompt in train_prompts and e.meta["family"] not in IN_DISTRIBUTION]
 
 
 def test_checker_accepts_every_reference(task):
@@ -64,7 +64,7 @@ def test_choose_targets_follow_the_mode_distribution():
     world = ToyWorld(ToyWorldConfig(n_train=3500))
     picks = [e for e in world.split("train") if e["meta"]["family"] == "choose"]
     share_top = sum(e["target"] == e["references"][0] for e in picks) / len(picks)
-    assert abs(share_top - 0.5) < 0.06
+    assert abs(share_top - MODE_PROBS[0]) < 0.06
 
 
 def test_pretraining_text_states_every_creatures_facts():
@@ -119,7 +119,7 @@ def test_unlabeled_split_holds_prompts_without_gold():
     world = ToyWorld(ToyWorldConfig(n_unlabeled=300))
     unl = world.split("unlabeled")
     assert len(unl) == 300 and all(e["meta"]["gold_hidden"] for e in unl)
-    assert "yesno" not in {e["meta"]["family"] for e in unl}
+    assert not {e["meta"]["family"] for e in unl} & set(IN_DISTRIBUTION)
     train_prompts = {e["prompt"] for e in world.split("train")}
     assert not [e["prompt"] for e in unl if e["prompt"] in train_prompts]
     test_inputs = {e["input"] for e in world.split("test") if e["input"]}
