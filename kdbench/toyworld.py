@@ -38,15 +38,17 @@ KD's premise is that the teacher knows more than the gold data shows the student
   covering enough of them, ExAccErr is stable (the first N test prompts cycle the families).
 - capacity: the default student (gpt2-toy-xs, 18k body parameters) is far below the teacher
   (gpt2-toy-m, 0.8M).
-Measured (benchmarks/sweep_world.py, `tiny` preset, 1 thread, 3 eval seeds x 720 test prompts):
-teacher validity 93.9 (cls_acc 91.7 on 216 yes/no prompts, ECE 0.05); xs students after 2000
-steps: sft 78.9, kd 80.0 (one training seed; 3000 steps: 82.9 / 81.3). At convergence word-level
-KD and SFT stay within a few points overall, with opposite per-family effects (kd inherits the
-teacher's weaker `sort`; before convergence it learns `choose` much faster: 85-91 vs 71-75 at
-1000 steps). The unlabeled lever is large: SFT on gold plus teacher labels on the unlabeled
-prompts lifts held-out facts from 71 to 97 (one seed). Known limits: the xs student answers
-yes/no at chance (cls_acc ~50: the comparison needs more capacity); Dist-4 saturates (99.4 for
-the base, 100.0 for trained students: valid answers repeat no 4-gram).
+Measured (benchmarks/sweep_world.py, `tiny` preset, 3 eval seeds x 720 test prompts): teacher
+validity 93.9 at 1 torch thread, 97.0 at 2 (cls_acc 91.7 / 96.8 on 216 yes/no prompts). xs
+students at 2000 steps, 3 training seeds (1 thread): sft 78.3 +- 0.6, kd 78.1 +- 2.0 -- no
+measurable difference: word-level KD on the gold answers has nothing to add at convergence, and
+its per-family effects cancel (it copies the teacher's weaker `sort`; before convergence it learns
+`choose` much faster: 85-91 vs 71-75 at 1000 steps). The unlabeled lever is large where it acts:
+SFT on gold plus teacher labels on the unlabeled prompts lifts held-out facts from 70 to 97 (one
+seed), +0.7 overall. Known limits: the xs student answers yes/no near chance (cls_acc 50-59: the
+comparison needs more capacity); Dist-4 saturates (99.4 for the base, 99.98-100 for trained
+models: valid answers repeat no 4-gram); ExAccErr on 64 prompts still has an eval-seed std of
+5-30 points (was up to 164 on 32 prompts).
 
 `check(example, response)` says whether a response is valid and, for `choose`, which mode it is.
 Everything is whitespace-tokenised words, so a word-level tokenizer covers the world exactly.
