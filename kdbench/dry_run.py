@@ -42,13 +42,19 @@ def dry_run(c, tasks: TaskSet) -> DryRun:
     validate(data=False) first (names, configs, models, devices)."""
     errors: list[str] = []
     unavailable: list[str] = []
-    n_models = 1 + len(c.students) * (1 + len(c.methods))  # teacher + per student: base + one per method
+    n_ts = len(c.train_seed_list())
+    n_points = 1
+    for values in c.tune.values():
+        n_points *= len(values)
+    # teacher + per student: base + one per method and training seed (only the selected tuning point)
+    n_models = 1 + len(c.students) * (1 + len(c.methods) * n_ts)
     lines = [f"preset {c.preset}: teacher {c.teacher}; students {', '.join(c.students)}; "
              f"methods {', '.join(c.methods)}",
              f"train task {c.train_task}; eval tasks {', '.join(c.tasks)}; seeds {c.eval.seeds}; "
              f"max_length {c.max_length}, max_prompt_length {c.max_prompt_length}, "
              f"max_new_tokens {c.eval.max_new_tokens}, eval.max_examples {c.eval.max_examples}",
-             f"plan: {len(c.students) * len(c.methods)} training cells, "
+             f"plan: {len(c.students) * len(c.methods) * n_ts * n_points} training cells ({n_ts} training "
+             f"seed(s){f', {n_points} tuning points' if n_points > 1 else ''}), "
              f"{n_models * len(c.tasks) * len(c.eval.seeds)} evaluation cells; device {c.device}, "
              f"teacher_device {c.teacher_device}, dtype {c.dtype}", ""]
     loaded: dict[str, dict[str, list[Example]]] = {}
