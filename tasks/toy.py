@@ -15,6 +15,7 @@ class ToyTask(Task):
     # "unlabeled": prompts without gold responses (meta['gold_hidden']); never train on their
     # references, which are kept only so that teacher labels can be checked
     splits = ("train", "dev", "test", "unlabeled")
+    primary_metric = "validity"  # exact, so dev selection, tuning and the claims judge the toy world by it
     default_metrics = ("rouge_l", "judge", "validity", "exact_match", "mode_coverage", "ece", "dist4",
                        "exposure_bias", "lm_loss")
 
