@@ -145,7 +145,7 @@ def test_gpt2_preset_validates_offline_with_stubbed_hub_models(data_dir, models,
     text = capsys.readouterr().out
     assert "teacher gpt2-xl; students gpt2, gpt2-medium, gpt2-large" in text
     # (teacher + 3 students x (base, sft, kd)) models x 5 tasks x 5 seeds
-    assert "plan: 6 training cells, 250 evaluation cells" in text
+    assert "plan: 6 training cells (1 training seed(s)), 250 evaluation cells" in text
     assert "dolly/train: 30 examples loaded" in text and "dolly/test: 6 examples loaded" in text
     assert "vicuna/test: 5 examples loaded" in text
     assert "unavailable (no data" in text and "self_inst, sni, unni" in text
