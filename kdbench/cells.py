@@ -15,7 +15,6 @@ from pathlib import Path
 
 from . import models as M
 from .config import BenchConfig, stable_hash, to_dict
-from .errors import KdbenchError  # noqa: F401 - re-raised by callers
 from .evaluation import eval_cache_spec, evaluate
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
 from .layout import EvalRecord, RunLayout, TrainResult, label_of

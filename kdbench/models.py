@@ -150,45 +150,6 @@ def build_preset_model(preset: str, tokenizer, n_positions: int, seed: int):
     return GPT2LMHeadModel(cfg)
 
 
-RANDOM_FAMILIES = ("gpt2", "opt", "llama", "qwen2")
-
-
-def build_random_model(family: str, tokenizer, *, hidden: int = 32, layers: int = 2, heads: int = 2,
-                       n_positions: int = 256, vocab_rows: int | None = None, init_std: float = 0.02,
-                       seed: int = 0):
-    """A randomly initialised causal LM of a real family (tests, smoke runs of the real-model path).
-
-    `vocab_rows` pads the embedding beyond the tokenizer (as OPT/Qwen checkpoints do); it defaults
-    to the tokenizer's size. Dropout is off, special-token ids come from the tokenizer.
-    """
-    import torch
-    import transformers as tf
-
-    if family not in RANDOM_FAMILIES:
-        raise ConfigError(f"unknown model family '{family}'; valid: {', '.join(RANDOM_FAMILIES)}")
-    rows = vocab_rows or len(tokenizer)
-    ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id}
-    if family == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=rows, n_positions=n_positions, n_embd=hidden, n_layer=layers, n_head=heads,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=init_std, **ids)
-        cls = tf.GPT2LMHeadModel
-    elif family == "opt":
-        cfg = tf.OPTConfig(vocab_size=rows, max_position_embeddings=n_positions, hidden_size=hidden,
-                           word_embed_proj_dim=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                           ffn_dim=4 * hidden, dropout=0.0, attention_dropout=0.0, init_std=init_std, **ids)
-        cls = tf.OPTForCausalLM
-    else:
-        cfg_cls, cls = ((tf.LlamaConfig, tf.LlamaForCausalLM) if family == "llama"
-                        else (tf.Qwen2Config, tf.Qwen2ForCausalLM))
-        # one KV head: exercises grouped-query attention, as in real Llama/Qwen2 checkpoints
-        cfg = cfg_cls(vocab_size=rows, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=1, max_position_embeddings=n_positions,
-                      initializer_range=init_std, **ids)
-    torch.manual_seed(seed)
-    return cls(cfg)
-
-
 # ------------------------------------------------------------------------------------------------
 # loading
 

@@ -195,7 +195,6 @@ class Benchmark:
         runs: dict[str, list] = {}
         scores: dict[str, list[float]] = {}
         t0 = time.time()
-        hib, metric = True, c.tune_metric
         for point in grid:
             label = point_label(point)
             runs[label] = self._train(student, m, point)
