@@ -174,13 +174,13 @@ class Stages:
         return str(folder / "model"), key
 
     def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig) -> tuple[str, str]:
-        memo = f"{role}-sft:{base[1]}:{train.seed}"
-        if memo in self._models:
-            return self._models[memo]
         spec = {"role": role, "base": base[1], "train": to_dict(train), "data": self.data_fp(), "method": "sft"}
         select = self.selection_spec() if role == "student" else None
         if select:
             spec["select"] = select
+        memo = f"{role}-sft:{stable_hash(spec)}"  # the whole spec: seeds and tuning points differ in it
+        if memo in self._models:
+            return self._models[memo]
 
         def build(folder: Path):
             tok = self.tokenizer()

@@ -42,6 +42,14 @@ def test_tuned_run_reports_the_selected_point(tmp_path):
         rec = json.loads(layout.tuning("gpt2-toy-xs", method).read_text())
         assert [g["label"] for g in rec["grid"]] == ["lr=0.0001", "lr=0.003"]
         assert all(len(g["dev"]) == 1 for g in rec["grid"])
+        # each grid point really trained with its own value (frozen in the cell's config), and the
+        # two points are distinct models
+        keys = set()
+        for g, lr in zip(rec["grid"], (1e-4, 3e-3)):
+            cell = layout.train_cell("gpt2-toy-xs", method, None, g["label"])
+            assert json.loads((cell / "config.json").read_text())["train"]["lr"] == lr
+            keys.add(json.loads((cell / "result.json").read_text())["key"])
+        assert len(keys) == 2
         best = max(rec["grid"], key=lambda g: g["dev_mean"])["label"]
         assert rec["selected"] == best or rec["grid"][0]["dev_mean"] == rec["grid"][1]["dev_mean"]
         # the leaderboard's model of the method is the selected point's
