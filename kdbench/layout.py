@@ -177,6 +177,12 @@ class RunLayout:
     def stage_partial(self, kind: str, key: str) -> Path:
         return self.cache / f".{kind}-{key}.partial"
 
+    @staticmethod
+    def stage_spec_of(model_dir: Path | str) -> dict:
+        """The spec a cached stage was built from, given the model folder inside it ({} if none)."""
+        rec = Path(model_dir).parent / "stage.json"
+        return dict(read_json(rec).get("spec") or {}) if rec.exists() else {}
+
     def stages_of(self, kind: str) -> Iterator[Path]:
         """Finished stages of one kind (e.g. student-base), for readers such as the parameter count."""
         for done in sorted(self.cache.glob(f"{kind}-*/DONE")):

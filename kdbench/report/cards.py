@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..io import atomic_write_text
-from ..layout import label_of
+from ..layout import RunLayout, label_of
 from .data import Run
 from .provenance import git_commit
 
@@ -29,6 +29,20 @@ def _is_hub_id(name: str | None) -> bool:
 
 def _fmt(x) -> str:
     return "-" if x is None else (f"{x:.4g}" if isinstance(x, float) else str(x))
+
+
+def _data_text(task: str, data) -> str:
+    """The train task, its version and size settings, from the cell's frozen data fingerprint."""
+    spec = data.get("train_task") if isinstance(data, dict) else None
+    if not isinstance(spec, dict):
+        return f"task `{task}`, train split"
+    opts = {k: v for k, v in (spec.get("extra") or {}).items()}
+    if spec.get("max_train") is not None:
+        opts["max_train"] = spec["max_train"]
+    text = f"task `{spec.get('task', task)}` v{spec.get('version', '-')}, train split"
+    if spec.get("data_dir"):
+        text += f" from `{spec['data_dir']}`"
+    return text + (" (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
 
 
 def _rows(run: Run, student: str, method: str) -> list[dict]:
@@ -63,13 +77,14 @@ def render_card(run: Run, cell: dict, student: str, method: str) -> str:
     task = c.get("train_task", "toy")
     init = budget.get("init") or frozen.get("student_init") or "base"
     folder = res.get("model_path") or str(cell["dir"] / "model")
+    if "data" not in frozen:  # a shared-stage method (sft): its stage recorded the full spec
+        frozen = {**RunLayout.stage_spec_of(folder), **frozen}
     facts = [
         ("base model", f"`{student}`" + (" (its SFT student: MiniLLM's initialisation)" if init == "sft" else "")),
         ("teacher", f"`{teacher}`" if teacher else "none (trained on the gold responses only)"),
         ("method", f"`{method}` (kdbench methods/{method}.py)"),
-        ("training seed", _fmt(res.get("train_seed"))),
-        ("training data", f"task `{task}`, train split" + (f", data fingerprint `{frozen['data']}`"
-                                                           if isinstance(frozen.get("data"), str) else "")),
+        ("training seed", _fmt(res.get("train_seed")) if res.get("train_seed") is not None else "one run"),
+        ("training data", _data_text(task, frozen.get("data"))),
         ("budget", f"{_fmt(budget.get('steps'))} steps x batch {_fmt(budget.get('batch_size'))}, lr "
                    f"{_fmt(budget.get('lr'))} (budget class {budget.get('budget_class', '-')})"),
         ("tokens", ", ".join(f"{k} {v:,}" for k, v in counters.items() if isinstance(v, (int, float))) or "-"),
