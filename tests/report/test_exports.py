@@ -19,7 +19,9 @@ from test_report import make_run
 def run(tmp_path_factory):
     out = make_run(tmp_path_factory.mktemp("exports") / "run", methods=("sft", "kd"), tasks=("toy", "sst2"),
                    artifacts=False)
-    summarize(out, quiet=True)
+    with pytest.MonkeyPatch.context() as mp:  # plots are not checked here and cost most of summarize
+        mp.setattr("kdbench.report.plots.make_plots", lambda run, folder: ([], []))
+        summarize(out, quiet=True)
     return out, json.loads((out / "leaderboard.json").read_text())
 
 
@@ -66,7 +68,8 @@ def test_per_example_csv_reproduces_every_ci(run):
     assert checked >= 20  # the toy rows (sst2 has a model with 2 seeds: too few for a cell-level CI)
 
 
-def test_exports_are_rebuilt_identically(run):
+def test_exports_are_rebuilt_identically(run, monkeypatch):
+    monkeypatch.setattr("kdbench.report.plots.make_plots", lambda run, folder: ([], []))
     out, _ = run
     before = {p.name: p.read_bytes() for p in (out / "exports").rglob("*") if p.is_file()}
     (out / "exports" / "lm_eval" / "stale-model.json").write_text("{}")
