@@ -136,8 +136,11 @@ def merge_runs(sources: list[Path | str], out: Path | str) -> dict:
             if f.name == "result.json":
                 res = read_json(f)
                 local = cell / "model"
+                mp = Path(str(res.get("model_path") or ""))
                 if local.is_dir():  # the model stays in its source run; point there, absolutely
                     res["model_path"] = str(local.resolve())
+                elif res.get("model_path") and not mp.is_absolute() and mp.exists():
+                    res["model_path"] = str(mp.resolve())  # a relative stage path, valid from here only
                 atomic_write_json(dest / f.name, res)
             else:
                 shutil.copy2(f, dest / f.name)

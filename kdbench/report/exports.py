@@ -72,10 +72,10 @@ def lm_eval_results(run: Run) -> dict[str, dict]:
                                        "n_eval_seeds": r.get("n_eval_seeds"), "n_prompts": r.get("n_prompts")}
         doc["config"] = {"model": "kdbench", "model_args": f"student={student},method={method}",
                          "batch_size": ev.get("batch_size"), "device": c.get("device"),
-                         "limit": ev.get("max_examples"), "random_seed": ev.get("seeds"), "gen_kwargs": gen}
+                         "limit": ev.get("max_examples"), "gen_kwargs": gen}
         doc.update({"git_hash": commit, "model_name": model_key(student, method), "model_name_sanitized": name,
                     "kdbench": {"student": student, "method": method, "teacher": c.get("teacher"),
-                                "preset": c.get("preset"), "ci95": ci, "runs": sorted({x for r in rows
+                                "preset": c.get("preset"), "eval_seeds": ev.get("seeds"), "ci95": ci, "runs": sorted({x for r in rows
                                                                                       for x in r.get("runs", [])})}})
         out[name] = doc
     return out

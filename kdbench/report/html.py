@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import struct
-from pathlib import Path
 from typing import Any
 
 from .data import REFERENCE_ROWS, TEACHER, Key, Run, first_seed_generations, tasks
