@@ -114,6 +114,29 @@ def test_taid_step1_loss(world):
     assert rec["loss"] == pytest.approx(0.9 * j + 0.1 * ce64(s, y), rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["fkl", "rkl"])
+def test_fkl_rkl_step1_loss(world, name):
+    s, t, y = first_batch_rows(world)
+    p, q = t.softmax(-1), s.softmax(-1)
+    a, b = (p, q) if name == "fkl" else (q, p)
+    d = float((a * (a.log() - b.log())).sum(-1).mean())
+    rec = step1_loss(world, name, {"kd_ratio": 0.6})
+    assert rec[name] == pytest.approx(d, rel=1e-5)
+    assert rec["loss"] == pytest.approx(0.6 * d + 0.4 * ce64(s, y), rel=1e-5)
+
+
+def test_headline_claims_name_registered_methods():
+    from kdbench.claims import CLAIMS
+    from kdbench.method import METHODS
+
+    for cid, method, others in [("TAID-1", "taid", {"kd", "fkl"}), ("ABKD-1", "abkd", {"fkl", "rkl"}),
+                                ("AKL-1", "akl", {"fkl", "rkl"})]:
+        reqs = CLAIMS.get(cid).requirements
+        assert {r.method for r in reqs} == {method} and {r.other for r in reqs} == others
+        assert all(r.expect == "higher" and r.metric_for("toy") == "validity" for r in reqs)
+        assert {method, *others} <= set(METHODS.names())
+
+
 # --- TAID's target --------------------------------------------------------------------------------------
 
 def rand_logits(seed, shape=(2, 3, 6)):
@@ -239,5 +262,6 @@ def test_defaults_are_the_official_ones():
     assert (make_method("abkd").config.alpha, make_method("abkd").config.beta) == (0.2, 0.7)
     c = make_method("taid").config
     assert (c.t_start, c.t_end, c.alpha, c.beta, c.adaptive, c.distil_ratio) == (0.4, 1.0, 5e-4, 0.99, True, 1.0)
-    assert make_method("akl").config.mu == 0.5
-    assert make_method("abkd").student_init == "sft" and make_method("taid").student_init == "base"
+    assert (make_method("akl").config.mu, make_method("akl").config.kd_ratio) == (0.5, 1.0)
+    assert {n: make_method(n).student_init for n in ("abkd", "akl", "fkl", "rkl", "taid")} == \
+        {"abkd": "sft", "akl": "sft", "fkl": "sft", "rkl": "sft", "taid": "base"}
