@@ -265,3 +265,17 @@ def test_defaults_are_the_official_ones():
     assert (make_method("akl").config.mu, make_method("akl").config.kd_ratio) == (0.5, 1.0)
     assert {n: make_method(n).student_init for n in ("abkd", "akl", "fkl", "rkl", "taid")} == \
         {"abkd": "sft", "akl": "sft", "fkl": "sft", "rkl": "sft", "taid": "base"}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpt2"])
+def test_presets_give_the_new_methods_kds_budget(preset):
+    # gold-data methods (budget class "offline"): the same steps, batch and schedule as kd
+    from kdbench.cli import build_parser, resolve_config
+    from kdbench.method import METHODS
+
+    names = ["kd", "abkd", "akl", "fkl", "rkl", "taid"]
+    cfg = resolve_config(build_parser().parse_args(["--preset", preset, "--methods", ",".join(names)]))
+    kd = cfg.train_config_for("kd", budget=METHODS.get("kd").budget)
+    for name in names[1:]:
+        assert METHODS.get(name).budget == "offline"
+        assert cfg.train_config_for(name, budget=METHODS.get(name).budget) == kd
