@@ -181,21 +181,32 @@ def token_skew_reverse_kl(
     return _kl_from_log(log_q, _log_mix(log_q, log_p, alpha))
 
 
-def _phi(x: float, u: torch.Tensor) -> torch.Tensor:
-    """expm1(x*u)/x, and its limit u at x = 0 (expm1 keeps it exact for small x)."""
-    return u if x == 0.0 else torch.expm1(x * u) / x
-
-
-def _dphi(x: float, u: torch.Tensor) -> torch.Tensor:
-    """d/dx expm1(x*u)/x = u^2 g(x*u), g(z) = ((z-1) e^z + 1)/z^2; its Taylor series for |z| < 0.5
-    (the closed form cancels there), the coefficients n/(n+1)! of z^(n-1)."""
+def _w_phi(log_w: torch.Tensor, x: float, u: torch.Tensor) -> torch.Tensor:
+    """w * expm1(x*u)/x (its limit w*u at x = 0), w = exp(log_w). Past |x*u| = 1 it is computed as
+    (exp(log_w + x*u) - w)/x, whose exponent is (a+b) log p or (a+b) log q here: no overflow where
+    expm1 alone would overflow on a near-zero probability."""
+    w = torch.exp(log_w)
     if x == 0.0:
-        return 0.5 * u * u
+        return w * u
+    z = x * u
+    small = z.abs() <= 1
+    zero = torch.zeros_like(z)
+    return torch.where(small, w * torch.expm1(torch.where(small, z, zero)) / x,
+                       (torch.exp(log_w + torch.where(small, zero, z)) - w) / x)
+
+
+def _w_dphi(log_w: torch.Tensor, x: float, u: torch.Tensor) -> torch.Tensor:
+    """w * d/dx [expm1(x*u)/x] = w * ((z-1) e^z + 1)/x^2 with z = x*u; for |z| < 0.5, where that
+    cancels, w * u^2 * its Taylor series sum_n n/(n+1)! z^(n-1)."""
+    w = torch.exp(log_w)
+    if x == 0.0:
+        return 0.5 * w * u * u
     z = x * u
     small = z.abs() < 0.5
-    zs = torch.where(small, torch.ones_like(z), z)
-    series = sum(n / math.factorial(n + 1) * z ** (n - 1) for n in range(1, 10))
-    return u * u * torch.where(small, series, ((zs - 1) * torch.exp(zs) + 1) / (zs * zs))
+    zs = torch.where(small, z, torch.zeros_like(z))
+    zl = torch.where(small, torch.ones_like(z), z)
+    series = sum(n / math.factorial(n + 1) * zs ** (n - 1) for n in range(1, 10))
+    return torch.where(small, w * u * u * series, ((zl - 1) * torch.exp(log_w + zl) + w) / (x * x))
 
 
 def token_alpha_beta(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.5,
@@ -211,14 +222,16 @@ def token_alpha_beta(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     lp, lq = torch.where(ok, log_p, zero), torch.where(ok, log_q, zero)
     u = lp - lq
     s = alpha + beta
-    # Each term is p^a q^b [phi(b, u) - phi(-a, u)] / (a + b): a divided difference of phi, whose
-    # limits a -> 0, b -> 0 and a + b -> 0 are the continuous limits (Cichocki et al. 2011). Near
-    # a + b = 0 the difference cancels, so the midpoint derivative stands in (error O(s^2)).
+    # Each term is p^a q^b [phi(b, u) - phi(-a, u)] / (a + b) with phi(x, u) = expm1(x u)/x and
+    # u = log p - log q: a divided difference of phi, whose limits a -> 0, b -> 0 and a + b -> 0 are
+    # the continuous limits (Cichocki et al. 2011). Near a + b = 0 the difference cancels, so the
+    # midpoint derivative stands in (error O((a+b)^2)).
+    log_w = alpha * lp + beta * lq
     if abs(s) > 1e-2:
-        psi = (_phi(beta, u) - _phi(-alpha, u)) / s
+        val = (_w_phi(log_w, beta, u) - _w_phi(log_w, -alpha, u)) / s
     else:
-        psi = _dphi((beta - alpha) / 2, u)
-    return torch.where(ok, torch.exp(alpha * lp + beta * lq) * psi, zero).sum(-1)
+        val = _w_dphi(log_w, (beta - alpha) / 2, u)
+    return torch.where(ok, val, zero).sum(-1)
 
 
 def token_akl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mu: float = 0.5) -> torch.Tensor:

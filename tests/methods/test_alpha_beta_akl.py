@@ -158,3 +158,16 @@ def test_akl_equal_distributions_are_zero_not_nan():
     assert torch.isfinite(s.grad).all()
     with pytest.raises(ValueError, match="mu"):
         akl(P, Q, mu=1.5)
+
+
+def test_alpha_beta_survives_near_zero_probabilities():
+    # log-probs of -140 / -150: expm1(u) alone would overflow fp32 at the FKL / RKL ends
+    s, t, m = torch.tensor([[[0.0, -140.0, -5.0]]]), torch.tensor([[[0.0, -5.0, -150.0]]]), torch.ones(1, 1)
+    for (a, b), ref in [((1.0, 0.0), D.forward_kl(s, t, m)), ((0.0, 1.0), D.reverse_kl(s, t, m)),
+                        ((1.0, 1e-3), None), ((0.2, 0.7), None)]:  # (1, 1e-3): q^0.001 = 0.87 here, not ~1
+        x = s.clone().requires_grad_(True)
+        out = D.alpha_beta(x, t, m, alpha=a, beta=b)
+        out.backward()
+        assert torch.isfinite(out) and torch.isfinite(x.grad).all()
+        if ref is not None:
+            assert out.item() == pytest.approx(ref.item(), rel=2e-3)
