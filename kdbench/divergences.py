@@ -327,7 +327,6 @@ def skew_reverse_kl(
     return masked_token_loss(token_skew_reverse_kl, student_logits, teacher_logits, mask, alpha)
 
 
-
 def alpha_beta(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float = 0.5,
                beta: float = 0.5) -> torch.Tensor:
     """ABKD's alpha-beta divergence, -1/(ab) sum_v [p^a q^b - a/(a+b) p^(a+b) - b/(a+b) q^(a+b)].
@@ -346,6 +345,7 @@ def akl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.
     g_T sum |p - sg(q)| over the head and the tail. Weights are 1/2 where q = p (0/0 otherwise).
     """
     return masked_token_loss(token_akl, student_logits, teacher_logits, mask, mu)
+
 
 # Every batch divergence by name (methods that take a divergence as a config value look it up here);
 # a new divergence registers with `DIVERGENCES.add(name, fn)`.

@@ -17,7 +17,7 @@ def logits(*rows: list[float]) -> torch.Tensor:
     return torch.tensor([[[math.log(x) for x in r] for r in rows]], dtype=torch.float32)
 
 
-def ab(a: float, b: float, p=P, q=Q, mask=None) -> float:
+def ab(a: float, b: float, p=P, q=Q) -> float:
     return D.alpha_beta(logits(q), logits(p), torch.ones(1, 1), alpha=a, beta=b).item()
 
 
