@@ -44,13 +44,13 @@ from .registry import Registry
 from .sampling import Rollout, SamplingConfig, sample
 from .schema import Example
 from .trainer import LossOutput, ResumableBatches, Trainer
-from .divergences import (DIVERGENCES, forward_kl, generalized_jsd, js, masked_mean, masked_token_loss,  # noqa: F401
-                          reverse_kl, skew_forward_kl, skew_reverse_kl, tvd)
+from .divergences import (DIVERGENCES, akl, alpha_beta, forward_kl, generalized_jsd, js, masked_mean,  # noqa: F401
+                          masked_token_loss, reverse_kl, skew_forward_kl, skew_reverse_kl, tvd)
 
 __all__ = ["METHODS", "Method", "MethodConfig", "MethodContext", "check_range", "check_choice", "DATA_SOURCES",
            "LossOutput", "Batch", "ResumableBatches", "cross_entropy", "gather_logprobs", "disable_dropout",
            "masked_token_loss", "masked_mean", "DIVERGENCES", "forward_kl", "reverse_kl", "js", "generalized_jsd",
-           "tvd", "skew_forward_kl", "skew_reverse_kl", "make_method"]
+           "tvd", "skew_forward_kl", "skew_reverse_kl", "alpha_beta", "akl", "make_method"]
 
 METHODS: Registry[type["Method"]] = Registry("method")
 
