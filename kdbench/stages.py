@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from . import adapters
 from . import models as M
 from . import vocab
 from .config import BenchConfig, TrainConfig, stable_hash, to_dict
@@ -178,6 +179,9 @@ class Stages:
         select = self.selection_spec() if role == "student" else None
         if select:
             spec["select"] = select
+        lora = self.cfg.peft if role == "student" and self.cfg.peft.enabled else None  # students only
+        if lora is not None:
+            spec["peft"] = lora.spec()
         memo = f"{role}-sft:{stable_hash(spec)}"  # the whole spec: seeds and tuning points differ in it
         if memo in self._models:
             return self._models[memo]
@@ -185,14 +189,20 @@ class Stages:
         def build(folder: Path):
             tok = self.tokenizer()
             model = M.load_model(base[0])  # trained: fp32 master weights; --dtype is mixed precision
+            if lora is not None:
+                model = adapters.wrap(model, lora, train.seed)
             ctx = self.method_context(model, None, train, folder, "sft", role)
             ctx.selector = self.selector() if select else None
             make_method("sft").train(ctx)
             model = ctx.trainer.accelerator.unwrap_model(ctx.student)
-            M.save_model(model.cpu(), tok, folder / "model")
+            counts = adapters.parameter_counts(model)
+            if lora is not None:  # methods that start from the SFT student need its merged weights
+                adapters.save(model.cpu(), tok, folder, base[0], merged=True)
+            else:
+                M.save_model(model.cpu(), tok, folder / "model")
             atomic_write_json(folder / "history.json", ctx.history)
             (folder / "checkpoint.pt").unlink(missing_ok=True)
-            return {"counters": dict(ctx.counters), "params": M.count_parameters(model),
+            return {"counters": dict(ctx.counters), "params": counts["total"], "trainable_params": counts["trainable"],
                     **({"selection": ctx.selection} if ctx.selection else {})}
 
         folder, key = self.stage(f"{role}-sft", spec, build)
