@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import adapters
+from . import adapters, tracking
 from . import models as M
 from .config import BenchConfig, stable_hash, to_dict
 from .evaluation import eval_cache_spec, evaluate
@@ -87,7 +87,9 @@ class Cells:
             self.stages.place_teacher(teacher)
         ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student))
         ctx.selector = self.stages.selector() if select else None
-        method.train(ctx)
+        track = tracking.run_name(label_of(student), method_name, train_seed)
+        with self.stages.tracked(ctx, track + (f"/{point_label(point)}" if point else ""), frozen):
+            method.train(ctx)
         model = ctx.trainer.accelerator.unwrap_model(ctx.student)
         params = adapters.parameter_counts(model)
         if c.peft.enabled:

@@ -189,6 +189,7 @@ class Trainer:
         # Under FSDP / DeepSpeed the student's forward must go through the wrapped engine (FSDP
         # gathers shards in its forward); MethodContext.logits uses this while fit() runs.
         self.forward_model = None
+        self.tracker = None  # kdbench.tracking.RunTracker: every step's logs go to it (--report-to)
 
     @property
     def device(self):
@@ -341,6 +342,8 @@ class Trainer:
             for k, v in step_logs.items():
                 acc[k] = acc.get(k, 0.0) + v
             n_acc += 1
+            if self.tracker is not None:
+                self.tracker.log_step(step + 1, {**step_logs, "lr": sched.get_last_lr()[0]})
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 rec = {"step": step + 1, "lr": sched.get_last_lr()[0], **{k: v / n_acc for k, v in acc.items()}}
                 self.history.append(rec)
