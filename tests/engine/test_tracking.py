@@ -13,21 +13,9 @@ from kdbench.config import TrainConfig
 from kdbench.errors import ConfigError
 from kdbench.method import cross_entropy
 from kdbench.trainer import LossOutput, Trainer
-from fixtures import tiny_gpt2
+from fixtures import tensorboard_scalars as scalars, tiny_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def scalars(logdir) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(logdir.rglob("events.out.tfevents.*")):  # one file per writer session
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return out
 
 
 def batches():
