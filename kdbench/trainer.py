@@ -34,6 +34,7 @@ from .config import TrainConfig, to_dict
 from .data import Batch
 from .errors import KdbenchError
 from .io import atomic_torch_save, remove_stale_temps
+from .launch import warn_if_not_sharded
 
 log = logging.getLogger("kdbench")
 
@@ -68,22 +69,8 @@ def get_accelerator(device: str = "auto", dtype: str = "float32"):
         if not cpu and dtype in ("bfloat16", "float16"):
             mp = "bf16" if dtype == "bfloat16" else "fp16"
         _ACCELERATOR = Accelerator(cpu=cpu, mixed_precision=mp)
-        _warn_unsharded(_ACCELERATOR)
+        warn_if_not_sharded(_ACCELERATOR)
     return _ACCELERATOR
-
-
-def _warn_unsharded(acc) -> None:
-    """A launch config asked for FSDP / DeepSpeed but accelerate started something else: accelerate
-    enables both only on GPU-type backends, so on CPU processes the run is plain data parallel (exact,
-    but every rank holds the whole model and optimizer)."""
-    from accelerate.utils import DistributedType
-
-    for env, kind in (("ACCELERATE_USE_FSDP", DistributedType.FSDP), ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
-        if os.environ.get(env, "false").lower() == "true" and acc.distributed_type != kind:
-            name = kind.value if hasattr(kind, "value") else str(kind)
-            log.warning("%s was requested (%s) but accelerate started %s (it enables %s only on GPUs): training "
-                        "as plain data parallel, every process holding the whole model", name, env,
-                        acc.distributed_type, name)
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:

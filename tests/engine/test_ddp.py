@@ -89,3 +89,18 @@ def test_the_fsdp_config_on_two_cpu_processes(tmp_path):
     assert ddp["world"] == 2 and "MULTI_CPU" in ddp["distributed_type"]
     assert "FSDP was requested" in p.stdout + p.stderr  # the user is told sharding is not happening
     _assert_same_trajectory(out)
+
+
+def test_an_unhonoured_sharding_request_is_reported(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from kdbench.launch import warn_if_not_sharded
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level("WARNING", logger="kdbench"):
+        warn_if_not_sharded(SimpleNamespace(distributed_type=DistributedType.FSDP))
+        assert not caplog.records
+        warn_if_not_sharded(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
+    assert "FSDP was requested" in caplog.text and "plain data parallel" in caplog.text
