@@ -80,3 +80,38 @@ def test_a_missing_tracker_package_fails_up_front(kind, monkeypatch):
 def test_flatten_makes_hparams_scalars():
     flat = tracking.flatten({"train": {"lr": 0.1, "seed": 3}, "peft": None, "targets": ["q", "v"], "on": True})
     assert flat == {"train.lr": 0.1, "train.seed": 3, "peft": "null", "targets": "['q', 'v']", "on": True}
+
+
+@pytest.mark.parametrize("kind", ["wandb", "trackio"])
+def test_wandb_and_trackio_get_the_project_run_config_and_steps(kind, tmp_path, monkeypatch):
+    """Stand-in modules record what accelerate's tracker passes to wandb / trackio (neither is installed
+    here, and neither may reach the network in a test)."""
+    import importlib.util
+    import types
+
+    calls: dict = {"log": []}
+
+    class Run:
+        def log(self, values, step=None):
+            calls["log"].append((step, dict(values)))
+
+        def finish(self):
+            calls["finished"] = True
+
+    fake = types.ModuleType(kind)
+    fake.init = lambda **kw: calls.update(init=kw) or Run()
+    fake.config = types.SimpleNamespace(update=lambda values, **kw: calls.update(config=dict(values)))
+    monkeypatch.setitem(sys.modules, kind, fake)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == kind else real(name, *a))
+    run = tracking.open_run(kind, "gpt2-toy-xs/kd/train-seed1", tmp_path, {"train": {"lr": 0.01}})
+    run.log_step(3, {"loss": 1.5, "lr": 0.01})
+    run.finish()
+    tracking.log_eval(kind, "gpt2-toy-xs/kd/train-seed1", tmp_path, [{"task": "toy", "metrics": {"validity": 50.0}}], 6)
+    assert calls["init"]["project"] == "kdbench" and calls["init"]["name"] == "gpt2-toy-xs/kd/train-seed1"
+    assert calls["init"]["resume"] == "allow"  # the eval metrics continue the training run
+    if kind == "wandb":
+        assert calls["init"]["id"] == "kdbench-gpt2-toy-xs-kd-train-seed1"
+    assert calls["config"] == {"train.lr": 0.01}
+    assert calls["log"] == [(3, {"train/loss": 1.5, "train/lr": 0.01}), (6, {"eval/toy/validity": 50.0})]
+    assert calls["finished"] and not (tmp_path / "tensorboard").exists()
