@@ -60,7 +60,7 @@ for _name, _p in {
     "gpt2-toy-m": ModelPreset(128, 4, 4, "GPT-2 architecture, 128 wide, 4 layers (~0.8M body params)"),
     "gpt2-toy-l": ModelPreset(256, 4, 4, "GPT-2 architecture, 256 wide, 4 layers (~3.2M body params)"),
     # a Llama-architecture student (RoPE, RMSNorm, SwiGLU, grouped-query attention): LoRA's q/v targets
-    "llama-toy-xs": ModelPreset(32, 1, 2, "Llama architecture, 32 wide, 1 layer, 1 KV head (~8k body params)",
+    "llama-toy-xs": ModelPreset(32, 1, 2, "Llama architecture, 32 wide, 1 layer, 1 KV head (~15k body params)",
                                 family="llama"),
 }.items():
     MODEL_PRESETS.add(_name, _p, _p.description)
