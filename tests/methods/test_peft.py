@@ -9,6 +9,7 @@ default), dropout off so a rollout and its training forward are the same functio
 """
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -129,12 +130,20 @@ def test_minillm_with_lora_samples_through_the_adapter_and_lowers_reverse_kl(wor
     assert ctx.counters["rollouts"] == 32 and ctx.counters["generated_tokens"] > 0
     assert objective() < 0.8 * before  # measured 6.82 -> 4.47
     assert_only_adapters_moved(before_w, ctx.student)
-    # the round's old log-probs came from the adapted model: the sampler ran with the adapter active
-    store = make_method("minillm").make_round(ctx, world.exs[:4], seed=3)
-    with ctx.student.disable_adapter(), torch.no_grad():
-        base = gather_logprobs(ctx.logits(ctx.student, store), store.labels)
+    # rollouts come from the adapted model: the same seed gives what the merged model samples, and
+    # not what the base model (adapter off) samples
+    exs = world.exs[:16]
+    got = ctx.sample(ctx.student, exs, seed=3).response_ids
+    merged = copy.deepcopy(ctx.student).merge_and_unload()
+    assert ctx.sample(merged, exs, seed=3).response_ids == got
+    with ctx.student.disable_adapter():
+        assert ctx.sample(ctx.student, exs, seed=3).response_ids != got
+    # and the round's old log-probs are the adapted model's too
+    store = make_method("minillm").make_round(ctx, exs, seed=3)
+    with torch.no_grad():
+        adapted = gather_logprobs(ctx.logits(merged, store), store.labels)
     mask = store.loss_mask > 0
-    assert not torch.allclose(store.extras["old_logp"][mask], base[mask], atol=1e-4)
+    torch.testing.assert_close(store.extras["old_logp"][mask], adapted[mask], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("merged", [False, True])
