@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import PeftConfig
-from .errors import ConfigError
+from .errors import ConfigError, KdbenchError
 
 
 def wrap(model, cfg: PeftConfig, seed: int):
@@ -55,3 +55,25 @@ def save(model, tokenizer, folder: Path, base_path: str, merged: bool) -> Path:
         return folder / "adapter"
     save_model(model.merge_and_unload(), tokenizer, folder / "model")
     return folder / "model"
+
+
+def checkpoint_state(model) -> dict:
+    """What a training checkpoint keeps of `model`: everything, or for an adapter model only the
+    trainable weights. Frozen base weights come back unchanged from the cell's init on resume, and a
+    7B base would otherwise cost ~28 GB per checkpoint."""
+    if not hasattr(model, "peft_config"):
+        return model.state_dict()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in trainable}
+
+
+def load_checkpoint_state(model, state: dict) -> None:
+    """Inverse of checkpoint_state; an adapter checkpoint must cover exactly the trainable weights."""
+    if not hasattr(model, "peft_config"):
+        model.load_state_dict(state)
+        return
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != trainable:
+        raise KdbenchError(f"checkpoint does not match this adapter: {len(set(state) - trainable)} unexpected and "
+                           f"{len(trainable - set(state))} missing weights; delete the checkpoint to restart")
+    model.load_state_dict(state, strict=False)

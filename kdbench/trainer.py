@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .adapters import checkpoint_state, load_checkpoint_state
 from .config import TrainConfig, to_dict
 from .data import Batch
 from .errors import KdbenchError
@@ -281,7 +282,7 @@ class Trainer:
             remove_stale_temps(self.run_dir, ckpt.name)  # a checkpoint write cut short by a kill
         saved = self._load_checkpoint(ckpt) if ckpt is not None else None
         if saved is not None:
-            self.accelerator.unwrap_model(model).load_state_dict(saved["model"])
+            load_checkpoint_state(self.accelerator.unwrap_model(model), saved["model"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
             start = saved["step"]
@@ -359,7 +360,7 @@ class Trainer:
             bar.update(1)
             if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < cfg.steps and self.accelerator.is_main_process:
-                atomic_torch_save({"model": self.accelerator.unwrap_model(model).state_dict(),
+                atomic_torch_save({"model": checkpoint_state(self.accelerator.unwrap_model(model)),
                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                    "rng": _rng_state(), "step": step + 1, "history": self.history,
                                    "data": batches.state_dict() if _is_resumable(batches) else None,

@@ -21,7 +21,7 @@ from kdbench import models as M
 from kdbench.config import PeftConfig, TrainConfig
 from kdbench.data import lm_blocks
 from kdbench.divergences import forward_kl, reverse_kl
-from kdbench.errors import ConfigError
+from kdbench.errors import ConfigError, KdbenchError
 from kdbench.method import MethodContext, cross_entropy, gather_logprobs, make_method
 from kdbench.models import build_word_tokenizer
 from kdbench.plugins import load_plugins
@@ -192,6 +192,13 @@ def test_resumed_lora_run_equals_an_uninterrupted_one(world, tmp_path):
     part = lora_llama(world)
     with pytest.raises(Stop):
         Trainer(cfg, tmp_path, progress=False).fit(part, loss_for(part), stopping())
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    trainable = {n for n, p in part.named_parameters() if p.requires_grad}
+    assert set(saved) == trainable and all("lora_" in k for k in saved)  # frozen base weights are not copied
+    wider = adapters.wrap(build_random_model("llama", world.tok, hidden=32, layers=1, n_positions=MAXLEN, seed=1),
+                          PeftConfig(method="lora", r=8, target_modules=["q_proj", "v_proj", "o_proj"]), 0)
+    with pytest.raises(KdbenchError, match="does not match this adapter"):
+        adapters.load_checkpoint_state(wider, saved)
     resumed = lora_llama(world, seed=99)  # another adapter init: everything must come from the checkpoint
     hist = Trainer(cfg, tmp_path, progress=False).fit(resumed, loss_for(resumed), data())
     assert [h["loss"] for h in hist] == [h["loss"] for h in ref_hist]
