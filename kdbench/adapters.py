@@ -9,6 +9,7 @@ A trained cell keeps the adapter in `adapter/` (with its tokenizer) and, with `p
 full merged weights in `model/`; evaluation loads whichever the cell recorded
 (kdbench.models.load_model merges an adapter folder onto its base on load). The adapter's config
 names its base by absolute path, so an adapter-only run folder depends on its stage cache.
+Training checkpoints (resume) keep only the trainable weights (`checkpoint_state`).
 """
 from __future__ import annotations
 
