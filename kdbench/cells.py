@@ -13,6 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import adapters, tracking
 from . import models as M
 from .config import BenchConfig, stable_hash, to_dict
 from .evaluation import eval_cache_spec, evaluate
@@ -65,6 +66,8 @@ class Cells:
         select = self.stages.selection_spec()
         if select:  # only when on: the keys of runs without selection stay as they were
             frozen["select"] = select
+        if c.peft.enabled:  # likewise: full fine-tuning keys are unchanged
+            frozen["peft"] = c.peft.spec()
         key = stable_hash(frozen)
         name = f"{label_of(student)}/{method_name}" + (f"/train-seed{train_seed}" if train_seed is not None else "")
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:
@@ -80,17 +83,27 @@ class Cells:
         t0 = time.time()
         log.info("train %s: starting (init=%s)", name, method.student_init)
         model = M.load_model(init[0])
+        if c.peft.enabled:
+            model = adapters.wrap(model, c.peft, train.seed)
         teacher = M.load_model(teacher_path, c.dtype) if teacher_path else None  # frozen: loaded in --dtype
         if teacher is not None:
             self.stages.place_teacher(teacher)
         ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student))
         ctx.selector = self.stages.selector() if select else None
-        method.train(ctx)
+        track = tracking.run_name(label_of(student), method_name, train_seed)
+        with self.stages.tracked(ctx, track + (f"/{point_label(point)}" if point else ""), frozen):
+            method.train(ctx)
         model = ctx.trainer.accelerator.unwrap_model(ctx.student)
-        M.save_model(model.cpu(), self.stages.tokenizer(), cell / "model")
+        params = adapters.parameter_counts(model)
+        if c.peft.enabled:
+            model_path = adapters.save(model.cpu(), self.stages.tokenizer(), cell, init[0], c.peft.save_merged)
+        else:
+            model_path = cell / "model"
+            M.save_model(model.cpu(), self.stages.tokenizer(), model_path)
         atomic_write_json(cell / "history.json", ctx.history)
-        res: TrainResult = {"model_path": str(cell / "model"), "key": key, "method": method_name, "student": student,
-                            "wall_time_s": round(time.time() - t0, 2), "counters": dict(ctx.counters)}
+        res: TrainResult = {"model_path": str(model_path), "key": key, "method": method_name, "student": student,
+                            "wall_time_s": round(time.time() - t0, 2), "counters": dict(ctx.counters),
+                            "params": params}
         if train_seed is not None:
             res["train_seed"] = train_seed
         res["budget"] = {"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr,
@@ -116,6 +129,8 @@ class Cells:
         stage_done = read_json(Path(path).parent / "DONE")
         res["train_wall_time_s"] = stage_done.get("wall_time_s")
         res["counters"] = stage_done.get("counters", {})
+        if stage_done.get("trainable_params") is not None:
+            res["params"] = {"trainable": stage_done["trainable_params"], "total": stage_done["params"]}
         res["budget"] = {"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr,
                          "budget_class": METHODS.get(method_name).budget, "init": "base"}
         if stage_done.get("selection"):

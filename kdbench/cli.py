@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model", help="LLM judge model name (OpenAI-compatible endpoint)")
     p.add_argument("--judge-base-url", help="LLM judge endpoint base URL (key from $OPENAI_API_KEY)")
     p.add_argument("--judge-backend", help="auto | oracle | openai (auto: oracle on the toy world)")
+    p.add_argument("--peft", choices=("none", "lora"),
+                   help="train students through adapters (peft.method; tune with --set peft.r=16 etc.)")
+    p.add_argument("--report-to", choices=("none", "tensorboard", "wandb", "trackio"),
+                   help="experiment tracker for every train cell's curves, eval metrics and config (default none)")
     p.add_argument("--list", action="store_true", help="list methods, tasks, metrics and presets, then exit")
     p.add_argument("--dry-run", action="store_true",
                    help="validate config, models and data; print the plan and, per task, examples loaded/dropped "
@@ -152,6 +156,10 @@ def resolve_config(args: argparse.Namespace):
     for flag, key in (("device", "device"), ("dtype", "dtype"), ("teacher_device", "teacher_device")):
         if getattr(args, flag):
             data[key] = getattr(args, flag)
+    if getattr(args, "peft", None):
+        data.setdefault("peft", {})["method"] = args.peft
+    if getattr(args, "report_to", None):
+        data["report_to"] = args.report_to
     for flag, key in (("judge_model", "model"), ("judge_base_url", "base_url"), ("judge_backend", "backend")):
         if getattr(args, flag):
             data.setdefault("judge", {})[key] = getattr(args, flag)

@@ -104,6 +104,38 @@ class ModelBuildConfig:
 
 
 @dataclass
+class PeftConfig:
+    """Parameter-efficient students through the `peft` library (kdbench.adapters). method none trains
+    every weight. LoRA defaults are MiniLLM's: arguments.py `--peft-lora-r 8 --peft-lora-alpha 32
+    --peft-lora-dropout 0.1`, as its scripts/llama/sft/sft_7B_lora.sh uses them (reference/minillm.md,
+    hyperparameter table). target_modules auto = peft's per-architecture defaults (q/v projections for
+    Llama, c_attn for GPT-2)."""
+
+    method: str = "none"  # none | lora
+    r: int = 8
+    alpha: float = 32.0
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])  # module-name suffixes, or auto
+    save_merged: bool = False  # also save adapter-merged full weights (evaluation then loads those)
+
+    def __post_init__(self) -> None:
+        _check(self.method in ("none", "lora"), "peft.method", f"'{self.method}' is not one of none, lora")
+        _check(self.r >= 1, "peft.r", f"must be >= 1, got {self.r}")
+        _check(self.alpha > 0, "peft.alpha", f"must be > 0, got {self.alpha}")
+        _check(0 <= self.dropout < 1, "peft.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(len(self.target_modules) >= 1 and ("auto" not in self.target_modules or self.target_modules == ["auto"]),
+               "peft.target_modules", f"a list of module names, or [auto] alone; got {self.target_modules}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    def spec(self) -> dict[str, Any] | None:
+        """What changes a trained student (cache keys); None when off, so keys of full fine-tuning stay."""
+        return dataclasses.asdict(self) if self.enabled else None
+
+
+@dataclass
 class BenchConfig:
     """Everything that determines a benchmark's numbers."""
 
@@ -148,6 +180,10 @@ class BenchConfig:
     # plain: task prompts as rendered; chat: instruction (+ input) as the user turn of the teacher's chat
     # template; chat-alpaca: the rendered Alpaca prompt as that user turn (runner._prompt_wrapper)
     prompt_format: str = "plain"
+    peft: PeftConfig = field(default_factory=PeftConfig)  # LoRA students (kdbench.adapters)
+    # Experiment trackers through accelerate's tracker API (kdbench.tracking); changes no number, so
+    # it is in no cache key.
+    report_to: str = "none"  # none | tensorboard | wandb | trackio
 
     def __post_init__(self) -> None:
         _check(len(self.students) >= 1, "students", "needs at least one student")
@@ -163,6 +199,8 @@ class BenchConfig:
                f"seeds must be distinct, got {self.train_seeds}")
         _check(self.prompt_format in ("plain", "chat", "chat-alpaca"), "prompt_format",
                f"'{self.prompt_format}' is not one of plain, chat, chat-alpaca")
+        _check(self.report_to in ("none", "tensorboard", "wandb", "trackio"), "report_to",
+               f"'{self.report_to}' is not one of none, tensorboard, wandb, trackio")
 
     def train_config_for(self, method: str, train_seed: int | None = None, budget: str | None = None,
                          point: dict[str, Any] | None = None) -> TrainConfig:

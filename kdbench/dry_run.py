@@ -56,7 +56,10 @@ def dry_run(c, tasks: TaskSet) -> DryRun:
              f"plan: {len(c.students) * len(c.methods) * n_ts * n_points} training cells ({n_ts} training "
              f"seed(s){f', {n_points} tuning points' if n_points > 1 else ''}), "
              f"{n_models * len(c.tasks) * len(c.eval.seeds)} evaluation cells; device {c.device}, "
-             f"teacher_device {c.teacher_device}, dtype {c.dtype}", ""]
+             f"teacher_device {c.teacher_device}, dtype {c.dtype}"
+             + (f"; students through LoRA (r {c.peft.r}, alpha {c.peft.alpha:g}, dropout {c.peft.dropout:g}, "
+                f"targets {','.join(c.peft.target_modules)})" if c.peft.enabled else "")
+             + (f"; tracking to {c.report_to}" if c.report_to != "none" else ""), ""]
     loaded: dict[str, dict[str, list[Example]]] = {}
     failed: dict[str, str] = {}
     for name in dict.fromkeys([c.train_task] + c.tasks):

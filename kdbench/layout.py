@@ -71,6 +71,7 @@ class TrainResult(TypedDict, total=False):
     counters: dict[str, Any]
     budget: dict[str, Any]
     selected_step: Optional[int]
+    params: dict[str, int]  # {"trainable", "total"}: a LoRA student trains a small share
 
 
 class EvalRecord(TypedDict, total=False):

@@ -44,8 +44,13 @@ class ModelPreset:
     n_head: int
     description: str = ""
 
+    family: str = "gpt2"  # gpt2 | llama
+
     def as_dict(self) -> dict:
-        return {"n_embd": self.n_embd, "n_layer": self.n_layer, "n_head": self.n_head}
+        d = {"n_embd": self.n_embd, "n_layer": self.n_layer, "n_head": self.n_head}
+        if self.family != "gpt2":  # GPT-2 presets keep the stage keys they always had
+            d["family"] = self.family
+        return d
 
 
 MODEL_PRESETS: Registry[ModelPreset] = Registry("model preset")
@@ -54,6 +59,9 @@ for _name, _p in {
     "gpt2-toy-s": ModelPreset(64, 2, 2, "GPT-2 architecture, 64 wide, 2 layers (~0.1M body params)"),
     "gpt2-toy-m": ModelPreset(128, 4, 4, "GPT-2 architecture, 128 wide, 4 layers (~0.8M body params)"),
     "gpt2-toy-l": ModelPreset(256, 4, 4, "GPT-2 architecture, 256 wide, 4 layers (~3.2M body params)"),
+    # a Llama-architecture student (RoPE, RMSNorm, SwiGLU, grouped-query attention): LoRA's q/v targets
+    "llama-toy-xs": ModelPreset(32, 1, 2, "Llama architecture, 32 wide, 1 layer, 1 KV head (~15k body params)",
+                                family="llama"),
 }.items():
     MODEL_PRESETS.add(_name, _p, _p.description)
 
@@ -136,12 +144,19 @@ def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
 
 
 def build_preset_model(preset: str, tokenizer, n_positions: int, seed: int):
-    """A freshly initialised GPT-2 model of a preset size for `tokenizer` (dropout off: see
+    """A freshly initialised GPT-2 (or Llama) model of a preset size for `tokenizer` (dropout off: see
     cpu-notes; GPT-2 init std 0.02 avoids saturated logits and denormal slowdowns)."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     p = MODEL_PRESETS.get(preset, "--teacher/--student")
+    if p.family == "llama":
+        cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=p.n_embd, intermediate_size=4 * p.n_embd,
+                          num_hidden_layers=p.n_layer, num_attention_heads=p.n_head, num_key_value_heads=1,
+                          max_position_embeddings=n_positions, bos_token_id=tokenizer.eos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg)
     cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=p.n_embd, n_layer=p.n_layer,
                      n_head=p.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -204,6 +219,8 @@ def load_model(path: str, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_name(path)
+    if (Path(path) / "adapter_config.json").exists():  # a LoRA cell's adapter (kdbench.adapters)
+        return _load_adapter(path, dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
     except ConfigError:
@@ -211,6 +228,20 @@ def load_model(path: str, dtype: str = "float32", device: str = "cpu"):
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"could not load a causal LM from '{path}': {e}") from e
     return model.to(device)
+
+
+def _load_adapter(path: str, dtype: str, device: str):
+    """Base model + adapter, merged (one plain model: sampling and metrics need nothing peft-specific)."""
+    import json
+
+    from peft import PeftModel
+
+    base = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    try:
+        model = PeftModel.from_pretrained(load_model(base, dtype), path)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise ModelError(f"could not load the adapter '{path}' onto its base '{base}': {e}") from e
+    return model.merge_and_unload().to(device)
 
 
 def save_model(model, tokenizer, path: Path) -> None:

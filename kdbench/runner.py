@@ -7,6 +7,7 @@ Where things live on disk is kdbench.layout's business; what a stage or cell com
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import models as M
+from . import tracking
 from .cells import Cells
 from .config import BenchConfig, to_dict
 from .errors import ConfigError, KdbenchError
@@ -63,6 +65,9 @@ class Benchmark:
             cfg.train_config_for(m, None, METHODS.get(m).budget)
         for name in cfg.eval.metrics or []:
             METRICS.get(name, "eval.metrics")
+        tracking.check_available(cfg.report_to)
+        if cfg.peft.enabled and importlib.util.find_spec("peft") is None:
+            raise ConfigError("--peft lora / peft.method: the 'peft' package is not installed; pip install 'kdbench[peft]'")
         if cfg.tune:
             parse_grid(cfg.tune)  # bad keys or empty lists fail before any work
             if "dev" not in self.tasks.get(cfg.train_task).splits:
@@ -229,14 +234,21 @@ class Benchmark:
         c = self.cfg
         jobs = [(m, t, s) for m in models for t in c.tasks for s in c.eval.seeds]
         bar = tqdm(total=len(jobs), desc="evaluate", leave=False, disable=not self.progress, dynamic_ncols=True)
+        done: dict[tuple, list[dict]] = {}  # trained model -> its eval records (for --report-to)
         for (group, label, path, key, ts), task_name, seed in jobs:
             try:
-                self.cells.eval_cell(group, label, path, key, task_name, seed, ts)
+                rec = self.cells.eval_cell(group, label, path, key, task_name, seed, ts)
+                done.setdefault((group, label, ts), []).append(rec)
             except Exception as e:  # noqa: BLE001
                 cell = self.layout.eval_cell(group, label, task_name, seed, ts)
                 self.cells.record_failure("eval", label, group, e, cell, task=task_name, seed=seed, train_seed=ts)
             bar.update(1)
         bar.close()
+        if c.report_to != "none":
+            for (group, label, ts), recs in done.items():
+                if label in METHODS and not c.tune:  # trained students (a tuned run's cells carry a point)
+                    steps = c.train_config_for(label, ts, METHODS.get(label).budget).steps
+                    tracking.log_eval(c.report_to, tracking.run_name(group, label, ts), self.out, recs, steps)
 
     def dry_run(self):
         """--dry-run: what would load and run, without training or writing (kdbench/dry_run.py)."""

@@ -90,7 +90,8 @@ def _cache_kwarg(model) -> str:
     """transformers renamed `past_key_values` to `cache` (5.x); support both."""
     import inspect
 
-    params = inspect.signature(type(model).forward).parameters
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper: its model's
+    params = inspect.signature(type(inner).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -13,11 +13,13 @@ import dataclasses
 import logging
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from . import adapters, tracking
 from . import models as M
 from . import vocab
 from .config import BenchConfig, TrainConfig, stable_hash, to_dict
@@ -25,7 +27,7 @@ from .data import encode_pair, infinite_batches, lm_batch, lm_blocks
 from .errors import ConfigError
 from .evaluation import sampling_config
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl
-from .layout import RunLayout
+from .layout import RunLayout, label_of
 from .method import MethodContext, cross_entropy, make_method
 from .sampling import sample
 from .schema import Example
@@ -173,11 +175,15 @@ class Stages:
         folder, key = self.stage("student-pruned", spec, build)
         return str(folder / "model"), key
 
-    def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig) -> tuple[str, str]:
+    def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig,
+                   track_name: str = "teacher/sft") -> tuple[str, str]:
         spec = {"role": role, "base": base[1], "train": to_dict(train), "data": self.data_fp(), "method": "sft"}
         select = self.selection_spec() if role == "student" else None
         if select:
             spec["select"] = select
+        lora = self.cfg.peft if role == "student" and self.cfg.peft.enabled else None  # students only
+        if lora is not None:
+            spec["peft"] = lora.spec()
         memo = f"{role}-sft:{stable_hash(spec)}"  # the whole spec: seeds and tuning points differ in it
         if memo in self._models:
             return self._models[memo]
@@ -185,14 +191,21 @@ class Stages:
         def build(folder: Path):
             tok = self.tokenizer()
             model = M.load_model(base[0])  # trained: fp32 master weights; --dtype is mixed precision
+            if lora is not None:
+                model = adapters.wrap(model, lora, train.seed)
             ctx = self.method_context(model, None, train, folder, "sft", role)
             ctx.selector = self.selector() if select else None
-            make_method("sft").train(ctx)
+            with self.tracked(ctx, track_name, spec):
+                make_method("sft").train(ctx)
             model = ctx.trainer.accelerator.unwrap_model(ctx.student)
-            M.save_model(model.cpu(), tok, folder / "model")
+            counts = adapters.parameter_counts(model)
+            if lora is not None:  # methods that start from the SFT student need its merged weights
+                adapters.save(model.cpu(), tok, folder, base[0], merged=True)
+            else:
+                M.save_model(model.cpu(), tok, folder / "model")
             atomic_write_json(folder / "history.json", ctx.history)
             (folder / "checkpoint.pt").unlink(missing_ok=True)
-            return {"counters": dict(ctx.counters), "params": M.count_parameters(model),
+            return {"counters": dict(ctx.counters), "params": counts["total"], "trainable_params": counts["trainable"],
                     **({"selection": ctx.selection} if ctx.selection else {})}
 
         folder, key = self.stage(f"{role}-sft", spec, build)
@@ -212,7 +225,8 @@ class Stages:
     def student_sft(self, student: str, train_seed: int | None = None, point: dict | None = None) -> tuple[str, str]:
         """The SFT student (the `sft` row and MiniLLM's init), one per training seed (and tuning point)."""
         return self._sft_stage("student", self.student_base(student),
-                               self.cfg.train_config_for("sft", train_seed, None, point))
+                               self.cfg.train_config_for("sft", train_seed, None, point),
+                               tracking.run_name(label_of(student), "sft", train_seed))
 
     def teacher_samples(self) -> list[Example]:
         """One teacher sample per train prompt (SeqKD data), then one per unlabeled prompt when the run
@@ -274,6 +288,19 @@ class Stages:
                             progress=self.progress)
         ctx.vocab_size = len(self.tokenizer())  # logits are cut to the real vocabulary (padded embeddings)
         return ctx
+
+    @contextmanager
+    def tracked(self, ctx, name: str, config: dict):
+        """ctx's training logged as tracker run `name` (--report-to; nothing when it is none)."""
+        run = tracking.open_run(self.cfg.report_to, name, self.layout.out, config,
+                                ctx.trainer.accelerator.is_main_process)
+        ctx.trainer.tracker = run
+        try:
+            yield run
+        finally:
+            ctx.trainer.tracker = None
+            if run is not None:
+                run.finish()
 
     def selection_spec(self) -> dict | None:
         """The dev-selection settings that change a trained model (None when selection is off, so the

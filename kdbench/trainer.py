@@ -30,10 +30,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .adapters import checkpoint_state, load_checkpoint_state
 from .config import TrainConfig, to_dict
 from .data import Batch
 from .errors import KdbenchError
 from .io import atomic_torch_save, remove_stale_temps
+from .launch import warn_if_not_sharded
 
 log = logging.getLogger("kdbench")
 
@@ -68,6 +70,7 @@ def get_accelerator(device: str = "auto", dtype: str = "float32"):
         if not cpu and dtype in ("bfloat16", "float16"):
             mp = "bf16" if dtype == "bfloat16" else "fp16"
         _ACCELERATOR = Accelerator(cpu=cpu, mixed_precision=mp)
+        warn_if_not_sharded(_ACCELERATOR)
     return _ACCELERATOR
 
 
@@ -189,6 +192,7 @@ class Trainer:
         # Under FSDP / DeepSpeed the student's forward must go through the wrapped engine (FSDP
         # gathers shards in its forward); MethodContext.logits uses this while fit() runs.
         self.forward_model = None
+        self.tracker = None  # kdbench.tracking.RunTracker: every step's logs go to it (--report-to)
 
     @property
     def device(self):
@@ -278,7 +282,7 @@ class Trainer:
             remove_stale_temps(self.run_dir, ckpt.name)  # a checkpoint write cut short by a kill
         saved = self._load_checkpoint(ckpt) if ckpt is not None else None
         if saved is not None:
-            self.accelerator.unwrap_model(model).load_state_dict(saved["model"])
+            load_checkpoint_state(self.accelerator.unwrap_model(model), saved["model"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
             start = saved["step"]
@@ -341,6 +345,8 @@ class Trainer:
             for k, v in step_logs.items():
                 acc[k] = acc.get(k, 0.0) + v
             n_acc += 1
+            if self.tracker is not None:
+                self.tracker.log_step(step + 1, {**step_logs, "lr": sched.get_last_lr()[0]})
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 rec = {"step": step + 1, "lr": sched.get_last_lr()[0], **{k: v / n_acc for k, v in acc.items()}}
                 self.history.append(rec)
@@ -354,7 +360,7 @@ class Trainer:
             bar.update(1)
             if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < cfg.steps and self.accelerator.is_main_process:
-                atomic_torch_save({"model": self.accelerator.unwrap_model(model).state_dict(),
+                atomic_torch_save({"model": checkpoint_state(self.accelerator.unwrap_model(model)),
                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                    "rng": _rng_state(), "step": step + 1, "history": self.history,
                                    "data": batches.state_dict() if _is_resumable(batches) else None,

@@ -3,7 +3,8 @@
 Launched with the variables torchrun / `accelerate launch` set (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT); accelerate then starts a gloo process group on CPU. Usage:
     python tests/ddp_worker.py OUT.json
-Rank 0 writes the loss history to OUT.json and the final weights to OUT.json.pt.
+Rank 0 writes the loss history to OUT.json and the final weights to OUT.json.pt, then trains the
+same model with a LoRA adapter and writes OUT.json.lora and OUT.json.lora.pt.
 """
 from __future__ import annotations
 
@@ -41,12 +42,16 @@ def global_batches(batch_size: int = 8, seed: int = 0):
         yield collate(seqs, pad_id=0)
 
 
-def train(grad_accum: int, steps: int = 6):
-    from kdbench.config import TrainConfig
+def train(grad_accum: int, steps: int = 6, lora: bool = False):
+    from kdbench.config import PeftConfig, TrainConfig
     from kdbench.method import cross_entropy
     from kdbench.trainer import LossOutput, Trainer
 
     model = tiny_model()
+    if lora:  # a LoRA student (kdbench.adapters): only the adapter's gradients are summed over ranks
+        from kdbench import adapters
+
+        model = adapters.wrap(model, PeftConfig(method="lora", r=4, alpha=8, dropout=0.0), seed=0)
 
     def loss_fn(batch):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -62,11 +67,12 @@ def train(grad_accum: int, steps: int = 6):
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = sys.argv[1]
-    trainer, history, model = train(grad_accum=2)  # 8 rows -> 4 per rank -> 2 micro-batches of 2
-    acc = trainer.accelerator
-    if acc.is_main_process:
-        with open(out, "w") as f:
-            json.dump({"world": acc.num_processes, "distributed_type": str(acc.distributed_type),
-                       "history": history}, f)
-        torch.save(model.state_dict(), out + ".pt")
-    acc.wait_for_everyone()
+    for suffix, lora in (("", False), (".lora", True)):  # one launch, both students: process start-up is the cost
+        trainer, history, model = train(grad_accum=2, lora=lora)  # 8 rows -> 4 per rank -> 2 micro-batches of 2
+        acc = trainer.accelerator
+        if acc.is_main_process:
+            with open(out + suffix, "w") as f:
+                json.dump({"world": acc.num_processes, "distributed_type": str(acc.distributed_type),
+                           "history": history}, f)
+            torch.save(model.state_dict(), out + suffix + ".pt")
+        acc.wait_for_everyone()

@@ -9,7 +9,8 @@ from .tables import DASH, _md_escape, student_label
 
 
 
-COST_FIELDS = [("budget", "budget (steps x batch)"), ("train_runs", "training runs"),
+COST_FIELDS = [("budget", "budget (steps x batch)"), ("trainable_params", "trainable params"),
+               ("params", "params"), ("train_runs", "training runs"),
                ("train_wall_time_s", "train wall time per run (s)"), ("with_init_s", "incl. SFT init (s)"),
                ("selected_step", "selected step"), ("student_tokens", "student tokens"),
                ("teacher_forward_tokens", "teacher forward tokens"), ("generated_tokens", "generated tokens"),
@@ -42,11 +43,13 @@ def cost_rows(run: Run) -> list[dict]:
             init = _mean([_wall(c["result"]) for c in run.train.get((key[0], "sft"), {}).get("runs", [])
                           if c.get("result")])
         sel = [r.get("selected_step") for r in results if r.get("selected_step") is not None]
+        params = next((r["params"] for r in results if r.get("params")), {})
         e = ev.get(key, {})
         rows.append({
             "student": key[0], "method": key[1], "status": "shared stage" if key[1] in REFERENCE_ROWS else status,
             "budget": (f"{budget['steps']} x {budget['batch_size']}" + (" + sft" if budget.get("init") == "sft" else "")
                        if budget else None),
+            "trainable_params": params.get("trainable"), "params": params.get("total"),
             "train_runs": len(results) or None,
             "train_wall_time_s": round(float(wall), 2) if wall is not None else None,
             "with_init_s": round(wall + init, 2) if wall is not None and init is not None else None,
@@ -97,7 +100,8 @@ def cost_markdown(run: Run, rows: list[dict]) -> str:
     note = ("Training cost per training run (mean over training seeds) from each method's train cells (counters "
             "in result.json; `sft` is a cached stage shared with methods that start from it, shown with the time "
             "it took to build). Budget: optimizer steps x sequences per step; `+ sft`: the method starts from the "
-            "SFT student, whose time is included in `incl. SFT init`. Selected step: the dev-selected checkpoint "
+            "SFT student, whose time is included in `incl. SFT init`. Trainable params: what the optimizer updated "
+            "(a LoRA student, `--peft lora`: its adapter only) out of all the student's parameters. Selected step: the dev-selected checkpoint "
             "per training run (select.every). Teacher and "
             "student-base rows are shared stages: only their evaluation cost is shown. Eval wall time and judge "
             "calls are summed over all tasks and seeds.")

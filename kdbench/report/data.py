@@ -34,6 +34,7 @@ class Run:
     columns: list[tuple[str, str]]  # (task, metric) in display order
     train: dict[Key, dict] = field(default_factory=dict)  # (student, method) -> train cell files
     params: dict[str, int] = field(default_factory=dict)  # student label -> parameter count
+    trainable: dict[str, int] = field(default_factory=dict)  # student label -> adapter size (LoRA runs only)
     verdicts: Any = None  # report.verdicts.Verdicts once computed: CIs, comparisons, bold sets, findings
     sources: list[dict] = field(default_factory=list)  # a merged run's source runs (label, path); else []
 
@@ -153,7 +154,8 @@ def _student_params(out: Path, train: dict[Key, dict], config: dict) -> dict[str
         if student in params:
             continue
         mp = (cell.get("result") or {}).get("model_path")
-        if mp and Path(mp).is_dir():
+        # a LoRA cell's adapter folder holds only the adapter: the base stage below gives the student's size
+        if mp and Path(mp).is_dir() and not (Path(mp) / "adapter_config.json").exists():
             n = _safetensors_params(Path(mp))
             if n:
                 params[student] = n
@@ -290,7 +292,8 @@ def load_run(out: Path | str) -> Run:
     rows.sort(key=lambda r: (k_rank[(r["student"], r["method"])], c_rank[(r["task"], r["metric"])]))
     sources = _mark_sources(out, records, rows)
     return Run(out=out, config=config, run_info=run_info, records=records, failures=failures, rows=rows,
-               keys=keys, columns=cols, train=train, params=_student_params(out, train, config), sources=sources)
+               keys=keys, columns=cols, train=train, params=_student_params(out, train, config), sources=sources,
+               trainable=_trainable_params(train))
 
 
 def _mark_sources(out: Path, records: list[dict], rows: list[dict]) -> list[dict]:
@@ -309,6 +312,16 @@ def _mark_sources(out: Path, records: list[dict], rows: list[dict]) -> list[dict
         found = by_row.get((r["student"], r["method"], r["task"]), set()) - {None}
         r["runs"] = sorted(found, key=lambda lb: order.get(lb, len(order)))
     return sources
+
+
+def _trainable_params(train: dict[Key, dict]) -> dict[str, int]:
+    """Student label -> trainable parameters, where training updated only part of the student (LoRA)."""
+    out: dict[str, int] = {}
+    for (student, _), cell in sorted(train.items()):
+        p = (cell.get("result") or {}).get("params") or {}
+        if p.get("trainable") and p.get("total") and p["trainable"] < p["total"] and student not in out:
+            out[student] = int(p["trainable"])
+    return out
 
 
 def first_seed_generations(run: Run, task: str) -> tuple[int | None, dict[Key, list[dict]]]:

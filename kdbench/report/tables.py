@@ -40,7 +40,9 @@ def student_label(run: Run, student: str | None) -> str:
     if student is None:
         return DASH
     n = run.params.get(student)
-    return f"{student} ({human_count(n)})" if n else student
+    t = run.trainable.get(student)  # a LoRA student: what trained, next to its size
+    size = ", ".join(x for x in (human_count(n) if n else "", f"{human_count(t)} trainable" if t else "") if x)
+    return f"{student} ({size})" if size else student
 
 
 def decimals(run: Run, col: tuple[str, str]) -> int:

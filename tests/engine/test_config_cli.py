@@ -36,6 +36,9 @@ def test_list_prints_every_registry_with_descriptions(capsys):
     (["--set", "eval.top_p=2"], "eval.top_p"),
     (["--teacher", "./no/such/model"], "does not exist"),
     (["--set", "method_config.kd.kd_ratio=1.5"], "method_config.kd.kd_ratio"),
+    (["--peft", "lora", "--set", "peft.r=0"], "'peft.r': must be >= 1"),
+    (["--set", "peft.rank=4"], "unknown config key 'peft.rank'"),
+    (["--set", "report_to=mlflow"], "'report_to': 'mlflow' is not one of none, tensorboard, wandb, trackio"),
 ])
 def test_bad_input_fails_before_any_work(args, needle, capsys, tmp_path):
     code, out, err = run_cli(args + ["--out", str(tmp_path / "o"), "--preset" if "--preset" not in args else "--no-progress"]
@@ -99,3 +102,14 @@ def test_unwritable_output_folder(tmp_path, capsys):
     blocker.write_text("x")
     code, _, err = run_cli(["--preset", "ci", "--out", str(blocker / "sub")], capsys)
     assert code == 2 and "not writable" in err
+
+
+def test_peft_and_report_to_flags_reach_the_config():
+    from kdbench.cli import build_parser, resolve_config
+
+    cfg = resolve_config(build_parser().parse_args(["--preset", "ci", "--peft", "lora", "--report-to", "tensorboard",
+                                                    "--set", "peft.r=4"]))
+    assert (cfg.peft.method, cfg.peft.r, cfg.peft.alpha, cfg.peft.dropout) == ("lora", 4, 32.0, 0.1)
+    assert cfg.report_to == "tensorboard"
+    default = resolve_config(build_parser().parse_args(["--preset", "ci"]))
+    assert not default.peft.enabled and default.peft.spec() is None and default.report_to == "none"

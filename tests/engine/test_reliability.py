@@ -77,10 +77,16 @@ class Killed(Exception):
     pass
 
 
-def train_method(world, run_dir, name, overrides, steps, kill_after_checkpoint=None, monkeypatch=None):
-    """Train a fresh student (same init every time) with `name`; optionally die right after the
-    n-th checkpoint write. Returns (weights, history, counters)."""
+def train_method(world, run_dir, name, overrides, steps, kill_after_checkpoint=None, monkeypatch=None, lora=False):
+    """Train a fresh student (same init every time) with `name`, through a LoRA adapter when `lora`;
+    optionally die right after the n-th checkpoint write. Returns (weights, history, counters)."""
     tok, exs, blocks = world
+    student = gpt2(tok, 1, dropout=0.1)
+    if lora:
+        from kdbench import adapters
+        from kdbench.config import PeftConfig
+
+        student = adapters.wrap(student, PeftConfig(method="lora", r=4, alpha=8, dropout=0.1), seed=0)
     if kill_after_checkpoint is not None:
         import kdbench.trainer as T
 
@@ -95,7 +101,7 @@ def train_method(world, run_dir, name, overrides, steps, kill_after_checkpoint=N
         monkeypatch.setattr(T, "atomic_torch_save", save)
     train = TrainConfig(steps=steps, batch_size=4, lr=1e-2, schedule="constant", log_every=3, seed=0,
                         checkpoint_every=2)
-    ctx = MethodContext(student=gpt2(tok, 1, dropout=0.1), teacher=gpt2(tok, 7, std=0.5).eval(), tokenizer=tok,
+    ctx = MethodContext(student=student, teacher=gpt2(tok, 7, std=0.5).eval(), tokenizer=tok,
                         train_examples=exs, train_cfg=train, max_length=MAXLEN, max_prompt_length=MAXPROMPT,
                         run_dir=run_dir, pretrain_blocks=blocks, sampling=SamplingConfig(max_new_tokens=6),
                         device="cpu", method_name=name, progress=False)
@@ -108,24 +114,30 @@ def train_method(world, run_dir, name, overrides, steps, kill_after_checkpoint=N
     return {k: v.clone() for k, v in ctx.student.state_dict().items()}, ctx.history, dict(ctx.counters)
 
 
-@pytest.mark.parametrize("name,overrides,steps,kill_at", [
-    ("kd", {}, 6, 2),  # gold data: a plain generator, replayed
-    ("gkd", {"lmbda": 0.5}, 6, 1),  # a fresh seeded rollout per step: plain generator, replayed
+@pytest.mark.parametrize("name,overrides,steps,kill_at,lora", [
+    ("kd", {}, 6, 2, False),  # gold data: a plain generator, replayed
+    ("gkd", {"lmbda": 0.5}, 6, 1, False),  # a fresh seeded rollout per step: plain generator, replayed
     # a rollout round of 4 steps (8 rollouts, 2 PPO epochs): killed mid-round, the round is restored
-    ("minillm", {"rollout_minibatches": 2, "ppo_epochs": 2}, 6, 1),
+    ("minillm", {"rollout_minibatches": 2, "ppo_epochs": 2}, 6, 1, False),
     # replay buffer, dev-loss threshold and a seeded RNG carried over steps
-    ("distillm", {"init_threshold": 0.6, "capacity": 8, "dev_size": 8, "eval_every": 2}, 6, 2),
+    ("distillm", {"init_threshold": 0.6, "capacity": 8, "dev_size": 8, "eval_every": 2}, 6, 2, False),
     # TAID's t, momentum and last loss carried over steps (adaptive rule ahead of the linear floor)
-    ("taid", {"t_start": 0.1, "t_end": 0.9, "alpha": 0.8}, 6, 2),
+    ("taid", {"t_start": 0.1, "t_end": 0.9, "alpha": 0.8}, 6, 2, False),
+    # LoRA students (--peft lora): adapter weights, their optimizer state and LoRA dropout's RNG
+    ("kd", {}, 6, 2, True),
+    ("minillm", {"rollout_minibatches": 2, "ppo_epochs": 2}, 6, 1, True),
 ])
-def test_method_resumes_exactly(world, tmp_path, monkeypatch, name, overrides, steps, kill_at):
-    ref_w, ref_h, ref_c = train_method(world, None, name, overrides, steps)
+def test_method_resumes_exactly(world, tmp_path, monkeypatch, name, overrides, steps, kill_at, lora):
+    ref_w, ref_h, ref_c = train_method(world, None, name, overrides, steps, lora=lora)
     run_dir = tmp_path / "cell"
     with pytest.raises(Killed):
-        train_method(world, run_dir, name, overrides, steps, kill_after_checkpoint=kill_at, monkeypatch=monkeypatch)
+        train_method(world, run_dir, name, overrides, steps, kill_after_checkpoint=kill_at, monkeypatch=monkeypatch,
+                     lora=lora)
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert saved["step"] == 2 * kill_at
-    w, h, c = train_method(world, run_dir, name, overrides, steps)
+    w, h, c = train_method(world, run_dir, name, overrides, steps, lora=lora)
+    if lora:  # the adapter trained, the base did not
+        assert any("lora_B" in k and ref_w[k].abs().sum() > 0 for k in ref_w)
     for k in ref_w:
         assert torch.equal(ref_w[k], w[k]), k
     assert h == ref_h

@@ -251,12 +251,13 @@ def test_delta_baseline_flag_and_identical_rebuild(small):
 def test_cost_table(built):
     md = (built / "cost.md").read_text()
     mm = _md_row(md, "gpt2-toy-s", "minillm")
-    # no budget recorded by these fake cells; one training run; 6 eval cells x 1.5 s; 3 toy seeds x 4 calls
-    assert mm[2:] == ["–", "1", "12.0", "–", "–", "1,000", "1,000", "500", "9.0", "12"]
-    assert _md_row(md, "gpt2-toy-s", "broken")[4] == "failed"
+    # no budget or parameter counts recorded by these fake cells; one training run; 6 eval cells x 1.5 s;
+    # 3 toy seeds x 4 calls
+    assert mm[2:] == ["–", "–", "–", "1", "12.0", "–", "–", "1,000", "1,000", "500", "9.0", "12"]
+    assert _md_row(md, "gpt2-toy-s", "broken")[6] == "failed"
     assert _md_row(md, None, "teacher")[2] == "–"
     csv_text = (built / "cost.csv").read_text()
-    assert "gpt2-toy-s,minillm,ok,,1,12.0,,,1000,1000,500,9.0,12" in csv_text
+    assert "gpt2-toy-s,minillm,ok,,,,1,12.0,,,1000,1000,500,9.0,12" in csv_text
 
 
 def test_latex_shape(built):
