@@ -218,4 +218,5 @@ def test_markdown_and_json_forms():
     data = findings_json(findings)
     text = json.dumps(data, allow_nan=False)
     assert json.loads(text)[1]["verdict"] == "supported"
-    assert data[0]["evidence"][0]["delta"] is None  # NaN -> null
+    ev = data[0]["evidence"][0]  # a comparison without a value (NaN) is not measured, not judged
+    assert ev["status"] == "missing" and "no value for the comparison" in ev["reason"]
