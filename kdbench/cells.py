@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import models as M
 from .config import BenchConfig, stable_hash, to_dict
-from .evaluation import eval_cache_spec, evaluate
+from .evaluation import eval_cache_spec, evaluate, task_eval_config
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
 from .layout import EvalRecord, RunLayout, TrainResult, label_of
 from .method import METHODS, make_method
@@ -149,8 +149,9 @@ class Cells:
         metrics = list(c.eval.metrics or task.default_metrics)
         cell = self.layout.eval_cell(group, model_label, task_name, seed, train_seed)
         settings = {"judge": dict(c.judge)}
+        ev = task_eval_config(c.eval, task)  # the task's defaults resolved: the key holds what ran
         # each metric adds what changes its numbers (e.g. which judge) to the key
-        spec = {"model": model_key, "task": task.fingerprint(), "eval": to_dict(c.eval), "seed": seed,
+        spec = {"model": model_key, "task": task.fingerprint(), "eval": to_dict(ev), "seed": seed,
                 **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length}
         key = stable_hash(spec)
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:
@@ -160,7 +161,7 @@ class Cells:
         model = self._load_cached(model_path)
         exs = self.tasks.test_examples(task_name)
         t0 = time.time()
-        res = evaluate(model, self.stages.tokenizer(), task, exs, seed, c.eval, metrics,
+        res = evaluate(model, self.stages.tokenizer(), task, exs, seed, ev, metrics,
                        max_prompt_length=c.max_prompt_length, model_label=model_label, teacher_fn=self._eval_teacher,
                        settings=settings, run_dir=self.layout.out, session=self.session)
         atomic_write_jsonl(cell / "generations.jsonl", res.generations)

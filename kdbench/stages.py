@@ -286,8 +286,11 @@ class Stages:
         tok = self.tokenizer()
         s = c.select.seed if seed is None else seed
 
+        # LMOps' selection decoding never blocks n-grams (reference/minillm.md §3.1), only final eval does
+        ev = dataclasses.replace(c.eval, no_repeat_ngram_size=0)
+
         def score(model) -> float:
-            res = evaluate(model, tok, task, dev, s, c.eval, [parent], max_prompt_length=c.max_prompt_length)
+            res = evaluate(model, tok, task, dev, s, ev, [parent], max_prompt_length=c.max_prompt_length)
             return res.values.get(metric, float("nan"))
 
         return score, metric, hib

@@ -102,6 +102,11 @@ def git_commit(run: Run) -> str | None:
 # sections
 
 
+def _ngram(ev: dict) -> str:
+    v = ev.get("no_repeat_ngram_size", DASH)
+    return "per task (6 on MiniLLM's eval sets, 0 on the toy world)" if v is None else str(v)
+
+
 def _setup(run: Run) -> str:
     from .. import __version__
 
@@ -122,7 +127,7 @@ def _setup(run: Run) -> str:
         ("decoding", f"temperature {ev.get('temperature', DASH)}, top-p {ev.get('top_p', DASH)}, "
                      f"top-k {ev.get('top_k', DASH)}, ≤ {ev.get('max_new_tokens', DASH)} new tokens, prompt ≤ "
                      f"{ev.get('max_prompt_tokens', DASH)} tokens, no-repeat n-gram "
-                     f"{ev.get('no_repeat_ngram_size', DASH)}"),
+                     f"{_ngram(ev)}"),
         ("evaluation seeds", ", ".join(map(str, ev.get("seeds", []))) or DASH),
         ("distillation budget", f"{d.get('steps', DASH)} steps × batch {d.get('batch_size', DASH)}, "
                                 f"lr {d.get('lr', DASH)} ({d.get('schedule', DASH)})" if d else DASH),

@@ -192,7 +192,12 @@ def test_local_models_end_to_end_with_dtype_and_teacher_placement(data_dir, mode
     rows = json.loads((out / "leaderboard.json").read_text())
     have = {(r["method"], r["metric"]) for r in rows if r["task"] == "dolly"}
     for method in ("teacher", "student-base", "sft", "kd"):
-        assert (method, "rouge_l") in have, method
+        for metric in ("rouge_l", "dist4", "lm_loss"):  # the paper's Dolly metrics by default
+            assert (method, metric) in have, (method, metric)
+    assert ("kd", "exposure_bias") in have
+    # Dolly's default decoding blocks 6-grams (LMOps' evaluation), resolved into the eval cell's config
+    ev = json.loads((out / "cells/eval/student/kd/dolly/seed10/config.json").read_text())["eval"]
+    assert ev["no_repeat_ngram_size"] == 6
     # trained models load in fp32 (bf16 would be mixed precision on a GPU); the frozen teacher of
     # the kd cell and every evaluated model load in --dtype
     by_dtype = {d for _, d in loads}
