@@ -59,6 +59,8 @@ class Cells:
                   "student": student, "student_init": method.student_init, "init_key": init[1],
                   "teacher": c.teacher if method.requires_teacher else None, "teacher_key": teacher_key,
                   "data": self.stages.data_fp(), "max_length": c.max_length, "max_prompt_length": c.max_prompt_length}
+        if c.pt_corpus and method.uses_pretrain_corpus:  # only then: other keys stay as they were
+            frozen["pt_corpus"] = self.stages.pt_corpus_key()
         select = self.stages.selection_spec()
         if select:  # only when on: the keys of runs without selection stay as they were
             frozen["select"] = select
@@ -92,6 +94,8 @@ class Cells:
             res["train_seed"] = train_seed
         res["budget"] = {"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr,
                          "budget_class": cls.budget, "init": method.student_init}
+        if ctx.variant:
+            res["variant"] = ctx.variant
         if ctx.selection:
             res["selected_step"] = ctx.selection["selected_step"]
             res["selection"] = ctx.selection

@@ -138,6 +138,11 @@ class BenchConfig:
     tune_metric: str = ""
     baseline: str = "sft"  # the method comparisons and the delta table are against (when it ran)
     data_dir: str | None = None
+    # Pretraining corpus for MiniLLM's L_PT (plain .txt: one document per blank-line-separated
+    # paragraph; .jsonl: one document per line, field "text"), tokenised into max_length blocks like
+    # the toy world's stream and cached as a stage. Empty: the train task's own stream (the toy
+    # world has one; real tasks have none, and minillm then runs and is labelled "no L_PT").
+    pt_corpus: list[str] = field(default_factory=list)
     max_train_examples: int | None = None
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task extra settings
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

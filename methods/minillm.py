@@ -29,7 +29,9 @@ Choices recorded (upstream LMOps code vs ours):
 - upstream scales rewards by 1/reward_scaling (x2) before whitening, which whitening undoes; omitted;
 - the single-step term is not importance-weighted (nor is it upstream);
 - L_PT is the paper's pure LM loss; the code mixes 0.5 forward KL to the teacher into it
-  (`pt_kd_ratio` = 0.5 reproduces that). With no pretraining corpus the term is skipped, logged;
+  (`pt_kd_ratio` = 0.5 reproduces that). L_PT reads config `pt_corpus` (a cached stage), else the train
+  task's text stream; with neither the term is skipped and every report labels the row
+  `minillm (no L_PT)`, the paper's "w/o L_PT" ablation;
 - the student is PPOModel-style dropout-free (upstream keeps the policy in eval mode).
 Learning rate, betas and schedule (paper: 5e-6, betas (0.9, 0.95), constant with 100 warm-up steps)
 live in the TrainConfig of the preset, like every method's budget.
@@ -90,6 +92,7 @@ class MiniLLM(Method):
     requires_teacher = True
     student_init = "sft"  # MiniLLM starts from the SFT student
     budget = "on_policy"  # samples the student every step (preset budget_train.on_policy)
+    uses_pretrain_corpus = True  # L_PT (config pt_corpus)
 
     @torch.no_grad()
     def make_round(self, ctx: MethodContext, examples, seed: int) -> Batch:
@@ -131,8 +134,11 @@ class MiniLLM(Method):
         pt_iter = None
         if cfg.lm_coef > 0:
             if ctx.pretrain_blocks is None:
-                ctx.log.warning("%s: the train task has no pretraining corpus; the LM loss (lm_coef=%g) is skipped",
+                # the paper's "w/o L_PT" ablation, not MiniLLM: every report labels the row so
+                ctx.log.warning("%s: no pretraining corpus (config pt_corpus) and the train task has no text stream; "
+                                "L_PT (lm_coef=%g) is skipped and the row is labelled 'no L_PT'",
                                 ctx.method_name or "minillm", cfg.lm_coef)
+                ctx.variant = "no L_PT"
             else:
                 pt_iter = ctx.pretrain_batches(batch_size=B)
 

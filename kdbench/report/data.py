@@ -34,6 +34,9 @@ class Run:
     columns: list[tuple[str, str]]  # (task, metric) in display order
     train: dict[Key, dict] = field(default_factory=dict)  # (student, method) -> train cell files
     params: dict[str, int] = field(default_factory=dict)  # student label -> parameter count
+    # method -> the name every table, plot and finding shows, when a train cell recorded a variant
+    # (e.g. "minillm (no L_PT)": MiniLLM without its pretraining loss is the paper's ablation)
+    labels: dict[str, str] = field(default_factory=dict)
     verdicts: Any = None  # report.verdicts.Verdicts once computed: CIs, comparisons, bold sets, findings
 
     def row(self, key: Key, col: tuple[str, str]) -> dict | None:
@@ -45,6 +48,9 @@ class Run:
     @property
     def students(self) -> list[str]:
         return list(dict.fromkeys(s for s, _ in self.keys if s is not None))
+
+    def label(self, method: str) -> str:
+        return self.labels.get(method, method)
 
     @property
     def methods(self) -> list[str]:
@@ -287,8 +293,22 @@ def load_run(out: Path | str) -> Run:
     k_rank = {k: i for i, k in enumerate(keys)}
     c_rank = {c: i for i, c in enumerate(cols)}
     rows.sort(key=lambda r: (k_rank[(r["student"], r["method"])], c_rank[(r["task"], r["metric"])]))
+    labels = method_labels(train)
+    for r in rows:
+        if r["method"] in labels:
+            r["label"] = labels[r["method"]]  # leaderboard.json carries the shown name too
     return Run(out=out, config=config, run_info=run_info, records=records, failures=failures, rows=rows,
-               keys=keys, columns=cols, train=train, params=_student_params(out, train, config))
+               keys=keys, columns=cols, train=train, params=_student_params(out, train, config), labels=labels)
+
+
+def method_labels(train: dict[Key, dict]) -> dict[str, str]:
+    """method -> "method (variant)" for every method whose train cells recorded a variant."""
+    out: dict[str, str] = {}
+    for (_, method), cell in train.items():
+        variants = sorted({(c.get("result") or {}).get("variant") for c in cell.get("runs", [cell])} - {None})
+        if variants:
+            out[method] = f"{method} ({', '.join(variants)})"
+    return out
 
 
 def first_seed_generations(run: Run, task: str) -> tuple[int | None, dict[Key, list[dict]]]:

@@ -168,7 +168,7 @@ def _row_open(run: Run, keys: list[Key], i: int) -> str:
     first = i == 0 or keys[i - 1][0] != key[0]
     who = e(student_label(run, key[0])) if first else ""
     tr = f'<tr class="{" ".join(cls)}">' if cls else "<tr>"
-    return tr + f'<td class="l">{who}</td><td class="l">{e(key[1])}</td>'
+    return tr + f'<td class="l">{who}</td><td class="l">{e(run.label(key[1]))}</td>'
 
 
 def _leaderboard(run: Run) -> str:

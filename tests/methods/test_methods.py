@@ -299,6 +299,7 @@ def test_minillm_reverse_kl_goes_down(world, teacher, tmp_path):
     train("minillm", ctx)
     last = ctx.history[-1]
     assert {"pg", "single_step", "pt", "reward"} <= set(last)
+    assert ctx.variant is None  # with L_PT: the full method, no label
     assert ctx.counters["rollouts"] == 32  # 16 steps = one round of 4 minibatches x 4 PPO epochs
     seq1, tok1 = objective()
     # one PPO round on the toy world v2 cuts the sampled RKL by ~17% (measured 3.70 -> 3.07)
@@ -330,6 +331,7 @@ def test_minillm_without_pretraining_corpus_skips_lm_loss(world, teacher, tmp_pa
         ctx.log.removeHandler(handler)
     assert any("no pretraining corpus" in r.getMessage() for r in records)
     assert "pt" not in ctx.history[-1]
+    assert ctx.variant == "no L_PT"  # the row is the paper's "w/o L_PT" ablation and is labelled so
 
 
 def test_cross_entropy_and_gather_logprobs_match_log_softmax():
