@@ -183,6 +183,27 @@ def test_gkd_mixes_student_and_gold_batches(world, teacher, tmp_path):
     assert on_policy(ctx, gjsd, world) + on_gold(ctx, gjsd, world) < 0.8 * before
 
 
+@pytest.mark.parametrize("source", ["fresh", "cached"])
+def test_gkd_seq_kd_samples_the_teacher_each_step_as_trl(world, teacher, tmp_path, source):
+    cached_targets = [SimpleNamespace(**{**vars(ex), "target": "cached"}) for ex in world.exs]
+    ctx = make_ctx(world, teacher, tmp_path, steps=3, teacher_samples=cached_targets)
+    calls = []
+    real = ctx.sample
+    ctx.sample = lambda model, exs, seed, mix_alpha=0.0, cfg=None: calls.append((model, cfg)) or real(
+        model, exs, seed, mix_alpha, cfg)
+    encoded = []
+    real_encode = ctx.encode
+    ctx.encode = lambda exs: encoded.append([ex.target for ex in exs]) or real_encode(exs)
+    train("gkd", ctx, lmbda=0.0, seq_kd=True, seq_kd_source=source)
+    if source == "fresh":  # every (off-policy) step: a new teacher sample at GKD's temperature 0.9
+        assert len(calls) == 3 and all(m is ctx.teacher and c.temperature == 0.9 for m, c in calls)
+        assert not encoded
+    else:  # the cached SeqKD samples, no generation
+        assert not calls and encoded and all(t == "cached" for ts in encoded for t in ts)
+    with pytest.raises(ConfigError, match="method_config.gkd.seq_kd_source"):
+        make_method("gkd", {"seq_kd_source": "stale"})
+
+
 def test_distillm_schedule_generates_and_replays(world, teacher, tmp_path):
     ctx = make_ctx(world, teacher, tmp_path, steps=16)
     srkl = lambda s, t, m: skew_reverse_kl(s, t, m, alpha=0.1)  # noqa: E731
