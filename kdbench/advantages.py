@@ -87,7 +87,9 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, ep
     """(values - mean) / sqrt(var + eps) with mean and variance over valid positions only.
 
     The variance is the population variance (divide by the count), which stays defined for a
-    single valid token. With ``shift_mean=False`` the mean is added back (scale only). Padding is 0
+    single valid token. LMOps' ``whiten`` uses ``torch.var``, the unbiased sample variance (divide
+    by count - 1): our output is theirs times sqrt((n - 1) / n), (under 0.1% for a round of
+    n > 500 tokens). With ``shift_mean=False`` the mean is added back (scale only). Padding is 0
     in the output. (Upstream MiniLLM whitens over the full padded tensor; we exclude padding so
     that a batch's padding does not change its advantages.)
     """
