@@ -103,13 +103,16 @@ class Ranking(Method):
         @torch.no_grad()
         def teacher_scores(rows: Batch) -> torch.Tensor:
             out = []
+            was_training = ctx.student.training
+            ctx.student.eval()  # the sampling student's log q, without dropout noise
             for idx in torch.arange(rows.size).split(ctx.train_cfg.batch_size):  # bounded [n, L, V] logits
                 mb = rows.select(idx)
                 labels = mb.labels.to(ctx.device)
                 t_lp = gather_logprobs(ctx.teacher_logits(mb), labels).cpu()
-                # the sampling student's log q, only where the ranking needs it
+                # log q only where the ranking needs it
                 s_lp = gather_logprobs(ctx.logits(ctx.student, mb), labels).cpu() if cfg.rank_by == "reward" else None
                 out.append(ranking_scores(t_lp, s_lp, mb.loss_mask, cfg.rank_by, cfg.length_norm))
+            ctx.student.train(was_training)
             return torch.cat(out)
 
         def batches() -> Iterator[Batch]:
