@@ -61,6 +61,7 @@ def test_pt_corpus_is_a_cached_stage_in_minillm_key_and_labels(tmp_path, monkeyp
     assert main(["summarize", str(out)]) == 0
     assert "| minillm (no L_PT) |" in (out / "leaderboard.md").read_text()
     assert "minillm (no L\\_PT)" in (out / "leaderboard.tex").read_text()
+    assert "| minillm (no L_PT) |" in (out / "cost.md").read_text()
     assert "minillm (no L_PT)" in (out / "report.html").read_text()
     rows = json.loads((out / "leaderboard.json").read_text())
     assert {r.get("label") for r in rows if r["method"] == "minillm"} == {"minillm (no L_PT)"}
