@@ -9,7 +9,7 @@ import pytest
 from kdbench.cli import main
 from kdbench.corpus import read_documents
 from kdbench.errors import ConfigError
-from micro_run import MICRO, skip_plots
+from micro_run import MICRO
 
 
 def test_read_documents_txt_and_jsonl(tmp_path):
@@ -34,7 +34,9 @@ def _corpus(tmp_path: Path, text: str) -> Path:
 
 
 def test_pt_corpus_is_a_cached_stage_in_minillm_key_and_labels(tmp_path, monkeypatch):
-    skip_plots()
+    import kdbench.report.plots as plots
+
+    monkeypatch.setattr(plots, "make_plots", lambda run, plot_dir: ([], []))  # no test here looks at figures
     out = tmp_path / "run"
     corpus = _corpus(tmp_path, "the bako is red and lives in the cave")
     args = MICRO + ["--methods", "minillm", "--out", str(out), "--set", f"pt_corpus=[{corpus}]",
