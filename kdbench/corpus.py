@@ -3,7 +3,7 @@
 LMOps draws its L_PT batches from OpenWebText cut into 512-token blocks (`--lm-data-dir`); kdbench
 reads the documents from plain-text or jsonl files and cuts them into `max_length` blocks with the
 same function as the toy world's stream (`data.lm_blocks`). The blocks are a cached stage
-(`Stages.pt_corpus_blocks`), keyed by each file's content hash, the tokenizer and the block length.
+(`Stages.lpt_blocks`), keyed by each file's content hash, the tokenizer and the block length.
 """
 from __future__ import annotations
 

@@ -118,8 +118,8 @@ def _distillm_fork_budget(batch_per_gpu: int, lr: float, epochs: int) -> dict:
 # Per student size: distillm from scripts/gpt2/distillm/train_{0.1B,0.3B,0.7B}_1.5B.sh (batch 8/8/4
 # per GPU, lr 5e-4/5e-4/1e-4, 20/20/10 epochs); gkd from scripts/gpt2/gkd/gkd_{base,medium,large}.sh
 # (DistiLLM's GKD baseline, mixed-jsd: batch 2/8/8, lr 5e-4, 20/20/10 epochs). js and tvd have no
-# GPT-2 script of their own in either repository; DistiLLM trains its token-level baselines with its
-# GKD scripts' budget, so they take gkd's.
+# GPT-2 script of their own in either repository; token-level divergences on student samples like
+# that GKD baseline, they take its budget (our choice, stated here).
 _ON_POLICY_FORK = {
     "120m": {"distillm": (8, 5e-4, 20), "gkd": (2, 5e-4, 20)},
     "340m": {"distillm": (8, 5e-4, 20), "gkd": (8, 5e-4, 20)},
