@@ -34,23 +34,31 @@ def sequence_rewards(teacher_logp: torch.Tensor, student_logp: torch.Tensor, mas
     return torch.where(_valid(mask), r, torch.zeros_like(r))
 
 
+ADVANTAGE_MODES = ("paper", "lmops")
+
+
 def long_range_advantages(
-    rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 0.95, length_norm: bool = True
+    rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 0.95, length_norm: bool = True,
+    mode: str = "paper",
 ) -> torch.Tensor:
-    """MiniLLM's long-range advantage A_t = (1/N_t) * sum_{t' > t} gamma^(t'-t-1) * r_t'.
+    """MiniLLM's long-range advantage.
 
-    N_t is the number of valid (mask = 1) positions after t; A_t = 0 where none follow, and at
-    padded positions. Without ``length_norm`` there is no division. Discounting is relative to t
-    (exponent t'-t-1, the distance in positions), never by absolute position, so each row is
-    independent of the others' lengths.
+    ``mode="paper"`` (default): A_t = (1/N_t) * sum_{t' > t} gamma^(t'-t-1) * r_t', the paper's
+    R_{t+1} (Eq. 5-6: the future *after* token t; r_t itself is handled exactly by the single-step
+    term). N_t is the number of valid (mask = 1) positions after t; A_t = 0 where none follow.
 
-    Choice recorded: this is the paper's R_{t+1} (the future *after* token t, whose own reward is
-    handled exactly by the single-step term). The upstream code (LMOps ``minillm/losses.py``) sums
-    from t' = t, i.e. includes r_t, discounts by gamma^(t'-t) and divides by the count including t.
+    ``mode="lmops"``: A_t = (1/N'_t) * sum_{t' >= t} gamma^(t'-t) * r_t', N'_t counting t itself:
+    what LMOps ``minillm/losses.py`` ``_get_advantages_and_returns`` and TRL's MiniLLM trainer
+    compute. With no padding, lmops' A_t equals paper's A_{t-1} (one position later).
+
+    Without ``length_norm`` there is no division. Padded positions are 0. Discounting is relative to
+    t, never by absolute position, so each row is independent of the others' lengths.
     """
     _check_same_shape(rewards=rewards, mask=mask)
     if not 0.0 <= float(gamma) <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if mode not in ADVANTAGE_MODES:
+        raise ValueError(f"advantage mode must be one of {', '.join(ADVANTAGE_MODES)}, got {mode!r}")
     valid = _valid(mask)
     r = torch.where(valid, rewards.float(), torch.zeros_like(rewards, dtype=torch.float32))
     v = valid.float()
@@ -65,6 +73,9 @@ def long_range_advantages(
         n_next = v[..., t + 1] + n_next
         disc[..., t] = g_next
         count[..., t] = n_next
+    if mode == "lmops":  # include t itself: sum_{t'>=t} gamma^(t'-t) r_t' = r_t + gamma * G_t
+        disc = r + gamma * disc
+        count = v + count
     if length_norm:
         has_future = count > 0
         safe_count = torch.where(has_future, count, torch.ones_like(count))
@@ -76,7 +87,9 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, ep
     """(values - mean) / sqrt(var + eps) with mean and variance over valid positions only.
 
     The variance is the population variance (divide by the count), which stays defined for a
-    single valid token. With ``shift_mean=False`` the mean is added back (scale only). Padding is 0
+    single valid token. LMOps' ``whiten`` uses ``torch.var``, the unbiased sample variance (divide
+    by count - 1): our output is theirs times sqrt((n - 1) / n), (under 0.1% for a round of
+    n > 500 tokens). With ``shift_mean=False`` the mean is added back (scale only). Padding is 0
     in the output. (Upstream MiniLLM whitens over the full padded tensor; we exclude padding so
     that a batch's padding does not change its advantages.)
     """

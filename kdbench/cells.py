@@ -16,7 +16,7 @@ from pathlib import Path
 from . import adapters, tracking
 from . import models as M
 from .config import BenchConfig, stable_hash, to_dict
-from .evaluation import eval_cache_spec, evaluate
+from .evaluation import eval_cache_spec, evaluate, task_eval_config
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
 from .layout import EvalRecord, RunLayout, TrainResult, label_of
 from .method import METHODS, make_method
@@ -63,6 +63,8 @@ class Cells:
         unlabeled = self.stages.unlabeled_spec() if method.requires_teacher else None
         if unlabeled:  # prompts without gold change what a teacher-guided method learns from
             frozen["unlabeled"] = unlabeled
+        if c.pt_corpus and method.uses_pretrain_corpus:  # only then: other keys stay as they were
+            frozen["pt_corpus"] = self.stages.pt_corpus_key()
         select = self.stages.selection_spec()
         if select:  # only when on: the keys of runs without selection stay as they were
             frozen["select"] = select
@@ -108,6 +110,8 @@ class Cells:
             res["train_seed"] = train_seed
         res["budget"] = {"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr,
                          "budget_class": cls.budget, "init": method.student_init}
+        if ctx.variant:
+            res["variant"] = ctx.variant
         if ctx.selection:
             res["selected_step"] = ctx.selection["selected_step"]
             res["selection"] = ctx.selection
@@ -167,8 +171,9 @@ class Cells:
         metrics = list(c.eval.metrics or task.default_metrics)
         cell = self.layout.eval_cell(group, model_label, task_name, seed, train_seed)
         settings = {"judge": dict(c.judge)}
+        ev = task_eval_config(c.eval, task)  # the task's defaults resolved: the key holds what ran
         # each metric adds what changes its numbers (e.g. which judge) to the key
-        spec = {"model": model_key, "task": task.fingerprint(), "eval": to_dict(c.eval), "seed": seed,
+        spec = {"model": model_key, "task": task.fingerprint(), "eval": to_dict(ev), "seed": seed,
                 **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length}
         key = stable_hash(spec)
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:
@@ -178,7 +183,7 @@ class Cells:
         model = self._load_cached(model_path)
         exs = self.tasks.test_examples(task_name)
         t0 = time.time()
-        res = evaluate(model, self.stages.tokenizer(), task, exs, seed, c.eval, metrics,
+        res = evaluate(model, self.stages.tokenizer(), task, exs, seed, ev, metrics,
                        max_prompt_length=c.max_prompt_length, model_label=model_label, teacher_fn=self._eval_teacher,
                        settings=settings, run_dir=self.layout.out, session=self.session)
         atomic_write_jsonl(cell / "generations.jsonl", res.generations)

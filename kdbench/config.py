@@ -70,7 +70,10 @@ class EvalConfig:
     max_new_tokens: int = 256
     max_prompt_tokens: int = 256
     batch_size: int = 32
-    no_repeat_ngram_size: int = 0  # upstream's hidden default was 6 but likely inert; explicit here
+    # None: the task's own default (Task.no_repeat_ngram_size: 6 on MiniLLM's five evaluation sets, as
+    # LMOps' evaluate.py argparse default --no-repeat-ngram-size 6 (reference/minillm.md §3.1); 0 on the
+    # toy world). The resolved value is in every eval cell's config and key. Effect: docs/protocol.md.
+    no_repeat_ngram_size: int | None = None
     max_examples: int | None = None  # cap on test examples per task (presets use small caps)
     coverage_samples: int = 8  # samples per multi-answer prompt for mode coverage (toy world)
     metrics: list[str] | None = None  # None: each task's default metrics
@@ -86,7 +89,8 @@ class EvalConfig:
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
         _check(self.max_prompt_tokens >= 1, "eval.max_prompt_tokens", "must be >= 1")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
-        _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
+        _check(self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size",
+               f"must be >= 0 or null (the task's default), got {self.no_repeat_ngram_size}")
         _check(self.coverage_samples >= 1, "eval.coverage_samples", "must be >= 1")
         _check(self.exposure_prompts >= 1, "eval.exposure_prompts", "must be >= 1")
         _check(self.exposure_samples >= 1, "eval.exposure_samples", "must be >= 1")
@@ -170,6 +174,11 @@ class BenchConfig:
     tune_metric: str = ""
     baseline: str = "sft"  # the method comparisons and the delta table are against (when it ran)
     data_dir: str | None = None
+    # Pretraining corpus for MiniLLM's L_PT (plain .txt: one document per blank-line-separated
+    # paragraph; .jsonl: one document per line, field "text"), tokenised into max_length blocks like
+    # the toy world's stream and cached as a stage. Empty: the train task's own stream (the toy
+    # world has one; real tasks have none, and minillm then runs and is labelled "no L_PT").
+    pt_corpus: list[str] = field(default_factory=list)
     max_train_examples: int | None = None
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task extra settings
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

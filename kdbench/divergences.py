@@ -14,9 +14,12 @@ response tokens weighs three times a row with one.
 - -inf logits (banned tokens, top-k/top-p masks): log-probs come from ``log_softmax`` and every
   product is guarded with ``torch.where`` (never an eps that would shift the value). A term whose
   weight is 0 is 0 (0*log 0 = 0). A term the divergence would make +inf, i.e. weight > 0 where the
-  other distribution is exactly 0, is left out of the sum, as MiniLLM and DistiLLM do with their
-  ``inf_mask``; this keeps losses and gradients finite when only one model bans a token. The
-  value is then a sum over the shared support only (not a true divergence; it can be negative).
+  other distribution is exactly 0, is left out of the sum; this keeps losses and gradients finite
+  when only one model bans a token. This is not what MiniLLM and DistiLLM do: their ``inf_mask``
+  zeroes entries by where the logits are infinite, which does not cover every such term, and the
+  audit of issue 15 found inputs on which DistiLLM's losses give NaN where kdbench stays finite
+  (deliberately: a NaN would end the run). The value is then a sum over the shared support only
+  (not a true divergence; it can be negative).
   When both models share their -inf entries (MiniLLM re-applies one mask to both), nothing is
   dropped and the value is exact.
 """
@@ -168,6 +171,8 @@ def token_skew_forward_kl(
     alpha = _check_unit("alpha", alpha)
     _check(student_logits, teacher_logits)
     log_q, log_p = _log_probs(student_logits, teacher_logits)
+    if alpha == 1.0:  # KL(p || p) = 0 whatever the student: keep a graph so backward does not raise
+        return _kl_from_log(log_q, log_q)
     return _kl_from_log(log_p, _log_mix(log_p, log_q, alpha))
 
 
@@ -316,7 +321,11 @@ def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.
 def skew_forward_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float = 0.1
 ) -> torch.Tensor:
-    """DistiLLM's skew KL (SKL): KL(p || alpha*p + (1-alpha)*q); alpha = 0 is forward KL."""
+    """DistiLLM's skew KL (SKL): KL(p || alpha*p + (1-alpha)*q); alpha = 0 is forward KL.
+
+    DistiLLM's ``skewed_forward_kl`` computes the cross-entropy -sum_v p log(alpha p + (1-alpha) q)
+    instead, so its logged value is this one plus the teacher's entropy H(p) (same gradient). At
+    alpha = 1 the loss is 0 for every student (a zero with a graph; methods refuse alpha = 1)."""
     return masked_token_loss(token_skew_forward_kl, student_logits, teacher_logits, mask, alpha)
 
 

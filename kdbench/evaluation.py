@@ -8,6 +8,7 @@ metric by name. Run-scoped state (judge clients and budget, teacher samples) liv
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +17,25 @@ from typing import Any, Mapping, Sequence
 
 from .config import EvalConfig
 from .data import encode_pair
+from .models import vocab_size_of
 from .metrics.base import METRICS, EvalContext, EvalSession, default_session
 from .sampling import SamplingConfig, decode_response, sample
 from .schema import Example
 
-__all__ = ["EvalResult", "EvalSession", "eval_cache_spec", "evaluate", "sampling_config"]
+__all__ = ["EvalResult", "EvalSession", "eval_cache_spec", "evaluate", "sampling_config", "task_eval_config"]
+
+
+def task_eval_config(ev: EvalConfig, task) -> EvalConfig:
+    """`ev` with the settings left to the task resolved (no_repeat_ngram_size null -> the task's)."""
+    if ev.no_repeat_ngram_size is not None:
+        return ev
+    return dataclasses.replace(ev, no_repeat_ngram_size=int(getattr(task, "no_repeat_ngram_size", 0)))
 
 
 def sampling_config(ev: EvalConfig, max_new_tokens: int | None = None) -> SamplingConfig:
+    """The sampler's settings; an unresolved no_repeat_ngram_size (null, see task_eval_config) is 0."""
     return SamplingConfig(max_new_tokens=max_new_tokens or ev.max_new_tokens, temperature=ev.temperature,
-                          top_p=ev.top_p, top_k=ev.top_k, no_repeat_ngram_size=ev.no_repeat_ngram_size)
+                          top_p=ev.top_p, top_k=ev.top_k, no_repeat_ngram_size=ev.no_repeat_ngram_size or 0)
 
 
 @dataclass
@@ -57,6 +67,7 @@ def evaluate(model, tokenizer, task, examples: Sequence[Example], seed: int, ev:
     run_dir = run_dir if run_dir is not None else session.run_dir
     model.eval()
     scfg = sampling_config(ev)
+    scfg.vocab_size = vocab_size_of(tokenizer)  # a padded embedding's extra rows are not tokens
     prompts = [encode_pair(tokenizer, ex.prompt, None, 10**9, max_prompt_length)[0] for ex in examples]
     roll = sample(model, prompts, scfg, tokenizer.eos_token_id, tokenizer.pad_token_id, seed, batch_size=ev.batch_size)
     preds = roll.texts(tokenizer)

@@ -91,6 +91,9 @@ class Method:
     # True when the method's student IS a cached stage (sft: the SFT student that MiniLLM also starts
     # from), so its cell records the stage instead of training again.
     shared_stage: ClassVar[bool] = False
+    # True when the method trains on the pretraining corpus (config pt_corpus; MiniLLM's L_PT), so
+    # the corpus is part of its train cell's key
+    uses_pretrain_corpus: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -155,6 +158,9 @@ class MethodContext:
         self.counters = Counters()
         self.history: list[dict] = []
         self.vocab_size: int | None = None  # real vocabulary (set by the runner); logits are cut to it
+        # how the row must be labelled when the method ran without part of itself (e.g. "no L_PT"):
+        # recorded in the train cell's result and shown next to the method's name in every report
+        self.variant: str | None = None
 
     # -- data ------------------------------------------------------------------------------------
     @property

@@ -82,19 +82,63 @@ _GPT2_COMMON = {
                     "warmup_steps": 0, "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0,
                     "seed": 10, "log_every": 50, "checkpoint_every": 100},
     # evaluate_main: sampling T=1, top-p 1, top-k 0, <= 256 new tokens, seeds 10..50
+    # no_repeat_ngram_size 6: evaluate.py's argparse default (reference/minillm.md §3.1)
     "eval": {"seeds": [10, 20, 30, 40, 50], "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-             "max_new_tokens": 256, "max_prompt_tokens": 256, "batch_size": 32},
+             "max_new_tokens": 256, "max_prompt_tokens": 256, "batch_size": 32, "no_repeat_ngram_size": 6},
     "dtype": "float16",  # the scripts run DeepSpeed fp16 (teacher loaded in fp16); bfloat16 suits newer GPUs
 }
 
 
-def _gpt2_students(students: list[str], lr: float, epochs: int) -> dict:
+_DOLLY_TRAIN = 11_435  # MiniLLM's Dolly train records (see _GPT2_EPOCH_STEPS)
+
+# The on-policy methods' budgets (issue 15): each from its own paper's official GPT-2 scripts.
+# MiniLLM, LMOps scripts/gpt2/minillm/train_{base,medium,large}_xl.sh (reference/minillm.md §1.6):
+# lr 5e-6 constant after 100 warm-up steps (constant_trm), --total-iters 5000; minillm/trainer.py
+# hard-codes AdamW betas (0.9, 0.95) and weight decay 1e-6 (§1.5); the paper's mini-batch 64 with 256
+# rollouts (rollout_minibatches 4), which the medium and large scripts still give (2 x GA 2 x 16 GPUs).
+# The same for all three students. MiniLLM's alternative objectives (single_step, ranking) have no
+# published budget or script of their own; they get MiniLLM's, the paper's frame of comparison.
+_MINILLM_RL = {"steps": 5000, "batch_size": 64, "lr": 5e-6, "min_lr": 5e-6, "warmup_steps": 100,
+               "schedule": "constant", "weight_decay": 1e-6, "beta1": 0.9, "beta2": 0.95, "clip_grad": 1.0,
+               "seed": 10, "log_every": 50, "checkpoint_every": 500}
+# ranking's batch counts prompts, each scored with num_samples (4) samples: 16 x 4 = 64 sequences
+_MINILLM_RANKING = {**_MINILLM_RL, "batch_size": 16}
+
+
+def _distillm_fork_budget(batch_per_gpu: int, lr: float, epochs: int) -> dict:
+    # DistiLLM (jongwooko/distillm@17c0f98) scripts/gpt2/*: GPUS_PER_NODE defaults to 16, GA 1,
+    # cosine, no warmup, wd 1e-2, clip 1.0, seed 10, finetune.py's AdamW with torch's default betas
+    # (every field set: these layer over the on_policy class's MiniLLM budget); epochs become steps
+    # over the same Dolly split
+    batch = batch_per_gpu * 16
+    return {"steps": epochs * (_DOLLY_TRAIN // batch), "batch_size": batch, "lr": lr, "min_lr": 1e-7,
+            "warmup_steps": 0, "schedule": "cosine", "weight_decay": 1e-2, "beta1": 0.9, "beta2": 0.999,
+            "clip_grad": 1.0, "seed": 10, "log_every": 50, "checkpoint_every": 100}
+
+
+# Per student size: distillm from scripts/gpt2/distillm/train_{0.1B,0.3B,0.7B}_1.5B.sh (batch 8/8/4
+# per GPU, lr 5e-4/5e-4/1e-4, 20/20/10 epochs); gkd from scripts/gpt2/gkd/gkd_{base,medium,large}.sh
+# (DistiLLM's GKD baseline, mixed-jsd: batch 2/8/8, lr 5e-4, 20/20/10 epochs). js and tvd have no
+# GPT-2 script of their own in either repository; token-level divergences on student samples like
+# that GKD baseline, they take its budget (our choice, stated here).
+_ON_POLICY_FORK = {
+    "120m": {"distillm": (8, 5e-4, 20), "gkd": (2, 5e-4, 20)},
+    "340m": {"distillm": (8, 5e-4, 20), "gkd": (8, 5e-4, 20)},
+    "760m": {"distillm": (4, 1e-4, 10), "gkd": (8, 5e-4, 10)},
+}
+
+
+def _gpt2_students(students: list[str], lr: float, epochs: int, size: str = "120m") -> dict:
     # sft_{base,medium,large}.sh and kd_*.sh share lr and epochs per student size; kd-ratio 0.5 is
     # the kd method's default (methods/kd.py)
+    fork = {m: _distillm_fork_budget(*args) for m, args in _ON_POLICY_FORK[size].items()}
     return {**_GPT2_COMMON, "students": students,
             "distill": {"steps": epochs * _GPT2_EPOCH_STEPS, "batch_size": 32, "lr": lr, "min_lr": 1e-7,
                         "warmup_steps": 0, "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0,
-                        "seed": 10, "log_every": 50, "checkpoint_every": 100}}
+                        "seed": 10, "log_every": 50, "checkpoint_every": 100},
+            # MiniLLM and every method of the on_policy / ranking classes without its own entry below
+            "budget_train": {"on_policy": dict(_MINILLM_RL), "ranking": dict(_MINILLM_RANKING)},
+            "method_train": {**fork, "js": dict(fork["gkd"]), "tvd": dict(fork["gkd"])}}
 
 
 PRESETS.add("gpt2", _gpt2_students(["gpt2", "gpt2-medium", "gpt2-large"], 5e-4, 20),
@@ -103,9 +147,9 @@ PRESETS.add("gpt2", _gpt2_students(["gpt2", "gpt2-medium", "gpt2-large"], 5e-4, 
             "gpt2-340m, gpt2-760m: the per-size scripts). Needs the hub models and GPUs")
 PRESETS.add("gpt2-120m", _gpt2_students(["gpt2"], 5e-4, 20),
             "MiniLLM's sft_base.sh / kd_base.sh: gpt2 (120M) from gpt2-xl, lr 5e-4, 20 epochs (7,140 steps)")
-PRESETS.add("gpt2-340m", _gpt2_students(["gpt2-medium"], 1e-4, 20),
+PRESETS.add("gpt2-340m", _gpt2_students(["gpt2-medium"], 1e-4, 20, "340m"),
             "MiniLLM's sft_medium.sh / kd_medium.sh: gpt2-medium (340M) from gpt2-xl, lr 1e-4, 20 epochs (7,140 steps)")
-PRESETS.add("gpt2-760m", _gpt2_students(["gpt2-large"], 1e-4, 10),
+PRESETS.add("gpt2-760m", _gpt2_students(["gpt2-large"], 1e-4, 10, "760m"),
             "MiniLLM's sft_large.sh / kd_large.sh: gpt2-large (760M) from gpt2-xl, lr 1e-4, 10 epochs (3,570 steps)")
 
 # The real-task pipeline end to end on a 2-core CPU: a BPE tokenizer and tiny GPT-2 models trained

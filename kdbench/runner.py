@@ -78,6 +78,10 @@ class Benchmark:
                 if cfg.select.every % tc.log_every:
                     raise ConfigError(f"config key 'select.every': {cfg.select.every} is not a multiple of "
                                       f"{m}'s log_every {tc.log_every}; use a multiple of it")
+        if cfg.pt_corpus:
+            from .corpus import check_files
+
+            check_files(cfg.pt_corpus)  # a missing corpus file fails before any training
         for t in cfg.task_options:  # a misspelt task name would silently drop its options
             TASKS.get(t, "task_options")
         from .metrics.judge import judge_settings

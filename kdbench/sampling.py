@@ -23,6 +23,8 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     no_repeat_ngram_size: int = 0
+    # the tokenizer's size: logits beyond it (padded embedding rows) are not tokens and never drawn
+    vocab_size: int | None = None
 
 
 @dataclass
@@ -65,6 +67,9 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
 
 
 def _ban_repeated_ngrams(logits: torch.Tensor, seqs: list[list[int]], n: int) -> torch.Tensor:
+    """A copy of `logits` with -inf on every token that would complete an n-gram already in `seq`
+    (a copy: the input may be a model's cached output or an expanded view)."""
+    logits = logits.clone()
     for b, seq in enumerate(seqs):
         if len(seq) < n:
             continue
@@ -142,8 +147,16 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
             # embeddings padded to different sizes: only the shared leading ids are real tokens of both
             n = min(logits.shape[-1], t_logits.shape[-1])
             logits, t_logits = logits[..., :n], t_logits[..., :n]
+        if cfg.vocab_size is not None and logits.shape[-1] > cfg.vocab_size:
+            logits = logits[..., :cfg.vocab_size]
+            t_logits = t_logits[..., :cfg.vocab_size] if t_logits is not None else None
         if cfg.no_repeat_ngram_size:
-            logits = _ban_repeated_ngrams(logits, [list(p) + o for p, o in zip(prompts, out)], cfg.no_repeat_ngram_size)
+            # banned on both models, so the mixture never draws a banned token and every logged
+            # log-prob (q, p, mix) is of the same filtered distributions
+            seqs = [list(p) + o for p, o in zip(prompts, out)]
+            logits = _ban_repeated_ngrams(logits, seqs, cfg.no_repeat_ngram_size)
+            if t_logits is not None:
+                t_logits = _ban_repeated_ngrams(t_logits, seqs, cfg.no_repeat_ngram_size)
         q_logp = torch.log_softmax(filter_logits(logits, cfg), -1)
         if teacher is not None:
             p_logp = torch.log_softmax(filter_logits(t_logits, cfg), -1)

@@ -21,7 +21,7 @@ import torch
 
 from . import adapters, tracking
 from . import models as M
-from . import vocab
+from . import corpus, vocab
 from .config import BenchConfig, TrainConfig, stable_hash, to_dict
 from .data import encode_pair, infinite_batches, lm_batch, lm_blocks
 from .errors import ConfigError
@@ -107,10 +107,33 @@ class Stages:
         return self._tokenizer
 
     def pretrain_blocks(self) -> torch.Tensor | None:
+        """The train task's own text stream in blocks (base pretraining), or None."""
         texts = self.tasks.get(self.cfg.train_task).pretrain_texts()
         if not texts:
             return None
         return lm_blocks(self.tokenizer(), texts, self.cfg.max_length)
+
+    def _pt_corpus_spec(self) -> dict:
+        self.tokenizer()  # sets the tokenizer key
+        return {"files": corpus.fingerprint(self.cfg.pt_corpus), "tokenizer": self._tok_key,
+                "block": self.cfg.max_length}
+
+    def pt_corpus_key(self) -> str:
+        return stable_hash(self._pt_corpus_spec())
+
+    def lpt_blocks(self) -> torch.Tensor | None:
+        """MiniLLM's L_PT data: the pt_corpus stage when configured, else the train task's stream."""
+        if not self.cfg.pt_corpus:
+            return self.pretrain_blocks()
+
+        def build(folder: Path):
+            docs = corpus.read_documents(self.cfg.pt_corpus)
+            blocks = lm_blocks(self.tokenizer(), docs, self.cfg.max_length)
+            torch.save(blocks, folder / "blocks.pt")
+            return {"documents": len(docs), "blocks": int(blocks.shape[0]), "tokens": int(blocks.numel())}
+
+        folder, _ = self.stage("pt-corpus", self._pt_corpus_spec(), build)
+        return torch.load(folder / "blocks.pt")
 
     # ------------------------------------------------------------------------------------------
     # models
@@ -280,7 +303,7 @@ class Stages:
         ctx = MethodContext(student=model, teacher=teacher, tokenizer=self.tokenizer(),
                             train_examples=self.tasks.train_examples(), train_cfg=train,
                             max_length=self.cfg.max_length, max_prompt_length=self.cfg.max_prompt_length,
-                            run_dir=run_dir, pretrain_blocks=self.pretrain_blocks(),
+                            run_dir=run_dir, pretrain_blocks=self.lpt_blocks(),
                             teacher_samples_fn=self.teacher_samples if teacher is not None else None,
                             unlabeled_fn=self.unlabeled_samples if teacher is not None else None,
                             unlabeled_prompts=self.tasks.unlabeled_examples() if teacher is not None else (),
@@ -331,8 +354,11 @@ class Stages:
         tok = self.tokenizer()
         s = c.select.seed if seed is None else seed
 
+        # LMOps' selection decoding never blocks n-grams (reference/minillm.md §3.1), only final eval does
+        ev = dataclasses.replace(c.eval, no_repeat_ngram_size=0)
+
         def score(model) -> float:
-            res = evaluate(model, tok, task, dev, s, c.eval, [parent], max_prompt_length=c.max_prompt_length)
+            res = evaluate(model, tok, task, dev, s, ev, [parent], max_prompt_length=c.max_prompt_length)
             return res.values.get(metric, float("nan"))
 
         return score, metric, hib

@@ -46,6 +46,8 @@ class Task:
     default_metrics: ClassVar[tuple[str, ...]] = ("rouge_l",)
     # The metric a task is judged by first: checkpoint selection on dev, tuning, the claims' "primary metric".
     primary_metric: ClassVar[str] = "rouge_l"
+    # Evaluation's no-repeat n-gram size when eval.no_repeat_ngram_size is null (0 = off)
+    no_repeat_ngram_size: ClassVar[int] = 0
     # Which splits exist; a pure eval set has only "test".
     splits: ClassVar[tuple[str, ...]] = ("test",)
 

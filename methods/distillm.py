@@ -56,6 +56,9 @@ class DistiLLMConfig(MethodConfig):
             raise ConfigError(f"config key 'method_config.distillm.replay_ratio': '{self.replay_ratio}' is not "
                               f"one of {', '.join(REPLAY_RATIOS)}")
         check_range("skew_alpha", self.skew_alpha, 0.0, 1.0, "distillm")
+        if self.skew_alpha == 1.0:  # KL(p || p) or KL(q || q): 0 for every student, nothing to learn
+            raise ConfigError("config key 'method_config.distillm.skew_alpha': must be in [0, 1), got 1.0 "
+                              "(at 1 the skew divergence is 0 whatever the student)")
         check_range("kd_ratio", self.kd_ratio, 0.0, 1.0, "distillm")
         check_range("init_threshold", self.init_threshold, 0.0, 1.0, "distillm")
         check_range("threshold_step", self.threshold_step, 0.0, 1.0, "distillm")

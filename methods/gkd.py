@@ -8,7 +8,10 @@ beta = 1 reverse KL, in between beta*KL(p||M) + (1-beta)*KL(q||M), M = beta*p + 
 Update rule: gradient descent on the token-mean; no cross-entropy term (TRL's non-Liger path).
 
 Defaults are TRL's `GKDConfig` (lmbda 0.5, beta 0.5, sampling temperature 0.9, seq_kd off,
-dropout disabled). The temperature only shapes on-policy generation, never the loss. TRL draws
+dropout disabled). With `seq_kd`, an off-policy step draws a fresh teacher sample for each of its
+prompts at the same temperature, as TRL's `training_step` does (`seq_kd_source: fresh`, default);
+`seq_kd_source: cached` reuses the run's one cached teacher sample per prompt (SeqKD's data, drawn
+at the evaluation temperature, T = 1): cheaper, but not TRL's GKD, so the choice is in the cell's key. The temperature only shapes on-policy generation, never the loss. TRL draws
 once per micro-batch; we draw once per optimizer step so that gradient accumulation does not
 change which data a step sees.
 """
@@ -20,8 +23,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from kdbench.method import (Batch, generalized_jsd, METHODS, Method, MethodConfig, MethodContext, check_range,
-                            disable_dropout, LossOutput)
+from kdbench.method import (Batch, generalized_jsd, METHODS, Method, MethodConfig, MethodContext, check_choice,
+                            check_range, disable_dropout, LossOutput)
 
 
 
@@ -31,12 +34,14 @@ class GKDConfig(MethodConfig):
     beta: float = 0.5  # generalized-JSD interpolation (TRL GKDConfig.beta)
     temperature: float = 0.9  # on-policy sampling temperature (TRL GKDConfig.temperature)
     seq_kd: bool = False  # off-policy steps use teacher samples instead of gold (TRL GKDConfig.seq_kd)
+    seq_kd_source: str = "fresh"  # fresh: a new teacher sample each step at `temperature` (TRL); cached: SeqKD's
     disable_dropout: bool = True  # TRL GKDConfig.disable_dropout
 
     def __post_init__(self) -> None:
         check_range("lmbda", self.lmbda, 0.0, 1.0, "gkd")
         check_range("beta", self.beta, 0.0, 1.0, "gkd")
         check_range("temperature", self.temperature, 1e-3, 100.0, "gkd")
+        check_choice("seq_kd_source", self.seq_kd_source, ("fresh", "cached"), "gkd")
 
 
 @METHODS.register("gkd")
@@ -52,7 +57,8 @@ class GKD(Method):
         if cfg.disable_dropout:
             disable_dropout(ctx.student)
         scfg = dataclasses.replace(ctx.sampling, temperature=cfg.temperature)
-        data = ctx.teacher_samples() if cfg.seq_kd else ctx.guided_examples()
+        cached = cfg.seq_kd and cfg.seq_kd_source == "cached"
+        data = ctx.teacher_samples() if cached else ctx.guided_examples()
 
         def batches() -> Iterator[Batch]:
             rng = random.Random(ctx.train_cfg.seed)  # seeded: the same config gives the same data order
@@ -61,6 +67,8 @@ class GKD(Method):
                 if on_policy:
                     b = ctx.rollout_batch(ctx.sample(ctx.student, exs, seed=ctx.step_seed(k),
                                                      cfg=scfg))
+                elif cfg.seq_kd and not cached:  # TRL: the teacher generates this step's completions
+                    b = ctx.rollout_batch(ctx.sample(ctx.teacher, exs, seed=ctx.step_seed(k), cfg=scfg))
                 else:
                     b = ctx.encode(exs)
                 b.extras["on_policy"] = torch.full((b.size,), float(on_policy))  # per row, for the logs

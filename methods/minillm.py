@@ -17,12 +17,21 @@ passes of `batch_size` minibatches, one per optimizer step. Paper: 256 rollouts,
 4 PPO epochs; the ratio 256 / 64 is `rollout_minibatches` = 4, so the round scales with the batch.
 
 Choices recorded (upstream LMOps code vs ours):
-- advantages use the paper's R_{t+1} (future after t), not the code's sum from t (see
-  kdbench.advantages); whitening excludes padding and spans the round, not one minibatch;
+- `advantage: paper | lmops` (recorded in the cell's method_config, so part of its key). Default
+  `paper`: the paper's R_{t+1}, the future after token t (paper Sec. 2.2, Eq. 5-6). Why: the
+  gradient splits into the single-step term, which takes the expectation of r_t over the whole
+  vocabulary exactly, and the long-range term for what comes after t; the code's sum from t
+  (`lmops`: LMOps minillm/losses.py `_get_advantages_and_returns`, also TRL's MiniLLM trainer)
+  counts r_t a second time as a sampled score-function term whenever the single-step term is on.
+  `lmops` reproduces the released code (kdbench.advantages); the measured difference on the tiny
+  preset is in docs/protocol.md;
+- whitening excludes padding and spans the round, not one minibatch;
 - upstream scales rewards by 1/reward_scaling (x2) before whitening, which whitening undoes; omitted;
 - the single-step term is not importance-weighted (nor is it upstream);
 - L_PT is the paper's pure LM loss; the code mixes 0.5 forward KL to the teacher into it
-  (`pt_kd_ratio` = 0.5 reproduces that). With no pretraining corpus the term is skipped, logged;
+  (`pt_kd_ratio` = 0.5 reproduces that). L_PT reads config `pt_corpus` (a cached stage), else the train
+  task's text stream; with neither the term is skipped and every report labels the row
+  `minillm (no L_PT)`, the paper's "w/o L_PT" ablation;
 - the student is PPOModel-style dropout-free (upstream keeps the policy in eval mode).
 Learning rate, betas and schedule (paper: 5e-6, betas (0.9, 0.95), constant with 100 warm-up steps)
 live in the TrainConfig of the preset, like every method's budget.
@@ -36,9 +45,9 @@ from typing import ClassVar
 import torch
 
 from kdbench.method import (Batch, forward_kl, masked_mean, reverse_kl, METHODS, Method, MethodConfig, MethodContext,
-                            check_range, cross_entropy, disable_dropout, gather_logprobs, LossOutput,
+                            check_choice, check_range, cross_entropy, disable_dropout, gather_logprobs, LossOutput,
                             ResumableBatches)
-from kdbench.advantages import long_range_advantages, ppo_clipped_loss, sequence_rewards, whiten
+from kdbench.advantages import ADVANTAGE_MODES, long_range_advantages, ppo_clipped_loss, sequence_rewards, whiten
 
 
 @dataclass
@@ -49,6 +58,7 @@ class MiniLLMConfig(MethodConfig):
     teacher_mix_alpha: float = 0.2  # --teacher-mixed-alpha 0.2
     length_norm: bool = True  # length-normalised long-range advantages (--length-norm)
     gamma: float = 0.95  # discount of future rewards (--gamma)
+    advantage: str = "paper"  # paper: R_{t+1} (paper Eq. 5); lmops: sum from t (LMOps minillm/losses.py)
     clip: float = 0.2  # PPO ratio clip epsilon (--cliprange)
     ppo_epochs: int = 4  # passes over each rollout round (--ppo-epochs 4)
     rollout_minibatches: int = 4  # rollouts per round = this x batch_size (256 rollouts / mini-batch 64)
@@ -60,6 +70,7 @@ class MiniLLMConfig(MethodConfig):
         m = self.method_name
         check_range("teacher_mix_alpha", self.teacher_mix_alpha, 0.0, 1.0, m)
         check_range("gamma", self.gamma, 0.0, 1.0, m)
+        check_choice("advantage", self.advantage, ADVANTAGE_MODES, m)
         check_range("clip", self.clip, 0.0, 10.0, m)
         check_range("ppo_epochs", self.ppo_epochs, 1, 1000, m)
         check_range("rollout_minibatches", self.rollout_minibatches, 1, 1000, m)
@@ -81,6 +92,7 @@ class MiniLLM(Method):
     requires_teacher = True
     student_init = "sft"  # MiniLLM starts from the SFT student
     budget = "on_policy"  # samples the student every step (preset budget_train.on_policy)
+    uses_pretrain_corpus = True  # L_PT (config pt_corpus)
 
     @torch.no_grad()
     def make_round(self, ctx: MethodContext, examples, seed: int) -> Batch:
@@ -109,7 +121,7 @@ class MiniLLM(Method):
         mask = store.loss_mask
         old_lp, t_lp = torch.cat(old), torch.cat(teach)
         rewards = sequence_rewards(t_lp, old_lp, mask)
-        adv = whiten(long_range_advantages(rewards, mask, cfg.gamma, cfg.length_norm), mask)
+        adv = whiten(long_range_advantages(rewards, mask, cfg.gamma, cfg.length_norm, cfg.advantage), mask)
         store.extras.update(old_logp=old_lp, reward=rewards, adv=adv)
         ctx.counters.add("rollouts", store.size)
         return store
@@ -122,8 +134,11 @@ class MiniLLM(Method):
         pt_iter = None
         if cfg.lm_coef > 0:
             if ctx.pretrain_blocks is None:
-                ctx.log.warning("%s: the train task has no pretraining corpus; the LM loss (lm_coef=%g) is skipped",
+                # the paper's "w/o L_PT" ablation, not MiniLLM: every report labels the row so
+                ctx.log.warning("%s: no pretraining corpus (config pt_corpus) and the train task has no text stream; "
+                                "L_PT (lm_coef=%g) is skipped and the row is labelled 'no L_PT'",
                                 ctx.method_name or "minillm", cfg.lm_coef)
+                ctx.variant = "no L_PT"
             else:
                 pt_iter = ctx.pretrain_batches(batch_size=B)
 
@@ -215,3 +230,15 @@ class MiniLLMNoLengthNormConfig(MiniLLMConfig):
 class MiniLLMNoLengthNorm(MiniLLM):
     description = "MiniLLM ablation: long-range advantages without length normalisation"
     Config = MiniLLMNoLengthNormConfig
+
+
+@dataclass
+class MiniLLMLMOpsAdvantageConfig(MiniLLMConfig):
+    method_name: ClassVar[str] = "minillm-lmops-adv"
+    advantage: str = "lmops"
+
+
+@METHODS.register("minillm-lmops-adv")
+class MiniLLMLMOpsAdvantage(MiniLLM):
+    description = "MiniLLM with the released code's advantage (sum from t, LMOps/TRL) instead of the paper's R_{t+1}"
+    Config = MiniLLMLMOpsAdvantageConfig

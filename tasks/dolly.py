@@ -57,7 +57,10 @@ class Dolly(RealTask):
     description = "Dolly-15k instruction following: MiniLLM's train task and 500-example test set"
     version = 1
     splits = ("train", "dev", "test")
-    default_metrics = ("rouge_l",)
+    # MiniLLM's metrics on Dolly: Rouge-L and GPT-4 feedback (Table 1; judge runs when one is configured),
+    # Dist-4 and test LM loss (reference/minillm.md §3.4), exposure bias ExAccErr (Figure 6)
+    default_metrics = ("rouge_l", "judge", "dist4", "lm_loss", "exposure_bias")
+    no_repeat_ngram_size = 6  # LMOps evaluate.py's --no-repeat-ngram-size default (reference/minillm.md §3.1)
     folders = ("dolly", "databricks-dolly-15k")
     Settings = DollySettings
     how_to_get = ("put MiniLLM's valid.jsonl (and raw.jsonl for training) from huggingface.co/datasets/MiniLLM/dolly "

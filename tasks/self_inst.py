@@ -27,7 +27,10 @@ class SelfInst(RealTask):
     description = "Self-Instruct user-oriented instructions (242 in MiniLLM's copy, 252 upstream)"
     version = 1
     splits = ("test",)
-    default_metrics = ("rouge_l",)
+    # MiniLLM's metrics on Self-Instruct: Rouge-L and GPT-4 feedback (Table 1),
+    # Dist-4 and LM loss (reference/minillm.md §3.4)
+    default_metrics = ("rouge_l", "judge", "dist4", "lm_loss")
+    no_repeat_ngram_size = 6  # LMOps evaluate.py's --no-repeat-ngram-size default (reference/minillm.md §3.1)
     folders = ("self_inst", "self-inst", "self-instruct")
     how_to_get = ("put MiniLLM's valid.jsonl (huggingface.co/datasets/MiniLLM/self-inst) or the upstream "
                   "human_eval/user_oriented_instructions.jsonl (github.com/yizhongw/self-instruct) into "

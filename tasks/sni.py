@@ -45,7 +45,8 @@ class SNI(BucketedTask):
     description = "Super-NaturalInstructions test tasks, response-length bucket 11_ by default"
     version = 1
     splits = ("test",)
-    default_metrics = ("rouge_l",)
+    default_metrics = ("rouge_l",)  # MiniLLM Table 1: Rouge-L only on S-NI and UnNI
+    no_repeat_ngram_size = 6  # LMOps evaluate.py's --no-repeat-ngram-size default (reference/minillm.md §3.1)
     folders = ("sinst", "sni", "natural-instructions")
     Settings = SNISettings
     hf_repo = "MiniLLM/sinst"

@@ -51,7 +51,8 @@ class UnNI(BucketedTask):
     description = "Unnatural Instructions core set, response-length bucket 11_ by default"
     version = 1
     splits = ("test",)
-    default_metrics = ("rouge_l",)
+    default_metrics = ("rouge_l",)  # MiniLLM Table 1: Rouge-L only on S-NI and UnNI
+    no_repeat_ngram_size = 6  # LMOps evaluate.py's --no-repeat-ngram-size default (reference/minillm.md §3.1)
     folders = ("uinst", "unni", "unnatural-instructions")
     Settings = UnNISettings
     hf_repo = "MiniLLM/uinst"

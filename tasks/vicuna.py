@@ -57,7 +57,8 @@ class Vicuna(RealTask):
     description = "Vicuna 80 questions, gpt-3.5-turbo answers as references"
     version = 1
     splits = ("test",)
-    default_metrics = ("rouge_l",)
+    default_metrics = ("rouge_l", "judge")  # MiniLLM Table 1: Rouge-L and GPT-4 feedback
+    no_repeat_ngram_size = 6  # LMOps evaluate.py's --no-repeat-ngram-size default (reference/minillm.md §3.1)
     folders = ("vicuna", "Vicuna")
     Settings = VicunaSettings
     how_to_get = ("put MiniLLM's valid.jsonl (huggingface.co/datasets/MiniLLM/Vicuna) or FastChat's "

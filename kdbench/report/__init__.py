@@ -71,8 +71,10 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
 
         from .verdicts import health_markdown
 
-        written["findings.md"] = findings_markdown(run.verdicts.findings) + health_markdown(run.verdicts.health)
-        written["findings.json"] = to_json({"claims": run.verdicts.findings, "metric_health": run.verdicts.health})
+        written["findings.md"] = (_labels_note(run) + findings_markdown(run.verdicts.findings)
+                                  + health_markdown(run.verdicts.health))
+        written["findings.json"] = to_json({"claims": run.verdicts.findings, "metric_health": run.verdicts.health,
+                                            "labels": run.labels})
     cost = cost_rows(run)
     written["cost.md"] = cost_markdown(run, cost)
     written["cost.csv"] = cost_csv(cost)
@@ -120,3 +122,12 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
             print(f"model cards: {len(cards)} (README.md in each student's model folder)")
         print(f"report: {out / 'report.html'}")
     return run.rows
+
+
+def _labels_note(run: Run) -> str:
+    """Findings name methods by their registered names; say which of them ran as a variant."""
+    if not run.labels:
+        return ""
+    items = "; ".join(f"`{m}` here is **{label}**" for m, label in sorted(run.labels.items()))
+    return (f"_Labels: {items}. \"no L_PT\": MiniLLM ran without its pretraining loss (no `pt_corpus` and no "
+            f"text stream in the train task), which is the paper's \"w/o L_PT\" ablation, not the full method._\n\n")

@@ -95,7 +95,7 @@ def cost_markdown(run: Run, rows: list[dict]) -> str:
     for r in rows:
         failed = r["status"] == "failed"
         cells = ["failed" if failed and f in train_fields else _fmt_cost(f, r[f]) for f, _ in COST_FIELDS]
-        lines.append(f"| {_md_escape(student_label(run, r['student']))} | {_md_escape(r['method'])} | "
+        lines.append(f"| {_md_escape(student_label(run, r['student']))} | {_md_escape(run.label(r['method']))} | "
                      + " | ".join(cells) + " |")
     note = ("Training cost per training run (mean over training seeds) from each method's train cells (counters "
             "in result.json; `sft` is a cached stage shared with methods that start from it, shown with the time "

@@ -35,6 +35,9 @@ class Run:
     train: dict[Key, dict] = field(default_factory=dict)  # (student, method) -> train cell files
     params: dict[str, int] = field(default_factory=dict)  # student label -> parameter count
     trainable: dict[str, int] = field(default_factory=dict)  # student label -> adapter size (LoRA runs only)
+    # method -> the name every table, plot and finding shows, when a train cell recorded a variant
+    # (e.g. "minillm (no L_PT)": MiniLLM without its pretraining loss is the paper's ablation)
+    labels: dict[str, str] = field(default_factory=dict)
     verdicts: Any = None  # report.verdicts.Verdicts once computed: CIs, comparisons, bold sets, findings
     sources: list[dict] = field(default_factory=list)  # a merged run's source runs (label, path); else []
 
@@ -47,6 +50,9 @@ class Run:
     @property
     def students(self) -> list[str]:
         return list(dict.fromkeys(s for s, _ in self.keys if s is not None))
+
+    def label(self, method: str) -> str:
+        return self.labels.get(method, method)
 
     @property
     def methods(self) -> list[str]:
@@ -291,9 +297,13 @@ def load_run(out: Path | str) -> Run:
     c_rank = {c: i for i, c in enumerate(cols)}
     rows.sort(key=lambda r: (k_rank[(r["student"], r["method"])], c_rank[(r["task"], r["metric"])]))
     sources = _mark_sources(out, records, rows)
+    labels = method_labels(train)
+    for r in rows:
+        if r["method"] in labels:
+            r["label"] = labels[r["method"]]  # leaderboard.json carries the shown name too
     return Run(out=out, config=config, run_info=run_info, records=records, failures=failures, rows=rows,
                keys=keys, columns=cols, train=train, params=_student_params(out, train, config), sources=sources,
-               trainable=_trainable_params(train))
+               trainable=_trainable_params(train), labels=labels)
 
 
 def _mark_sources(out: Path, records: list[dict], rows: list[dict]) -> list[dict]:
@@ -321,6 +331,16 @@ def _trainable_params(train: dict[Key, dict]) -> dict[str, int]:
         p = (cell.get("result") or {}).get("params") or {}
         if p.get("trainable") and p.get("total") and p["trainable"] < p["total"] and student not in out:
             out[student] = int(p["trainable"])
+    return out
+
+
+def method_labels(train: dict[Key, dict]) -> dict[str, str]:
+    """method -> "method (variant)" for every method whose train cells recorded a variant."""
+    out: dict[str, str] = {}
+    for (_, method), cell in train.items():
+        variants = sorted({(c.get("result") or {}).get("variant") for c in cell.get("runs", [cell])} - {None})
+        if variants:
+            out[method] = f"{method} ({', '.join(variants)})"
     return out
 
 

@@ -4,7 +4,7 @@ save helper (PNG for the report, SVG for papers, byte-identical on a rebuild).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import BASE, TEACHER, Key, Run
@@ -45,9 +45,11 @@ class Styles:
     colors: dict[str, str]
     markers: dict[str, str]
     linestyles: dict[str | None, str]
+    names: dict[str, str] = field(default_factory=dict)  # method -> shown name (Run.labels)
 
     def label(self, key: Key, several_students: bool) -> str:
         s, m = key
+        m = self.names.get(m, m)
         return f"{m} [{s}]" if several_students and s is not None else m
 
 
@@ -64,7 +66,7 @@ def styles_for(run: Run) -> Styles:
         markers[m] = "*" if m == TEACHER else ("x" if m == BASE else MARKERS[i % len(MARKERS)])
     ls = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(run.students)}
     ls[None] = "-"
-    return Styles(colors, markers, ls)
+    return Styles(colors, markers, ls, dict(run.labels))
 
 
 def _new_figure(w: float, h: float):
@@ -130,7 +132,7 @@ def _method_handles(st: Styles, methods: list[str], failed: bool = False) -> lis
         if m == TEACHER:
             handles.append(Line2D([], [], color=st.colors[m], linestyle="--", label="teacher"))
         else:
-            handles.append(Patch(facecolor=st.colors[m], edgecolor="black", linewidth=0.4, label=m))
+            handles.append(Patch(facecolor=st.colors[m], edgecolor="black", linewidth=0.4, label=st.names.get(m, m)))
     if failed:
         handles.append(Line2D([], [], color="#c00000", marker="x", mew=2, linestyle="none", label="failed"))
     return handles

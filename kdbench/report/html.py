@@ -81,6 +81,11 @@ def e(x: Any) -> str:
 # sections
 
 
+def _ngram(ev: dict) -> str:
+    v = ev.get("no_repeat_ngram_size", DASH)
+    return "per task (6 on MiniLLM's eval sets, 0 on the toy world)" if v is None else str(v)
+
+
 def _setup(run: Run) -> str:
     from .. import __version__
 
@@ -101,7 +106,7 @@ def _setup(run: Run) -> str:
         ("decoding", f"temperature {ev.get('temperature', DASH)}, top-p {ev.get('top_p', DASH)}, "
                      f"top-k {ev.get('top_k', DASH)}, ≤ {ev.get('max_new_tokens', DASH)} new tokens, prompt ≤ "
                      f"{ev.get('max_prompt_tokens', DASH)} tokens, no-repeat n-gram "
-                     f"{ev.get('no_repeat_ngram_size', DASH)}"),
+                     f"{_ngram(ev)}"),
         ("evaluation seeds", ", ".join(map(str, ev.get("seeds", []))) or DASH),
         ("distillation budget", f"{d.get('steps', DASH)} steps × batch {d.get('batch_size', DASH)}, "
                                 f"lr {d.get('lr', DASH)} ({d.get('schedule', DASH)})" if d else DASH),
@@ -142,7 +147,7 @@ def _row_open(run: Run, keys: list[Key], i: int) -> str:
     first = i == 0 or keys[i - 1][0] != key[0]
     who = e(student_label(run, key[0])) if first else ""
     tr = f'<tr class="{" ".join(cls)}">' if cls else "<tr>"
-    return tr + f'<td class="l">{who}</td><td class="l">{e(key[1])}</td>'
+    return tr + f'<td class="l">{who}</td><td class="l">{e(run.label(key[1]))}</td>'
 
 
 def _leaderboard(run: Run) -> str:

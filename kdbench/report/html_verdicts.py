@@ -29,6 +29,9 @@ def _findings(run: Run) -> str:
     health = (f"<p>Metrics that cannot tell the students apart in this run:</p><ul>{health}</ul>" if health else "")
     if not fs:
         return '<p class="note">No claims evaluated.</p>' + health
+    labels = "".join(f"<li><code>{e(m)}</code> here is <b>{e(label)}</b></li>" for m, label in sorted(run.labels.items()))
+    if labels:  # claims name methods by their registered names
+        health = f"<p class='note'>Labels:</p><ul>{labels}</ul>" + health
     rows = []
     for f in fs:
         ev = "".join(

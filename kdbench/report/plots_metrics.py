@@ -165,7 +165,7 @@ def plot_scaling(run: Run, st: Styles, out: Path) -> list[Figure]:
                     continue
                 ax.errorbar([p for p, _ in pts], [r["mean"] for _, r in pts], yerr=[r["std"] for _, r in pts],
                             color=st.colors[m], marker=st.markers[m], markersize=5, capsize=2, linewidth=1.3,
-                            label=m, linestyle=":" if m in REFERENCE_ROWS else "-")
+                            label=st.names.get(m, m), linestyle=":" if m in REFERENCE_ROWS else "-")
             t = run.row((None, TEACHER), col)
             if t is not None:
                 ax.axhline(t["mean"], color=st.colors[TEACHER], linestyle="--", linewidth=1, label="teacher")

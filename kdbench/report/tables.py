@@ -176,7 +176,7 @@ def markdown(run: Run) -> str:
                 s = f"**{s}**"
             s += (STAR if f["star"] else "") + (PARTIAL if f["partial"] else "")
             cells.append(s)
-        lines.append(f"| {_md_escape(student_label(run, key[0]))} | {_md_escape(key[1])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_md_escape(student_label(run, key[0]))} | {_md_escape(run.label(key[1]))} | " + " | ".join(cells) + " |")
     bold = ("**Bold**: not significantly worse than the best distilled student of its group (paired bootstrap, "
             "Benjamini-Hochberg over the column's comparisons, alpha 0.05)" if getattr(run, "verdicts", None)
             else "**Bold**: best distilled student of its group")
@@ -250,7 +250,7 @@ def delta_markdown(run: Run, baseline: str) -> str:
                 out.append(f"_{x['value']:.{d}f}_")
             else:
                 out.append({"failed": "failed", "missing": DASH, "no-baseline": "n/a"}[st])
-        lines.append(f"| {_md_escape(student_label(run, key[0]))} | {_md_escape(key[1])} | " + " | ".join(out) + " |")
+        lines.append(f"| {_md_escape(student_label(run, key[0]))} | {_md_escape(run.label(key[1]))} | " + " | ".join(out) + " |")
     note = (f"Difference of the mean to the `{baseline}` student of the same group (its row shows its own values "
             f"in italics) with its paired 95% CI (same prompts and seeds); **bold**: significant after "
             f"Benjamini-Hochberg correction over the comparisons of its column (alpha 0.05), the rest is within "
@@ -341,7 +341,7 @@ def latex(run: Run) -> str:
             lead = "\\multicolumn{2}{l}{Teacher}"
         else:
             who = tex_escape(student_label(run, key[0])) if first else ""
-            lead = f"{who} & {tex_escape(key[1])}"
+            lead = f"{who} & {tex_escape(run.label(key[1]))}"
         out.append(" & ".join([lead] + cells) + " \\\\")
     out.append("\\bottomrule")
     out.append("\\end{tabular}" + ("}" if wide else ""))

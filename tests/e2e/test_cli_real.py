@@ -128,6 +128,32 @@ def test_gpt2_preset_encodes_minillm(data_dir):
     assert _resolve("--preset", "gpt2-340m").distill.lr == 1e-4
     assert _resolve("--preset", "gpt2-760m").distill.steps == 3570
     assert _resolve("--preset", "gpt2-760m").students == ["gpt2-large"]
+    assert c.eval.no_repeat_ngram_size == 6  # LMOps evaluate.py's default
+
+
+def _budget(c, method):
+    from kdbench.method import METHODS
+
+    t = c.train_config_for(method, None, METHODS.get(method).budget)
+    return (t.steps, t.batch_size, t.lr, t.schedule, t.warmup_steps, t.beta2, t.weight_decay)
+
+
+def test_gpt2_presets_give_every_on_policy_method_its_paper_budget(data_dir):
+    for preset in ("gpt2", "gpt2-340m", "gpt2-760m"):
+        c = _resolve("--preset", preset)
+        # LMOps train_*_xl.sh: 5e-6 constant after 100 warm-up steps, 5000 iterations, mini-batch 64,
+        # trainer.py's betas (0.9, 0.95) and weight decay 1e-6 (MiniLLM's alternatives get the same)
+        for m in ("minillm", "minillm-no-single-step", "single_step"):
+            assert _budget(c, m) == (5000, 64, 5e-6, "constant", 100, 0.95, 1e-6), (preset, m)
+        assert _budget(c, "ranking") == (5000, 16, 5e-6, "constant", 100, 0.95, 1e-6)  # 16 prompts x 4 samples
+    # DistiLLM's GPT-2 scripts (x 16 GPUs), 11,435 train records: torch's default betas, cosine, no warmup
+    gpt2, large = _resolve("--preset", "gpt2"), _resolve("--preset", "gpt2-760m")
+    assert _budget(gpt2, "distillm") == (20 * 89, 128, 5e-4, "cosine", 0, 0.999, 1e-2)
+    assert _budget(large, "distillm") == (10 * 178, 64, 1e-4, "cosine", 0, 0.999, 1e-2)
+    for m in ("gkd", "js", "tvd"):
+        assert _budget(gpt2, m) == (20 * 357, 32, 5e-4, "cosine", 0, 0.999, 1e-2), m
+        assert _budget(large, m) == (10 * 89, 128, 5e-4, "cosine", 0, 0.999, 1e-2), m
+    assert _budget(gpt2, "kd") == (7140, 32, 5e-4, "cosine", 0, 0.999, 1e-2)  # unchanged
 
 
 def test_gpt2_preset_validates_offline_with_stubbed_hub_models(data_dir, models, monkeypatch, tmp_path, capsys):
@@ -192,7 +218,12 @@ def test_local_models_end_to_end_with_dtype_and_teacher_placement(data_dir, mode
     rows = json.loads((out / "leaderboard.json").read_text())
     have = {(r["method"], r["metric"]) for r in rows if r["task"] == "dolly"}
     for method in ("teacher", "student-base", "sft", "kd"):
-        assert (method, "rouge_l") in have, method
+        for metric in ("rouge_l", "dist4", "lm_loss"):  # the paper's Dolly metrics by default
+            assert (method, metric) in have, (method, metric)
+    assert ("kd", "exposure_bias") in have
+    # Dolly's default decoding blocks 6-grams (LMOps' evaluation), resolved into the eval cell's config
+    ev = json.loads((out / "cells/eval/student/kd/dolly/seed10/config.json").read_text())["eval"]
+    assert ev["no_repeat_ngram_size"] == 6
     # trained models load in fp32 (bf16 would be mixed precision on a GPU); the frozen teacher of
     # the kd cell and every evaluated model load in --dtype
     by_dtype = {d for _, d in loads}

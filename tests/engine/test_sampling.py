@@ -141,3 +141,46 @@ def test_returned_logprobs_match_a_full_forward(pair):
     assert torch.allclose(b.extras["t"][mask], p[mask], atol=1e-4)
     mix = torch.log(0.8 * q.exp() + 0.2 * p.exp())
     assert torch.allclose(b.extras["m"][mask], mix[mask], atol=1e-4)
+
+
+# --- no-repeat n-gram blocking, plain and teacher-mixed ------------------------------------------
+
+def _banned(seq, n):
+    prefix = tuple(seq[len(seq) - n + 1:])
+    return {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == prefix}
+
+
+def _has_repeat(seq, n):
+    grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_no_repeat_ngram_holds_for_the_mixture_and_logprobs_are_of_the_banned_distributions(alpha):
+    n, prompts = 3, [[2, 3]] * 64
+    cfg = SamplingConfig(max_new_tokens=6, no_repeat_ngram_size=n)
+    r = sample(FixedLM(Q), prompts, cfg, EOS, PAD, seed=4, batch_size=64, mix_model=FixedLM(P), mix_alpha=alpha)
+    n_banned = 0
+    for prompt, toks, s_lp, t_lp, m_lp in zip(r.prompt_ids, r.response_ids, r.student_logp, r.teacher_logp,
+                                              r.mix_logp):
+        assert not _has_repeat(prompt + toks, n)  # alpha = 1 draws from the teacher alone: banned there too
+        for i, y in enumerate(toks):
+            ban = _banned(prompt + toks[:i], n)
+            n_banned += bool(ban)
+            keep = [v for v in range(2, V) if v not in ban]
+            q = Q[y - 2] / sum(Q[v - 2] for v in keep)
+            p = P[y - 2] / sum(P[v - 2] for v in keep)
+            assert s_lp[i] == pytest.approx(math.log(q), abs=1e-5)
+            assert t_lp[i] == pytest.approx(math.log(p), abs=1e-5)
+            assert m_lp[i] == pytest.approx(math.log((1 - alpha) * q + alpha * p), abs=1e-5)
+    assert n_banned > 20  # the ban was exercised, not vacuous
+
+
+def test_padded_vocabulary_rows_are_never_drawn():
+    # the teacher puts 0.7 on id 5; with a 5-token tokenizer id 5 is a padded row, not a token
+    cfg = SamplingConfig(max_new_tokens=8, vocab_size=5)
+    for alpha in (0.0, 0.5, 1.0):
+        r = sample(FixedLM(Q), [[2, 3]] * 32, cfg, EOS, PAD, seed=1, mix_model=FixedLM(P), mix_alpha=alpha)
+        assert max(t for row in r.response_ids for t in row) <= 4
+    plain = sample(FixedLM(P), [[2, 3]] * 32, cfg, EOS, PAD, seed=1)
+    assert max(t for row in plain.response_ids for t in row) <= 4

@@ -45,6 +45,42 @@ def test_gamma_one_and_zero():
     approx(a0n, [[2 / 3, 3 / 2, 4.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
 
 
+def test_lmops_mode_sums_from_t():
+    a = long_range_advantages(REWARDS, MASK, gamma=0.5, length_norm=False, mode="lmops")
+    # A_3 = 4 ; A_2 = 3 + .5*4 ; A_1 = 2 + .5*5 ; A_0 = 1 + .5*4.5 ; row 1: A_1 = 2, A_0 = 1 + .5*2
+    approx(a, [[3.25, 4.5, 5.0, 4.0], [2.0, 2.0, 0.0, 0.0]])
+    an = long_range_advantages(REWARDS, MASK, gamma=0.5, length_norm=True, mode="lmops")
+    # the count includes t: N'_t = [4, 3, 2, 1] and [2, 1]
+    approx(an, [[3.25 / 4, 4.5 / 3, 5.0 / 2, 4.0], [1.0, 2.0, 0.0, 0.0]])
+
+
+def _lmops_reference(rewards, mask, gamma):
+    """LMOps minillm/losses.py _get_advantages_and_returns (before whitening), re-derived as a loop."""
+    B, T = rewards.shape
+    out = torch.zeros(B, T)
+    for b in range(B):
+        for t in range(T):
+            if mask[b, t]:
+                terms = [gamma ** (u - t) * float(rewards[b, u]) for u in range(t, T) if mask[b, u]]
+                out[b, t] = sum(terms) / len(terms)
+    return out
+
+
+def test_lmops_mode_matches_upstream_and_is_paper_shifted_by_one():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(3, 7, generator=g)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 1 + [0] * 6])
+    lm = long_range_advantages(r, mask, gamma=0.9, mode="lmops")
+    assert torch.allclose(lm, _lmops_reference(r, mask, 0.9), atol=1e-6)
+    paper = long_range_advantages(r, mask, gamma=0.9, mode="paper")
+    # the audit's finding: paper's A_t equals lmops' A_{t+1} (valid positions with a successor)
+    assert torch.allclose(paper[0, :-1], lm[0, 1:], atol=1e-6)
+    assert torch.allclose(paper[1, :3], lm[1, 1:4], atol=1e-6)
+    assert not torch.allclose(paper, lm)
+    with pytest.raises(ValueError, match="paper, lmops"):
+        long_range_advantages(r, mask, mode="trl")
+
+
 def test_default_gamma_is_minillm():
     r = torch.tensor([[0.0, 1.0, 1.0]])
     a = long_range_advantages(r, torch.ones(1, 3))

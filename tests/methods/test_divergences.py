@@ -146,6 +146,29 @@ def test_skew_endpoints(rand):
     assert D.skew_reverse_kl(s, t, m, alpha=0.0).item() == pytest.approx(D.reverse_kl(s, t, m).item(), abs=1e-6)
     assert abs(D.skew_forward_kl(s, t, m, alpha=1.0).item()) < 1e-7
     assert abs(D.skew_reverse_kl(s, t, m, alpha=1.0).item()) < 1e-7
+    for fn in (D.skew_forward_kl, D.skew_reverse_kl):  # alpha = 1: a zero that backward accepts
+        x = s.clone().requires_grad_(True)
+        fn(x, t, m, alpha=1.0).backward()
+        assert x.grad is not None and float(x.grad.abs().max()) < 1e-6
+
+
+def test_skew_forward_kl_is_distillm_logged_value_minus_teacher_entropy():
+    # DistiLLM's sfkl logs the cross-entropy -sum p log(a p + (1-a) q); ours is KL = that - H(p)
+    ce = -sum(x * math.log(y) for x, y in zip(P, mix(P, Q, 0.1)))
+    entropy = -sum(x * math.log(x) for x in P)
+    ours = D.skew_forward_kl(logits(Q), logits(P), ones(1, 1), alpha=0.1).item()
+    assert ours == pytest.approx(ce - entropy, abs=1e-6) and entropy > 1.0
+
+
+def test_distillm_refuses_skew_alpha_one():
+    from kdbench.errors import ConfigError
+    from kdbench.method import make_method
+    from kdbench.plugins import load_plugins
+
+    load_plugins()
+    with pytest.raises(ConfigError, match=r"skew_alpha': must be in \[0, 1\)"):
+        make_method("distillm", {"skew_alpha": 1.0})
+    assert make_method("distillm", {"skew_alpha": 0.0}).config.skew_alpha == 0.0
 
 
 def test_generalized_jsd_endpoints_and_relation_to_js(rand):

@@ -183,6 +183,27 @@ def test_gkd_mixes_student_and_gold_batches(world, teacher, tmp_path):
     assert on_policy(ctx, gjsd, world) + on_gold(ctx, gjsd, world) < 0.8 * before
 
 
+@pytest.mark.parametrize("source", ["fresh", "cached"])
+def test_gkd_seq_kd_samples_the_teacher_each_step_as_trl(world, teacher, tmp_path, source):
+    cached_targets = [SimpleNamespace(**{**vars(ex), "target": "cached"}) for ex in world.exs]
+    ctx = make_ctx(world, teacher, tmp_path, steps=3, teacher_samples=cached_targets)
+    calls = []
+    real = ctx.sample
+    ctx.sample = lambda model, exs, seed, mix_alpha=0.0, cfg=None: calls.append((model, cfg)) or real(
+        model, exs, seed, mix_alpha, cfg)
+    encoded = []
+    real_encode = ctx.encode
+    ctx.encode = lambda exs: encoded.append([ex.target for ex in exs]) or real_encode(exs)
+    train("gkd", ctx, lmbda=0.0, seq_kd=True, seq_kd_source=source)
+    if source == "fresh":  # every (off-policy) step: a new teacher sample at GKD's temperature 0.9
+        assert len(calls) == 3 and all(m is ctx.teacher and c.temperature == 0.9 for m, c in calls)
+        assert not encoded
+    else:  # the cached SeqKD samples, no generation
+        assert not calls and encoded and all(t == "cached" for ts in encoded for t in ts)
+    with pytest.raises(ConfigError, match="method_config.gkd.seq_kd_source"):
+        make_method("gkd", {"seq_kd_source": "stale"})
+
+
 def test_distillm_schedule_generates_and_replays(world, teacher, tmp_path):
     ctx = make_ctx(world, teacher, tmp_path, steps=16)
     srkl = lambda s, t, m: skew_reverse_kl(s, t, m, alpha=0.1)  # noqa: E731
@@ -227,6 +248,39 @@ def test_ranking_loss_by_hand():
     assert n == 2 and float(loss) == pytest.approx((3 + 0.5) / 2)
 
 
+def test_ranking_scores_and_repetition_by_hand():
+    from methods.ranking import ranking_scores, repeats_ngram
+
+    t_lp = torch.tensor([[-1.0, -1.0, 0.0], [-0.2, -0.2, -0.2]])
+    s_lp = torch.tensor([[-2.0, -0.5, 9.0], [-0.1, -0.1, -0.1]])  # 9.0: padding, never counted
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert ranking_scores(t_lp, s_lp, mask, "teacher", True).tolist() == pytest.approx([-1.0, -0.2])
+    # reward r_t = log p - log q: row 0 (+1, -0.5), row 1 (-0.1 x 3); the order flips
+    assert ranking_scores(t_lp, s_lp, mask, "reward", True).tolist() == pytest.approx([0.25, -0.1])
+    assert ranking_scores(t_lp, s_lp, mask, "reward", False).tolist() == pytest.approx([0.5, -0.3])
+    with pytest.raises(ValueError, match="teacher, reward"):
+        ranking_scores(t_lp, s_lp, mask, "student", True)
+    assert repeats_ngram([5, 6, 7, 8, 5, 6, 7, 8]) and not repeats_ngram([5, 6, 7, 8, 5, 6, 7, 9])
+    assert not repeats_ngram([5, 5, 5]) and repeats_ngram([5, 5, 5, 5, 5])
+    with pytest.raises(ConfigError, match="method_config.ranking.rank_by"):
+        make_method("ranking", {"rank_by": "student"})
+
+
+@pytest.mark.parametrize("rank_by", ["teacher", "reward"])
+def test_ranking_ranks_by_its_configured_score_and_logs_repetition(world, teacher, tmp_path, monkeypatch, rank_by):
+    import methods.ranking as R
+
+    seen = []
+    real = R.ranking_scores
+    monkeypatch.setattr(R, "ranking_scores", lambda t, s, m, by, ln: seen.append((by, s is not None)) or real(t, s, m, by, ln))
+    ctx = make_ctx(world, teacher, tmp_path, steps=1, batch_size=4)
+    train("ranking", ctx, rank_by=rank_by)
+    assert seen and set(seen) == {(rank_by, rank_by == "reward")}  # the student's log q only for reward
+    last = ctx.history[-1]
+    assert {"pairs", "repetition", "repetition_top"} <= set(last)
+    assert 0.0 <= last["repetition"] <= 1.0 and 0.0 <= last["repetition_top"] <= 1.0
+
+
 def test_ranking_objective_goes_down(world, teacher, tmp_path):
     from methods.ranking import ranking_loss, sequence_scores
 
@@ -253,11 +307,12 @@ def test_ranking_objective_goes_down(world, teacher, tmp_path):
 
 # --- MiniLLM ------------------------------------------------------------------------------------
 
-def test_minillm_round_scores_by_hand(world, teacher, tmp_path):
+@pytest.mark.parametrize("advantage", ["paper", "lmops"])
+def test_minillm_round_scores_by_hand(world, teacher, tmp_path, advantage):
     """Old log-probs, rewards, importance weights w = q / ((1-a) q + a p) and whitened length-normed
     advantages of one round, against a direct computation from full forward passes."""
     ctx = make_ctx(world, teacher, tmp_path, steps=1)
-    m = make_method("minillm")
+    m = make_method("minillm", {"advantage": advantage})
     store = m.make_round(ctx, world.exs[:8], seed=5)
     mask = store.loss_mask > 0
     with torch.no_grad():
@@ -270,13 +325,14 @@ def test_minillm_round_scores_by_hand(world, teacher, tmp_path):
     assert torch.allclose(ex["reward"][mask], (p - q)[mask], atol=1e-5)
     w = q.exp() / (0.8 * q.exp() + 0.2 * p.exp())
     assert torch.allclose(ex["w"][mask], w[mask], rtol=1e-4)
-    # advantages: A_t = mean over the n later tokens of gamma^(k) r_{t+1+k}, then whitened over the round
+    # advantages: A_t = mean over the n later tokens of gamma^(k) r_{t+1+k} (paper) or over the tokens
+    # from t on of gamma^(k) r_{t+k} (lmops), then whitened over the round
     raw = torch.zeros_like(q)
     for i in range(store.size):
         pos = mask[i].nonzero().flatten().tolist()
         r = (p - q)[i, pos].tolist()
         for j, t in enumerate(pos):
-            fut = r[j + 1:]
+            fut = r[j + 1:] if advantage == "paper" else r[j:]
             raw[i, t] = sum(0.95 ** k * x for k, x in enumerate(fut)) / len(fut) if fut else 0.0
     v = raw[mask]
     expected = (v - v.mean()) / torch.sqrt(v.var(unbiased=False) + 1e-8)
@@ -299,6 +355,7 @@ def test_minillm_reverse_kl_goes_down(world, teacher, tmp_path):
     train("minillm", ctx)
     last = ctx.history[-1]
     assert {"pg", "single_step", "pt", "reward"} <= set(last)
+    assert ctx.variant is None  # with L_PT: the full method, no label
     assert ctx.counters["rollouts"] == 32  # 16 steps = one round of 4 minibatches x 4 PPO epochs
     seq1, tok1 = objective()
     # one PPO round on the toy world v2 cuts the sampled RKL by ~17% (measured 3.70 -> 3.07)
@@ -330,6 +387,7 @@ def test_minillm_without_pretraining_corpus_skips_lm_loss(world, teacher, tmp_pa
         ctx.log.removeHandler(handler)
     assert any("no pretraining corpus" in r.getMessage() for r in records)
     assert "pt" not in ctx.history[-1]
+    assert ctx.variant == "no L_PT"  # the row is the paper's "w/o L_PT" ablation and is labelled so
 
 
 def test_cross_entropy_and_gather_logprobs_match_log_softmax():
