@@ -150,7 +150,9 @@ class Cells:
         cell = self.layout.eval_cell(group, model_label, task_name, seed, train_seed)
         settings = {"judge": dict(c.judge)}
         # each metric adds what changes its numbers (e.g. which judge) to the key
-        spec = {"model": model_key, "task": task.fingerprint(), "eval": to_dict(c.eval), "seed": seed,
+        # the cell's own seed is in the key, the list of seeds is not: adding a seed keeps the others
+        protocol = {k: v for k, v in to_dict(c.eval).items() if k != "seeds"}
+        spec = {"model": model_key, "task": task.fingerprint(), "eval": protocol, "seed": seed,
                 **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length}
         key = stable_hash(spec)
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:
