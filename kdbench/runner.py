@@ -67,6 +67,12 @@ class Benchmark:
             parse_grid(cfg.tune)  # bad keys or empty lists fail before any work
             if "dev" not in self.tasks.get(cfg.train_task).splits:
                 raise ConfigError(f"--tune: task '{cfg.train_task}' has no dev split to select on")
+        for m in cfg.methods:  # a zero budget from a budget class or a method's own overrides
+            if cfg.train_config_for(m, None, METHODS.get(m).budget).steps < 1:
+                src = (f"method_train.{m}" if "steps" in cfg.method_train.get(m, {}) else
+                       f"budget_train.{METHODS.get(m).budget}")
+                raise ConfigError(f"config key '{src}.steps': 0 steps would leave '{m}' untrained (its row would be "
+                                  "its initial student under the method's name); give it >= 1 step")
         if cfg.select.every:  # the dev score runs on the trainer's logging steps
             for m in cfg.methods:
                 tc = cfg.train_config_for(m, None, METHODS.get(m).budget)
@@ -137,6 +143,9 @@ class Benchmark:
         t_start = time.time()
         atomic_write_json(self.layout.config, to_dict(c))
         self.stages.tokenizer()
+        self.tasks.train_examples()  # the prompt-length filter: a task left with no prompt fails before training
+        for t in c.tasks:
+            self.tasks.test_examples(t)
         models: list[tuple[str, str, str, str, int | None]] = []  # (group, label, path, key, train seed)
         try:
             t_path, t_key = self.stages.teacher_model()

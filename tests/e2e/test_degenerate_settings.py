@@ -1,0 +1,98 @@
+"""Degenerate settings nobody means are refused before any training, with the key, the value and
+what would be valid; or, where the run can go on, flagged in the log. One test per case."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from kdbench.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run(args: list[str], tmp_path: Path, capsys, dry: bool = False) -> tuple[int, str]:
+    out = tmp_path / "out"
+    code = main(["--preset", "ci", "--no-progress", "--out", str(out), *args, *(["--dry-run"] if dry else [])])
+    cap = capsys.readouterr()
+    assert not (out / "cells").exists(), "work started despite the degenerate setting"
+    return code, cap.err + cap.out
+
+
+def refused(args, tmp_path, capsys, *needles, dry=False):
+    code, text = run(args, tmp_path, capsys, dry)
+    assert code == 2, text
+    for n in needles:
+        assert n in text, f"{n!r} not in: {text}"
+
+
+# -- budgets -------------------------------------------------------------------------------------
+
+def test_zero_distillation_budget_is_refused(tmp_path, capsys):
+    # sft and kd rows would equal the student base, and be bolded as the best students
+    refused(["--set", "distill.steps=0"], tmp_path, capsys, "distill.steps", "0 trains nothing")
+
+
+def test_zero_budget_of_a_budget_class_is_refused(tmp_path, capsys):
+    refused(["--methods", "sft,single_step", "--set", "budget_train.on_policy.steps=0"], tmp_path, capsys,
+            "budget_train.on_policy.steps", "'single_step' untrained")
+
+
+def test_zero_budget_of_one_method_is_refused(tmp_path, capsys):
+    refused(["--set", "method_train.kd.steps=0"], tmp_path, capsys, "method_train.kd.steps", "'kd' untrained")
+
+
+# -- lists and names ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, key, name", [
+    (["--methods", "sft,kd,kd"], "methods", "kd"),
+    (["--tasks", "toy,toy"], "tasks", "toy"),
+    (["--student", "gpt2-toy-xs,gpt2-toy-xs"], "students", "gpt2-toy-xs"),
+])
+def test_a_name_listed_twice_is_refused(tmp_path, capsys, args, key, name):
+    refused(args, tmp_path, capsys, f"config key '{key}'", f"names {name} more than once")
+
+
+def test_teacher_as_its_own_student_is_refused(tmp_path, capsys):
+    refused(["--student", "gpt2-toy-s"], tmp_path, capsys, "config key 'students'", "'gpt2-toy-s' is also the teacher")
+
+
+def test_zero_train_example_cap_is_refused(tmp_path, capsys):
+    refused(["--set", "max_train_examples=0"], tmp_path, capsys, "max_train_examples", ">= 1")
+
+
+# -- tasks left with no prompt --------------------------------------------------------------------
+
+def test_dry_run_with_no_prompt_under_the_limit_is_an_error(tmp_path, capsys):
+    # the toy prompts are >= 5 tokens: a limit of 3 keeps none (as the 24-token tiny limit on dolly)
+    refused(["--set", "max_prompt_length=3"], tmp_path, capsys, "toy/test: 0 of", "max_prompt_length=3",
+            "the shortest has", "ready: none", dry=True)
+
+
+def test_run_with_no_prompt_under_the_limit_fails_before_training(tmp_path, capsys):
+    refused(["--set", "max_prompt_length=3"], tmp_path, capsys, "toy/train: 0 of", "max_prompt_length=3",
+            "set max_prompt_length to at least")
+    assert not any((tmp_path / "out" / "cache").glob("teacher-*")), "a model stage was built"
+
+
+def test_eval_cap_above_the_data_is_flagged(tmp_path):
+    from kdbench.config import BenchConfig, EvalConfig
+    from kdbench.models import build_word_tokenizer
+    from kdbench.taskset import TaskSet
+
+    cfg = BenchConfig(students=["gpt2-toy-xs"], max_length=48, max_prompt_length=24,
+                      task_options={"toy": {"n_creatures": 4, "n_test": 6}}, eval=EvalConfig(max_examples=500))
+    holder = {}
+    ts = TaskSet(cfg, lambda: holder.setdefault("tok", build_word_tokenizer(ts.get("toy").vocabulary())))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # the kdbench logger may not propagate
+    logging.getLogger("kdbench").addHandler(handler)
+    try:
+        n = len(ts.test_examples("toy"))
+        ts.test_examples("toy")  # said once per task
+    finally:
+        logging.getLogger("kdbench").removeHandler(handler)
+    msgs = [r.getMessage() for r in records if "max_examples" in r.getMessage()]
+    assert msgs == [f"toy/test: eval.max_examples=500 but the task has {n} examples: all {n} are used"]
