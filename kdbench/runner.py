@@ -17,6 +17,7 @@ from . import models as M
 from .cells import Cells
 from .config import BenchConfig, to_dict
 from .errors import ConfigError, KdbenchError
+from .registry import suggest
 from .io import atomic_write_json, read_json
 from .layout import TEACHER, TEACHER_GROUP, BASE, RunLayout, label_of
 from .method import METHODS, make_method
@@ -67,6 +68,18 @@ class Benchmark:
             parse_grid(cfg.tune)  # bad keys or empty lists fail before any work
             if "dev" not in self.tasks.get(cfg.train_task).splits:
                 raise ConfigError(f"--tune: task '{cfg.train_task}' has no dev split to select on")
+        classes = sorted({METHODS.get(n).budget for n in METHODS.names()})
+        for b in cfg.budget_train:  # a misspelt class would silently leave its methods on the distill budget
+            if b not in classes:
+                raise ConfigError(f"config key 'budget_train.{b}': no method has budget class '{b}'; "
+                                  f"valid: {', '.join(classes)}." + suggest(b, classes))
+        budgets = [("teacher_sft", cfg.teacher_sft), ("build.teacher_pretrain", cfg.build.teacher_pretrain),
+                   ("build.student_pretrain", cfg.build.student_pretrain)]
+        budgets += [(f"the training of '{m}'", cfg.train_config_for(m, None, METHODS.get(m).budget)) for m in cfg.methods]
+        for where, tc in budgets:
+            if 0 < tc.steps <= tc.warmup_steps:
+                log.warning("%s: warmup_steps %d >= steps %d, so the learning rate never reaches its peak",
+                            where, tc.warmup_steps, tc.steps)
         for m in cfg.methods:  # a zero budget from a budget class or a method's own overrides
             if cfg.train_config_for(m, None, METHODS.get(m).budget).steps < 1:
                 src = (f"method_train.{m}" if "steps" in cfg.method_train.get(m, {}) else

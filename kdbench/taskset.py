@@ -61,7 +61,13 @@ class TaskSet:
         return [n for n in TASKS.names() if "train" in TASKS.get(n).splits]
 
     def train_examples(self) -> list[Example]:
-        return self.filter_prompts(self.get(self.cfg.train_task).examples("train"), f"{self.cfg.train_task}/train")
+        exs = self.get(self.cfg.train_task).examples("train")
+        cap = self.cfg.max_train_examples
+        if cap is not None and len(exs) < cap and "train" not in self._limit_noted:
+            self._limit_noted.add("train")
+            log.warning("%s/train: max_train_examples=%d but the task has %d examples: all %d are used",
+                        self.cfg.train_task, cap, len(exs), len(exs))
+        return self.filter_prompts(exs, f"{self.cfg.train_task}/train")
 
     def test_examples(self, name: str) -> list[Example]:
         exs = self.get(name).examples("test")

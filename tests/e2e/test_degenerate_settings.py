@@ -43,6 +43,22 @@ def test_zero_budget_of_one_method_is_refused(tmp_path, capsys):
     refused(["--set", "method_train.kd.steps=0"], tmp_path, capsys, "method_train.kd.steps", "'kd' untrained")
 
 
+def test_misspelt_budget_class_is_refused(tmp_path, capsys):
+    # it would silently leave the on-policy methods on the distill budget
+    refused(["--set", "budget_train.onpolicy.steps=5"], tmp_path, capsys, "budget_train.onpolicy",
+            "no method has budget class 'onpolicy'", "on_policy")
+
+
+def test_repeated_tuning_value_is_refused(tmp_path, capsys):
+    refused(["--tune", "lr=0.001,0.001"], tmp_path, capsys, "--tune lr", "more than once")
+
+
+def test_warmup_longer_than_training_is_flagged(tmp_path, capsys):
+    code, text = run(["--set", "distill.warmup_steps=40", "--dry-run"], tmp_path, capsys)
+    assert code == 0
+    assert "the training of 'kd': warmup_steps 40 >= steps 30, so the learning rate never reaches its peak" in text
+
+
 # -- lists and names ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, key, name", [
@@ -76,23 +92,27 @@ def test_run_with_no_prompt_under_the_limit_fails_before_training(tmp_path, caps
     assert not any((tmp_path / "out" / "cache").glob("teacher-*")), "a model stage was built"
 
 
-def test_eval_cap_above_the_data_is_flagged(tmp_path):
+@pytest.mark.parametrize("cap_key", ["eval", "train"])
+def test_caps_above_the_data_are_flagged(tmp_path, cap_key):
     from kdbench.config import BenchConfig, EvalConfig
     from kdbench.models import build_word_tokenizer
     from kdbench.taskset import TaskSet
 
     cfg = BenchConfig(students=["gpt2-toy-xs"], max_length=48, max_prompt_length=24,
-                      task_options={"toy": {"n_creatures": 4, "n_test": 6}}, eval=EvalConfig(max_examples=500))
+                      task_options={"toy": {"n_creatures": 4, "n_test": 6, "n_train": 10, "pretrain_docs": 10}},
+                      eval=EvalConfig(max_examples=500), max_train_examples=500)
     holder = {}
     ts = TaskSet(cfg, lambda: holder.setdefault("tok", build_word_tokenizer(ts.get("toy").vocabulary())))
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # the kdbench logger may not propagate
     logging.getLogger("kdbench").addHandler(handler)
+    get = ts.test_examples if cap_key == "eval" else (lambda _: ts.train_examples())
     try:
-        n = len(ts.test_examples("toy"))
-        ts.test_examples("toy")  # said once per task
+        n = len(get("toy"))
+        get("toy")  # said once
     finally:
         logging.getLogger("kdbench").removeHandler(handler)
-    msgs = [r.getMessage() for r in records if "max_examples" in r.getMessage()]
-    assert msgs == [f"toy/test: eval.max_examples=500 but the task has {n} examples: all {n} are used"]
+    msgs = [r.getMessage() for r in records if "500" in r.getMessage()]
+    key, split = ("eval.max_examples", "test") if cap_key == "eval" else ("max_train_examples", "train")
+    assert msgs == [f"toy/{split}: {key}=500 but the task has {n} examples: all {n} are used"]
