@@ -64,7 +64,7 @@ class Cells:
             frozen["select"] = select
         key = stable_hash(frozen)
         name = f"{label_of(student)}/{method_name}" + (f"/train-seed{train_seed}" if train_seed is not None else "")
-        if is_done(cell) and read_json(cell / "DONE").get("key") == key:
+        if is_done(cell) and read_json(cell / "DONE").get("key") == key and self._deps_current(cell):
             log.info("train %s: done, skipping", name)
             return read_json(cell / "result.json")
         cell.mkdir(parents=True, exist_ok=True)
@@ -82,11 +82,14 @@ class Cells:
             self.stages.place_teacher(teacher)
         ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student))
         ctx.selector = self.stages.selector() if select else None
+        deps = self._record_deps(ctx)
         method.train(ctx)
         model = ctx.trainer.accelerator.unwrap_model(ctx.student)
         M.save_model(model.cpu(), self.stages.tokenizer(), cell / "model")
         atomic_write_json(cell / "history.json", ctx.history)
-        res: TrainResult = {"model_path": str(cell / "model"), "key": key, "method": method_name, "student": student,
+        # the model's key for its eval cells: the cell's key, plus what it read (unchanged when nothing)
+        model_key = stable_hash({"cell": key, "depends": deps}) if deps else key
+        res: TrainResult = {"model_path": str(cell / "model"), "key": model_key, "method": method_name, "student": student,
                             "wall_time_s": round(time.time() - t0, 2), "counters": dict(ctx.counters)}
         if train_seed is not None:
             res["train_seed"] = train_seed
@@ -97,8 +100,25 @@ class Cells:
             res["selection"] = ctx.selection
         atomic_write_json(cell / "result.json", res)
         (cell / "checkpoint.pt").unlink(missing_ok=True)
-        mark_done(cell, {"key": key})
+        mark_done(cell, {"key": key, "depends": deps})
         return res
+
+    # Stages a method may or may not read, found out while it trains (seqkd, or js/tvd with data
+    # teacher, read the teacher samples; kd does not): recorded in DONE and checked on a rerun, so a
+    # changed sample stage retrains exactly the cells that read it.
+    def _record_deps(self, ctx) -> dict:
+        deps: dict = {}
+        read = ctx._teacher_samples_fn
+        if read is not None:
+            def samples():
+                deps["teacher-samples"] = self.stages.teacher_samples_key()
+                return read()
+            ctx._teacher_samples_fn = samples
+        return deps
+
+    def _deps_current(self, cell: Path) -> bool:
+        deps = read_json(cell / "DONE").get("depends") or {}
+        return all(key == self.stages.teacher_samples_key() for name, key in deps.items() if name == "teacher-samples")
 
     def _stage_cell(self, cell: Path, student: str, method_name: str, train, train_seed, point=None) -> TrainResult:
         """A method whose student is a cached stage (sft): the cell records and points at it."""

@@ -214,14 +214,23 @@ class Stages:
         return self._sft_stage("student", self.student_base(student),
                                self.cfg.train_config_for("sft", train_seed, None, point))
 
-    def teacher_samples(self) -> list[Example]:
-        """One teacher sample per train prompt (SeqKD data), generated once and cached."""
-        teacher_path, teacher_key = self.teacher_model()
-        exs = self.tasks.train_examples()
+    def _teacher_samples_spec(self):
         scfg = sampling_config(self.cfg.eval, self.cfg.max_length - self.cfg.max_prompt_length)
         scfg.no_repeat_ngram_size = 0
-        seed = self.cfg.distill.seed
-        spec = {"teacher": teacher_key, "data": self.data_fp(), "sampling": dataclasses.asdict(scfg), "seed": seed}
+        spec = {"teacher": self.teacher_model()[1], "data": self.data_fp(), "sampling": dataclasses.asdict(scfg),
+                "seed": self.cfg.distill.seed}
+        return spec, scfg
+
+    def teacher_samples_key(self) -> str:
+        """The key of the teacher-samples stage under the current config (nothing is built)."""
+        return stable_hash(self._teacher_samples_spec()[0])
+
+    def teacher_samples(self) -> list[Example]:
+        """One teacher sample per train prompt (SeqKD data), generated once and cached."""
+        teacher_path, _ = self.teacher_model()
+        exs = self.tasks.train_examples()
+        spec, scfg = self._teacher_samples_spec()
+        seed = spec["seed"]
         c_max = self.cfg.max_length
 
         def build(folder: Path):

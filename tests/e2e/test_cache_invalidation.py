@@ -1,6 +1,6 @@
 """Changing one setting rebuilds exactly the work it affects, and nothing else.
 
-One micro benchmark (sft + kd, tests/micro_run.py) runs once; each case reruns it in a copy of
+One micro benchmark (sft, kd, seqkd; tests/micro_run.py) runs once; each case reruns it in a copy of
 that run folder with one setting changed and compares the keys in every DONE marker (stages,
 train cells, eval cells) before and after: a marker whose key changed, or a new stage folder, is
 rebuilt work. A cache key missing a field shows here as a stale cell: "done, skipping".
@@ -17,7 +17,7 @@ from kdbench.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ARGS = micro_run.MICRO + ["--set", "distill.steps=2", "--set", "eval.max_examples=3",
+ARGS = micro_run.MICRO + ["--methods", "sft,kd,seqkd", "--set", "distill.steps=2", "--set", "eval.max_examples=3",
                           "--set", "eval.max_new_tokens=6"]
 
 
@@ -29,7 +29,8 @@ def done_keys(out) -> dict[str, str]:
         if rel.parts[0] == "cache":
             keys[f"stage:{rel.parts[-1].rsplit('-', 1)[0]}:{rel.parts[-1]}"] = rel.parts[-1]
         else:
-            keys["/".join(rel.parts[1:])] = json.loads(marker.read_text() or "{}").get("key", "")
+            done = json.loads(marker.read_text() or "{}")  # its key, and the stages it read (depends)
+            keys["/".join(rel.parts[1:])] = json.dumps([done.get("key", ""), done.get("depends")])
     return keys
 
 
@@ -63,29 +64,29 @@ def kinds(names: set[str]) -> set[str]:
 
 
 TEACHER_CHAIN = {"tokenizer", "teacher-base", "teacher-sft", "student-base", "student-sft"}
-ALL_EVALS = {"eval:teacher", "eval:student-base", "eval:sft", "eval:kd"}
-EVERYTHING = TEACHER_CHAIN | ALL_EVALS | {"train:sft", "train:kd"}
+ALL_EVALS = {"eval:teacher", "eval:student-base", "eval:sft", "eval:kd", "eval:seqkd"}
+DISTILLED = {"train:sft", "train:kd", "train:seqkd", "eval:sft", "eval:kd", "eval:seqkd"}
+SEQKD = {"teacher-samples", "train:seqkd", "eval:seqkd"}  # SeqKD's samples use the eval decoding
+EVERYTHING = TEACHER_CHAIN | ALL_EVALS | DISTILLED | SEQKD
 
 
 @pytest.mark.parametrize("change, expected", [
     # a method's own config: that method's training and evaluation only
     (["--set", "method_config.kd.kd_ratio=0.3"], {"train:kd", "eval:kd"}),
-    (["--set", "method_config.kd.temperature=2.0"], {"train:kd", "eval:kd"}),
+    (["--set", "method_config.seqkd.kd_ratio=0.5"], {"train:seqkd", "eval:seqkd"}),
     # the distillation budget: the distilled students (sft's student is the SFT stage)
-    (["--set", "distill.lr=0.001"], {"student-sft", "train:sft", "train:kd", "eval:sft", "eval:kd"}),
-    (["--set", "distill.steps=3"], {"student-sft", "train:sft", "train:kd", "eval:sft", "eval:kd"}),
-    # decoding and metrics: every evaluation, no training
-    (["--set", "eval.top_p=0.9"], ALL_EVALS),
-    (["--set", "eval.temperature=0.7"], ALL_EVALS),
+    (["--set", "distill.lr=0.001"], {"student-sft"} | DISTILLED),
+    # decoding: every evaluation, and the teacher samples SeqKD trains on
+    (["--set", "eval.top_p=0.9"], ALL_EVALS | SEQKD),
+    # evaluation-only settings: every evaluation, no training
     (["--set", "eval.max_new_tokens=5"], ALL_EVALS),
     (["--set", "eval.metrics=[rouge_l]"], ALL_EVALS),
     # the teacher's SFT budget: the teacher and everything distilled from it
-    (["--set", "teacher_sft.steps=5"], {"teacher-sft", "train:kd", "eval:teacher", "eval:kd"}),
+    (["--set", "teacher_sft.steps=5"], {"teacher-sft", "train:kd", "eval:teacher", "eval:kd"} | SEQKD),
     # the student's pretraining: every student, not the teacher
-    (["--set", "build.student_pretrain.lr=0.002"],
-     {"student-base", "student-sft", "train:sft", "train:kd", "eval:student-base", "eval:sft", "eval:kd"}),
+    (["--set", "build.student_pretrain.lr=0.002"], {"student-base", "student-sft", "eval:student-base"} | DISTILLED),
     # one more evaluation seed: new eval cells, the seed-10 ones stay
-    (["--set", "eval.seeds=[10,20]"], {"eval:teacher@20", "eval:student-base@20", "eval:sft@20", "eval:kd@20"}),
+    (["--set", "eval.seeds=[10,20]"], {e + "@20" for e in ALL_EVALS}),
     # the training data: everything trained on it (the test prompts are the same, the models not)
     (["--set", "task_options.toy.n_train=40"], EVERYTHING),
 ])
