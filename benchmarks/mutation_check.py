@@ -21,8 +21,8 @@ from pathlib import Path
 from _common import RESULTS, ROOT, machine_info
 
 METHODS_T = ["tests/methods/test_step_one.py", "tests/methods/test_methods.py"]
-DIV_T = ["tests/methods/test_divergences.py", "tests/methods/test_step_one.py"]
-ADV_T = ["tests/methods/test_advantages.py", "tests/methods/test_step_one.py"]
+DIV_T = ["tests/methods/test_divergences.py", "tests/methods/test_gradients.py", "tests/methods/test_step_one.py"]
+ADV_T = ["tests/methods/test_advantages.py", "tests/methods/test_gradients.py", "tests/methods/test_step_one.py"]
 SAMPLE_T = ["tests/engine/test_sampling_filters.py", "tests/engine/test_sampling.py"]
 CACHE_T = ["tests/e2e/test_cache_invalidation.py"]
 METRIC_T = ["tests/metrics"]
@@ -44,6 +44,13 @@ MUTANTS = [
      DIV_T),
     ("div-masked-mean-over-all-positions", "kdbench/divergences.py",
      [("    denom = m.sum()\n", "    denom = torch.ones_like(m).sum()\n")], DIV_T),
+    # stop-gradients: the value stays, the update breaks
+    ("div-kl-own-log-detached", "kdbench/divergences.py",
+     [("return torch.where(ok, lw.exp() * (lw - lo), zero).sum(-1)",
+       "return torch.where(ok, lw.exp() * (lw.detach() - lo), zero).sum(-1)")], DIV_T),
+    ("div-skew-mixture-detached", "kdbench/divergences.py",
+     [("_kl_from_log(log_q, _log_mix(log_q, log_p, alpha))", "_kl_from_log(log_q, _log_mix(log_q, log_p, alpha).detach())")],
+     DIV_T),
     ("ce-normalised-per-sequence", "kdbench/method.py",
      [("return -(gather_logprobs(logits, labels) * mask).sum() / mask.sum().clamp(min=1)",
        "return -(gather_logprobs(logits, labels) * mask).sum() / mask.shape[0]")], METHODS_T),
@@ -56,6 +63,10 @@ MUTANTS = [
     ("adv-whiten-no-centring", "kdbench/advantages.py",
      [("centred = torch.where(valid, x - mean, torch.zeros_like(x))", "centred = torch.where(valid, x, torch.zeros_like(x))")],
      ADV_T),
+    ("adv-ppo-ratio-detached", "kdbench/advantages.py",
+     [("    ratio = log_ratio.exp()
+", "    ratio = log_ratio.detach().exp()
+")], ADV_T),
     ("adv-ppo-min-not-max", "kdbench/advantages.py",
      [("torch.maximum(-adv * ratio, -adv * ratio.clamp", "torch.minimum(-adv * ratio, -adv * ratio.clamp")], ADV_T),
     # --- method update rules
