@@ -64,9 +64,7 @@ MUTANTS = [
      [("centred = torch.where(valid, x - mean, torch.zeros_like(x))", "centred = torch.where(valid, x, torch.zeros_like(x))")],
      ADV_T),
     ("adv-ppo-ratio-detached", "kdbench/advantages.py",
-     [("    ratio = log_ratio.exp()
-", "    ratio = log_ratio.detach().exp()
-")], ADV_T),
+     [("    ratio = log_ratio.exp()\n", "    ratio = log_ratio.detach().exp()\n")], ADV_T),
     ("adv-ppo-min-not-max", "kdbench/advantages.py",
      [("torch.maximum(-adv * ratio, -adv * ratio.clamp", "torch.minimum(-adv * ratio, -adv * ratio.clamp")], ADV_T),
     # --- method update rules
