@@ -45,9 +45,10 @@ MUTANTS = [
     ("div-masked-mean-over-all-positions", "kdbench/divergences.py",
      [("    denom = m.sum()\n", "    denom = torch.ones_like(m).sum()\n")], DIV_T),
     # stop-gradients: the value stays, the update breaks
-    ("div-kl-own-log-detached", "kdbench/divergences.py",
+    # (detaching log w inside the log-ratio instead would be an equivalent mutant: sum_v dw_v = 0)
+    ("div-kl-weight-detached", "kdbench/divergences.py",
      [("return torch.where(ok, lw.exp() * (lw - lo), zero).sum(-1)",
-       "return torch.where(ok, lw.exp() * (lw.detach() - lo), zero).sum(-1)")], DIV_T),
+       "return torch.where(ok, lw.exp().detach() * (lw - lo), zero).sum(-1)")], DIV_T),
     ("div-skew-mixture-detached", "kdbench/divergences.py",
      [("_kl_from_log(log_q, _log_mix(log_q, log_p, alpha))", "_kl_from_log(log_q, _log_mix(log_q, log_p, alpha).detach())")],
      DIV_T),
