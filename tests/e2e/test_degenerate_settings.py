@@ -70,6 +70,11 @@ def test_a_name_listed_twice_is_refused(tmp_path, capsys, args, key, name):
     refused(args, tmp_path, capsys, f"config key '{key}'", f"names {name} more than once")
 
 
+def test_baseline_outside_the_run_is_refused(tmp_path, capsys):
+    # the comparisons would silently fall back to no baseline
+    refused(["--baseline", "seqkd"], tmp_path, capsys, "--baseline seqkd", "not among the methods", "sft, kd")
+
+
 def test_teacher_as_its_own_student_is_refused(tmp_path, capsys):
     refused(["--student", "gpt2-toy-s"], tmp_path, capsys, "config key 'students'", "'gpt2-toy-s' is also the teacher")
 
