@@ -124,6 +124,12 @@ class Benchmark:
             for split in (["train"] if t == cfg.train_task else []) + ["test"]:
                 if not task.examples(split):
                     raise KdbenchError(f"task '{t}': split '{split}' is empty")
+        n_train = len(self.tasks.get(cfg.train_task).examples("train"))
+        for m in cfg.methods:  # data.infinite_batches repeats examples inside such a batch
+            bs = cfg.train_config_for(m, None, METHODS.get(m).budget).batch_size
+            if bs > n_train:
+                log.warning("%s: batch_size %d is larger than the %d train examples of '%s': every batch repeats "
+                            "examples", m, bs, n_train, cfg.train_task)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-test"

@@ -59,6 +59,18 @@ def test_warmup_longer_than_training_is_flagged(tmp_path, capsys):
     assert "the training of 'kd': warmup_steps 40 >= steps 30, so the learning rate never reaches its peak" in text
 
 
+def test_batch_larger_than_the_train_set_is_flagged(tmp_path, capsys, monkeypatch):
+    from kdbench.runner import Benchmark
+
+    seen = []
+    monkeypatch.setattr(Benchmark, "_run", lambda self: seen.append(1) or [])  # validation only
+    code, text = run(["--set", "task_options.toy.n_train=20", "--set", "method_train.kd.batch_size=32"],
+                     tmp_path, capsys)
+    assert code == 0 and seen
+    assert "kd: batch_size 32 is larger than the 20 train examples of 'toy'" in text
+    assert "sft: batch_size" not in text
+
+
 # -- lists and names ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, key, name", [
