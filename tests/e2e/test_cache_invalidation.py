@@ -40,9 +40,18 @@ def rebuilt(before: dict, after: dict) -> set[str]:
     return names
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_plots():
+    """Plots off for this module only (they are most of a micro run's time; no test here reads them)."""
+    import kdbench.report.plots as plots
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "make_plots", lambda run, plot_dir: ([], []))
+        yield
+
+
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    micro_run.skip_plots()
+def base(tmp_path_factory, no_plots):
     out = tmp_path_factory.mktemp("cache-base") / "run"
     assert main(ARGS + ["--out", str(out)]) == 0
     return out, done_keys(out)
