@@ -20,7 +20,7 @@ from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_
 from .layout import EvalRecord, RunLayout, TrainResult, label_of
 from .method import METHODS, make_method
 from .metrics.base import METRICS, EvalSession
-from .stages import Stages
+from .stages import Stages, with_dtype
 from .taskset import TaskSet
 from .trainer import get_accelerator
 from .tuning import point_label
@@ -62,6 +62,7 @@ class Cells:
         select = self.stages.selection_spec()
         if select:  # only when on: the keys of runs without selection stay as they were
             frozen["select"] = select
+        frozen = with_dtype(frozen, c.dtype)
         key = stable_hash(frozen)
         name = f"{label_of(student)}/{method_name}" + (f"/train-seed{train_seed}" if train_seed is not None else "")
         if is_done(cell) and read_json(cell / "DONE").get("key") == key and self._deps_current(cell):
@@ -174,6 +175,7 @@ class Cells:
         protocol = {k: v for k, v in to_dict(c.eval).items() if k != "seeds"}
         spec = {"model": model_key, "task": task.fingerprint(), "eval": protocol, "seed": seed,
                 **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length}
+        spec = with_dtype(spec, c.dtype)
         key = stable_hash(spec)
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:
             return read_json(cell / "metrics.json")

@@ -35,6 +35,13 @@ from .trainer import LossOutput, Trainer, get_accelerator
 log = logging.getLogger("kdbench")
 
 
+def with_dtype(spec: dict, dtype: str) -> dict:
+    """A key's spec with --dtype when it is not the default: half precision changes the numbers (mixed
+    precision training on GPU, the frozen teacher and evaluated models everywhere), and runs in
+    float32 keep the keys they always had."""
+    return spec if dtype == "float32" else {**spec, "dtype": dtype}
+
+
 class Stages:
     def __init__(self, cfg: BenchConfig, layout: RunLayout, tasks: TaskSet, progress: bool = True):
         self.cfg = cfg
@@ -46,6 +53,7 @@ class Stages:
         self._models: dict[str, tuple[str, str]] = {}  # memo: stage name -> (path, key)
 
     def stage(self, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> tuple[Path, str]:
+        spec = with_dtype(spec, self.cfg.dtype)
         key = stable_hash(spec)
         folder = self.layout.stage(kind, key)
         if is_done(folder):
@@ -223,7 +231,7 @@ class Stages:
 
     def teacher_samples_key(self) -> str:
         """The key of the teacher-samples stage under the current config (nothing is built)."""
-        return stable_hash(self._teacher_samples_spec()[0])
+        return stable_hash(with_dtype(self._teacher_samples_spec()[0], self.cfg.dtype))
 
     def teacher_samples(self) -> list[Example]:
         """One teacher sample per train prompt (SeqKD data), generated once and cached."""

@@ -98,6 +98,8 @@ EVERYTHING = TEACHER_CHAIN | ALL_EVALS | DISTILLED | SEQKD
     (["--set", "eval.seeds=[10,20]"], {e + "@20" for e in ALL_EVALS}),
     # the training data: everything trained on it (the test prompts are the same, the models not)
     (["--set", "task_options.toy.n_train=40"], EVERYTHING),
+    # half precision: the teacher (and, on GPU, every training) computes in it
+    (["--dtype", "bfloat16"], EVERYTHING),
 ])
 def test_one_changed_setting_rebuilds_exactly_what_it_affects(base, tmp_path, change, expected):
     src, before = base
