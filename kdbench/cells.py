@@ -21,7 +21,7 @@ from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_
 from .layout import EvalRecord, RunLayout, TrainResult, label_of
 from .method import METHODS, make_method
 from .metrics.base import METRICS, EvalSession
-from .stages import Stages
+from .stages import Stages, with_dtype
 from .taskset import TaskSet
 from .trainer import get_accelerator
 from .tuning import point_label
@@ -70,9 +70,10 @@ class Cells:
             frozen["select"] = select
         if c.peft.enabled:  # likewise: full fine-tuning keys are unchanged
             frozen["peft"] = c.peft.spec()
+        frozen = with_dtype(frozen, c.dtype)
         key = stable_hash(frozen)
         name = f"{label_of(student)}/{method_name}" + (f"/train-seed{train_seed}" if train_seed is not None else "")
-        if is_done(cell) and read_json(cell / "DONE").get("key") == key:
+        if is_done(cell) and read_json(cell / "DONE").get("key") == key and self._deps_current(cell):
             log.info("train %s: done, skipping", name)
             return read_json(cell / "result.json")
         cell.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,7 @@ class Cells:
             self.stages.place_teacher(teacher)
         ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student))
         ctx.selector = self.stages.selector() if select else None
+        deps = self._record_deps(ctx)
         track = tracking.run_name(label_of(student), method_name, train_seed)
         with self.stages.tracked(ctx, track + (f"/{point_label(point)}" if point else ""), frozen):
             method.train(ctx)
@@ -103,7 +105,9 @@ class Cells:
             model_path = cell / "model"
             M.save_model(model.cpu(), self.stages.tokenizer(), model_path)
         atomic_write_json(cell / "history.json", ctx.history)
-        res: TrainResult = {"model_path": str(model_path), "key": key, "method": method_name, "student": student,
+        # the model's key for its eval cells: the cell's key, plus what it read (unchanged when nothing)
+        model_key = stable_hash({"cell": key, "depends": deps}) if deps else key
+        res: TrainResult = {"model_path": str(model_path), "key": model_key, "method": method_name, "student": student,
                             "wall_time_s": round(time.time() - t0, 2), "counters": dict(ctx.counters),
                             "params": params}
         if train_seed is not None:
@@ -117,8 +121,31 @@ class Cells:
             res["selection"] = ctx.selection
         atomic_write_json(cell / "result.json", res)
         (cell / "checkpoint.pt").unlink(missing_ok=True)
-        mark_done(cell, {"key": key})
+        mark_done(cell, {"key": key, "depends": deps})
         return res
+
+    # Stages a method may or may not read, found out while it trains (seqkd, or js/tvd with data
+    # teacher, read the teacher samples; kd does not): recorded in DONE and checked on a rerun, so a
+    # changed sample stage retrains exactly the cells that read it.
+    def _record_deps(self, ctx) -> dict:
+        deps: dict = {}
+
+        def recording(read):
+            def samples():
+                deps["teacher-samples"] = self.stages.teacher_samples_key()
+                return read()
+            return samples
+
+        # the teacher's samples on train prompts (seqkd ...) and on prompts without gold (every
+        # teacher-guided method's guided examples)
+        for attr in ("_teacher_samples_fn", "_unlabeled_fn"):
+            if getattr(ctx, attr) is not None:
+                setattr(ctx, attr, recording(getattr(ctx, attr)))
+        return deps
+
+    def _deps_current(self, cell: Path) -> bool:
+        deps = read_json(cell / "DONE").get("depends") or {}
+        return all(key == self.stages.teacher_samples_key() for name, key in deps.items() if name == "teacher-samples")
 
     def _stage_cell(self, cell: Path, student: str, method_name: str, train, train_seed, point=None) -> TrainResult:
         """A method whose student is a cached stage (sft): the cell records and points at it."""
@@ -173,8 +200,11 @@ class Cells:
         settings = {"judge": dict(c.judge)}
         ev = task_eval_config(c.eval, task)  # the task's defaults resolved: the key holds what ran
         # each metric adds what changes its numbers (e.g. which judge) to the key
-        spec = {"model": model_key, "task": task.fingerprint(), "eval": to_dict(ev), "seed": seed,
+        # the cell's own seed is in the key, the list of seeds is not: adding a seed keeps the others
+        protocol = {k: v for k, v in to_dict(ev).items() if k != "seeds"}
+        spec = {"model": model_key, "task": task.fingerprint(), "eval": protocol, "seed": seed,
                 **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length}
+        spec = with_dtype(spec, c.dtype)
         key = stable_hash(spec)
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:
             return read_json(cell / "metrics.json")

@@ -175,6 +175,9 @@ def resolve_config(args: argparse.Namespace):
         METHODS.get(m, "methods")
     for t in cfg.tasks + [cfg.train_task]:
         TASKS.get(t, "tasks")
+    if getattr(args, "baseline", None) and cfg.baseline not in cfg.methods:  # asked for, would never run
+        raise ConfigError(f"--baseline {cfg.baseline}: not among the methods of this run ({', '.join(cfg.methods)}); "
+                          f"add it to --methods or choose one of them")
     return cfg
 
 

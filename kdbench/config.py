@@ -210,6 +210,17 @@ class BenchConfig:
                f"'{self.prompt_format}' is not one of plain, chat, chat-alpaca")
         _check(self.report_to in ("none", "tensorboard", "wandb", "trackio"), "report_to",
                f"'{self.report_to}' is not one of none, tensorboard, wandb, trackio")
+        # degenerate values nobody means: refused here rather than run into a table that looks real
+        for key, items in (("students", self.students), ("methods", self.methods), ("tasks", self.tasks)):
+            dup = sorted({x for x in items if items.count(x) > 1})
+            _check(not dup, key, f"names {', '.join(dup)} more than once; list each once")
+        _check(self.teacher not in self.students, "students",
+               f"'{self.teacher}' is also the teacher: distilling a model into itself compares nothing; "
+               "choose a smaller student")
+        _check(self.distill.steps >= 1, "distill.steps",
+               "0 trains nothing: every distilled row would be the student base under another name; give >= 1")
+        _check(self.max_train_examples is None or self.max_train_examples >= 1, "max_train_examples",
+               f"must be >= 1 or null, got {self.max_train_examples}")
 
     def train_config_for(self, method: str, train_seed: int | None = None, budget: str | None = None,
                          point: dict[str, Any] | None = None) -> TrainConfig:

@@ -7,7 +7,7 @@ from . import vocab
 from .errors import DataError
 from .schema import Example
 from .task import Task
-from .taskset import TaskSet
+from .taskset import TaskSet, no_prompt_fits
 
 
 @dataclasses.dataclass
@@ -62,6 +62,7 @@ def dry_run(c, tasks: TaskSet) -> DryRun:
              + (f"; tracking to {c.report_to}" if c.report_to != "none" else ""), ""]
     loaded: dict[str, dict[str, list[Example]]] = {}
     failed: dict[str, str] = {}
+    no_prompt: set[str] = set()  # tasks with a split whose every prompt is over the limit
     for name in dict.fromkeys([c.train_task] + c.tasks):
         task = tasks.get(name)
         splits = (["train"] if name == c.train_task else []) + (["test"] if name in c.tasks else [])
@@ -102,7 +103,10 @@ def dry_run(c, tasks: TaskSet) -> DryRun:
                 over = sum(n > c.max_prompt_length for n in n_tok)
                 lines.append(f"  prompt length: {len(exs) - over} kept, {over} dropped as prompt_too_long "
                              f"(> max_prompt_length {c.max_prompt_length} tokens; longest {max(n_tok)})")
-                if over > len(exs) / 2:
+                if over == len(exs):  # a real run refuses this before training (TaskSet.filter_prompts)
+                    errors.append(no_prompt_fits(f"{name}/{split}", len(exs), c.max_prompt_length, min(n_tok)))
+                    no_prompt.add(name)
+                elif over > len(exs) / 2:
                     lines.append(f"  warning: most prompts of {name}/{split} exceed max_prompt_length; "
                                  "raise it or use a preset made for real tasks (--preset tiny-real)")
         if name in failed:
@@ -120,7 +124,7 @@ def dry_run(c, tasks: TaskSet) -> DryRun:
                 ref = ex.references[0]
                 lines.append(f"  reference: {ref[:200]!r}" + (" ..." if len(ref) > 200 else ""))
         lines.append("")
-    ok = [n for n in loaded if n not in failed]
+    ok = [n for n in loaded if n not in failed and n not in no_prompt]
     lines.append(f"ready: {', '.join(ok) or 'none'}")
     if unavailable:
         lines.append(f"unavailable (no data; listed above with where it was looked for): {', '.join(unavailable)}. "

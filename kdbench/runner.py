@@ -19,6 +19,7 @@ from . import tracking
 from .cells import Cells
 from .config import BenchConfig, to_dict
 from .errors import ConfigError, KdbenchError
+from .registry import suggest
 from .io import atomic_write_json, read_json
 from .layout import TEACHER, TEACHER_GROUP, BASE, RunLayout, label_of
 from .method import METHODS, make_method
@@ -72,6 +73,24 @@ class Benchmark:
             parse_grid(cfg.tune)  # bad keys or empty lists fail before any work
             if "dev" not in self.tasks.get(cfg.train_task).splits:
                 raise ConfigError(f"--tune: task '{cfg.train_task}' has no dev split to select on")
+        classes = sorted({METHODS.get(n).budget for n in METHODS.names()})
+        for b in cfg.budget_train:  # a misspelt class would silently leave its methods on the distill budget
+            if b not in classes:
+                raise ConfigError(f"config key 'budget_train.{b}': no method has budget class '{b}'; "
+                                  f"valid: {', '.join(classes)}." + suggest(b, classes))
+        budgets = [("teacher_sft", cfg.teacher_sft), ("build.teacher_pretrain", cfg.build.teacher_pretrain),
+                   ("build.student_pretrain", cfg.build.student_pretrain)]
+        budgets += [(f"the training of '{m}'", cfg.train_config_for(m, None, METHODS.get(m).budget)) for m in cfg.methods]
+        for where, tc in budgets:
+            if 0 < tc.steps <= tc.warmup_steps:
+                log.warning("%s: warmup_steps %d >= steps %d, so the learning rate never reaches its peak",
+                            where, tc.warmup_steps, tc.steps)
+        for m in cfg.methods:  # a zero budget from a budget class or a method's own overrides
+            if cfg.train_config_for(m, None, METHODS.get(m).budget).steps < 1:
+                src = (f"method_train.{m}" if "steps" in cfg.method_train.get(m, {}) else
+                       f"budget_train.{METHODS.get(m).budget}")
+                raise ConfigError(f"config key '{src}.steps': 0 steps would leave '{m}' untrained (its row would be "
+                                  "its initial student under the method's name); give it >= 1 step")
         if cfg.select.every:  # the dev score runs on the trainer's logging steps
             for m in cfg.methods:
                 tc = cfg.train_config_for(m, None, METHODS.get(m).budget)
@@ -114,6 +133,12 @@ class Benchmark:
             for split in (["train"] if t == cfg.train_task else []) + ["test"]:
                 if not task.examples(split):
                     raise KdbenchError(f"task '{t}': split '{split}' is empty")
+        n_train = len(self.tasks.get(cfg.train_task).examples("train"))
+        for m in cfg.methods:  # data.infinite_batches repeats examples inside such a batch
+            bs = cfg.train_config_for(m, None, METHODS.get(m).budget).batch_size
+            if bs > n_train:
+                log.warning("%s: batch_size %d is larger than the %d train examples of '%s': every batch repeats "
+                            "examples", m, bs, n_train, cfg.train_task)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-test"
@@ -146,6 +171,9 @@ class Benchmark:
         t_start = time.time()
         atomic_write_json(self.layout.config, to_dict(c))
         self.stages.tokenizer()
+        self.tasks.train_examples()  # the prompt-length filter: a task left with no prompt fails before training
+        for t in c.tasks:
+            self.tasks.test_examples(t)
         models: list[tuple[str, str, str, str, int | None]] = []  # (group, label, path, key, train seed)
         try:
             t_path, t_key = self.stages.teacher_model()

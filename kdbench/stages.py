@@ -37,6 +37,13 @@ from .trainer import LossOutput, Trainer, get_accelerator
 log = logging.getLogger("kdbench")
 
 
+def with_dtype(spec: dict, dtype: str) -> dict:
+    """A key's spec with --dtype when it is not the default: half precision changes the numbers (mixed
+    precision training on GPU, the frozen teacher and evaluated models everywhere), and runs in
+    float32 keep the keys they always had."""
+    return spec if dtype == "float32" else {**spec, "dtype": dtype}
+
+
 class Stages:
     def __init__(self, cfg: BenchConfig, layout: RunLayout, tasks: TaskSet, progress: bool = True):
         self.cfg = cfg
@@ -48,6 +55,7 @@ class Stages:
         self._models: dict[str, tuple[str, str]] = {}  # memo: stage name -> (path, key)
 
     def stage(self, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> tuple[Path, str]:
+        spec = with_dtype(spec, self.cfg.dtype)
         key = stable_hash(spec)
         folder = self.layout.stage(kind, key)
         if is_done(folder):
@@ -251,6 +259,23 @@ class Stages:
                                self.cfg.train_config_for("sft", train_seed, None, point),
                                tracking.run_name(label_of(student), "sft", train_seed))
 
+    def _teacher_samples_spec(self, split: str | None = None):
+        scfg = sampling_config(self.cfg.eval, self.cfg.max_length - self.cfg.max_prompt_length)
+        scfg.no_repeat_ngram_size = 0
+        spec = {"teacher": self.teacher_model()[1], "data": self.data_fp(), "sampling": dataclasses.asdict(scfg),
+                "seed": self.cfg.distill.seed}
+        if split is not None:  # the train split's key predates the others: it stays as it was
+            spec["split"] = split
+        return spec, scfg
+
+    def teacher_samples_key(self) -> str:
+        """The key of the teacher-samples stages (train split, and the unlabeled prompts when the run
+        uses them) under the current config; nothing is built."""
+        keys = [stable_hash(with_dtype(self._teacher_samples_spec()[0], self.cfg.dtype))]
+        if self.tasks.unlabeled_examples():
+            keys.append(stable_hash(with_dtype(self._teacher_samples_spec("unlabeled")[0], self.cfg.dtype)))
+        return "+".join(keys)
+
     def teacher_samples(self) -> list[Example]:
         """One teacher sample per train prompt (SeqKD data), then one per unlabeled prompt when the run
         uses them (`unlabeled_samples`); generated once per split and cached."""
@@ -262,13 +287,9 @@ class Stages:
         return self._teacher_samples(exs, "unlabeled") if exs else []
 
     def _teacher_samples(self, exs: list[Example], split: str | None) -> list[Example]:
-        teacher_path, teacher_key = self.teacher_model()
-        scfg = sampling_config(self.cfg.eval, self.cfg.max_length - self.cfg.max_prompt_length)
-        scfg.no_repeat_ngram_size = 0
-        seed = self.cfg.distill.seed
-        spec = {"teacher": teacher_key, "data": self.data_fp(), "sampling": dataclasses.asdict(scfg), "seed": seed}
-        if split is not None:  # the train split's key predates the others: it stays as it was
-            spec["split"] = split
+        teacher_path, _ = self.teacher_model()
+        spec, scfg = self._teacher_samples_spec(split)
+        seed = spec["seed"]
         c_max = self.cfg.max_length
 
         def build(folder: Path):

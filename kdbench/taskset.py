@@ -17,6 +17,14 @@ from .task import TASKS, Task, TaskOptions, make_task
 log = logging.getLogger("kdbench")
 
 
+def no_prompt_fits(where: str, n: int, limit: int, shortest: int) -> str:
+    """The error of a split whose every prompt is over the prompt limit (runs and dry runs)."""
+    return (f"{where}: 0 of {n} prompts fit max_prompt_length={limit} tokens (the shortest has {shortest}), so "
+            f"nothing would be trained or evaluated on it; set max_prompt_length to at least {shortest} "
+            "(--set max_prompt_length=N, below max_length), use a preset made for real tasks (--preset "
+            "tiny-real), or drop the task")
+
+
 def user_turn(ex: Example, fmt: str) -> str:
     """The user message of a chat-format prompt. Examples without an instruction (a task that only
     renders a prompt) fall back to the rendered prompt."""
@@ -33,6 +41,7 @@ class TaskSet:
         self._tokenizer_fn = tokenizer_fn
         self._tasks: dict[str, Task] = {}
         self._filtered: dict[str, tuple[int, list[Example]]] = {}
+        self._limit_noted: set[str] = set()
 
     def get(self, name: str) -> Task:
         if name not in self._tasks:
@@ -53,7 +62,13 @@ class TaskSet:
         return [n for n in TASKS.names() if "train" in TASKS.get(n).splits]
 
     def train_examples(self) -> list[Example]:
-        return self.filter_prompts(self.get(self.cfg.train_task).examples("train"), f"{self.cfg.train_task}/train")
+        exs = self.get(self.cfg.train_task).examples("train")
+        cap = self.cfg.max_train_examples
+        if cap is not None and len(exs) < cap and "train" not in self._limit_noted:
+            self._limit_noted.add("train")
+            log.warning("%s/train: max_train_examples=%d but the task has %d examples: all %d are used",
+                        self.cfg.train_task, cap, len(exs), len(exs))
+        return self.filter_prompts(exs, f"{self.cfg.train_task}/train")
 
     def unlabeled_examples(self) -> list[Example]:
         """The train task's prompts without gold responses (split "unlabeled"), when the run uses them
@@ -67,7 +82,9 @@ class TaskSet:
                 for ex in exs]
 
     def test_examples(self, name: str) -> list[Example]:
-        return self.filter_prompts(self.get(name).examples("test"), f"{name}/test")
+        exs = self.get(name).examples("test")
+        self.check_limit(name, len(exs))
+        return self.filter_prompts(exs, f"{name}/test")
 
     def filter_prompts(self, exs: list[Example], where: str) -> list[Example]:
         """Drop (and count, once per split) examples whose prompt exceeds max_prompt_length."""
@@ -75,12 +92,23 @@ class TaskSet:
             return self._filtered[where][1]
         tok = self._tokenizer_fn()
         lim = self.cfg.max_prompt_length
-        kept = [ex for ex in exs if len(tok(ex.prompt, add_special_tokens=False)["input_ids"]) <= lim]
+        lengths = [len(tok(ex.prompt, add_special_tokens=False)["input_ids"]) for ex in exs]
+        kept = [ex for ex, n in zip(exs, lengths) if n <= lim]
+        if exs and not kept:
+            raise ConfigError(no_prompt_fits(where, len(exs), lim, min(lengths)))
         if len(kept) < len(exs):
             log.warning("%s: dropped %d of %d examples whose prompt exceeds max_prompt_length=%d tokens",
                         where, len(exs) - len(kept), len(exs), lim)
         self._filtered[where] = (len(exs), kept)
         return kept
+
+    def check_limit(self, name: str, n: int) -> None:
+        """eval.max_examples (--limit) above what the task has: say so, the run uses all of them."""
+        cap = self.cfg.eval.max_examples
+        if cap is not None and n < cap and name not in self._limit_noted:
+            self._limit_noted.add(name)
+            log.warning("%s/test: eval.max_examples=%d but the task has %d examples: all %d are used",
+                        name, cap, n, n)
 
     def _prompt_wrapper(self):
         """How each example's prompt is presented to the models (config key prompt_format):

@@ -32,6 +32,8 @@ def parse_grid(tune: dict[str, list[Any]]) -> list[dict[str, Any]]:
             raise ConfigError(f"--tune {key}: not a training setting; valid: {', '.join(sorted(fields))}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"--tune {key}: needs a list of values, e.g. --tune {name}=1e-3,3e-3")
+        if len({repr(v) for v in values}) != len(values):  # a repeated point trains the same model twice
+            raise ConfigError(f"--tune {key}: lists a value more than once ({values}); list each once")
         keys.append((name, values))
     return [dict(zip([k for k, _ in keys], combo)) for combo in itertools.product(*[v for _, v in keys])]
 

@@ -37,6 +37,20 @@ def test_ci_preset_writes_the_leaderboard(ci_run):
     assert len(gens) == 4
 
 
+def test_ci_preset_values_make_sense(ci_run):
+    """Values, not just files: the SFT teacher is better than the untrained student on the toy
+    world, and every distilled student has learnt from its data (LM loss below the student base)."""
+    out, code, _ = ci_run
+    assert code == 0
+    rows = json.loads((out / "leaderboard.json").read_text())
+    mean = {(r["method"], r["metric"]): r["mean"] for r in rows if r["task"] == "toy"}
+    for metric in ("rouge_l", "validity"):
+        assert mean[("teacher", metric)] > mean[("student-base", metric)] + 5, metric
+    assert mean[("teacher", "lm_loss")] < mean[("student-base", "lm_loss")]
+    for method in ("sft", "kd"):
+        assert mean[(method, "lm_loss")] < mean[("student-base", "lm_loss")] - 0.05, method
+
+
 def test_rerun_reuses_every_cell(ci_run):
     out, _, first = ci_run
     before = json.loads((out / "leaderboard.json").read_text())

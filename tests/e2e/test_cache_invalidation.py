@@ -1,0 +1,118 @@
+"""Changing one setting rebuilds exactly the work it affects, and nothing else.
+
+One micro benchmark (sft, kd, seqkd; tests/micro_run.py) runs once; each case reruns it in a copy of
+that run folder with one setting changed and compares the keys in every DONE marker (stages,
+train cells, eval cells) before and after: a marker whose key changed, or a new stage folder, is
+rebuilt work. A cache key missing a field shows here as a stale cell: "done, skipping".
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import micro_run
+from kdbench.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ARGS = micro_run.MICRO + ["--methods", "sft,kd,seqkd", "--set", "distill.steps=2", "--set", "eval.max_examples=3",
+                          "--set", "eval.max_new_tokens=6"]
+
+
+def done_keys(out) -> dict[str, str]:
+    """Every finished unit of work -> its key (stages: the folder name is the key)."""
+    keys = {}
+    for marker in out.rglob("DONE"):
+        rel = marker.parent.relative_to(out)
+        if rel.parts[0] == "cache":
+            keys[f"stage:{rel.parts[-1].rsplit('-', 1)[0]}:{rel.parts[-1]}"] = rel.parts[-1]
+        else:
+            done = json.loads(marker.read_text() or "{}")  # its key, and the stages it read (depends)
+            keys["/".join(rel.parts[1:])] = json.dumps([done.get("key", ""), done.get("depends")])
+    return keys
+
+
+def rebuilt(before: dict, after: dict) -> set[str]:
+    names = {k.split(":")[1] if k.startswith("stage:") else k for k in after if k not in before}
+    names |= {k for k in after if k in before and after[k] != before[k] and not k.startswith("stage:")}
+    return names
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_plots():
+    """Plots off for this module only (they are most of a micro run's time; no test here reads them)."""
+    import kdbench.report.plots as plots
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "make_plots", lambda run, plot_dir: ([], []))
+        yield
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, no_plots):
+    out = tmp_path_factory.mktemp("cache-base") / "run"
+    assert main(ARGS + ["--out", str(out)]) == 0
+    return out, done_keys(out)
+
+
+def kinds(names: set[str]) -> set[str]:
+    """train/<student>/<method>..., eval/<group>/<model>/<task>/<seed> and stage names, shortened."""
+    out = set()
+    for n in names:
+        parts = n.split("/")
+        if parts[0] == "train":
+            out.add(f"train:{parts[2]}")
+        elif parts[0] == "eval":
+            seed = parts[4].removeprefix("seed")
+            out.add(f"eval:{parts[2]}" + ("" if seed == "10" else f"@{seed}"))
+        else:
+            out.add(n)
+    return out
+
+
+TEACHER_CHAIN = {"tokenizer", "teacher-base", "teacher-sft", "student-base", "student-sft"}
+ALL_EVALS = {"eval:teacher", "eval:student-base", "eval:sft", "eval:kd", "eval:seqkd"}
+DISTILLED = {"train:sft", "train:kd", "train:seqkd", "eval:sft", "eval:kd", "eval:seqkd"}
+SEQKD = {"teacher-samples", "train:seqkd", "eval:seqkd"}  # SeqKD's samples use the eval decoding
+EVERYTHING = TEACHER_CHAIN | ALL_EVALS | DISTILLED | SEQKD
+
+
+@pytest.mark.parametrize("change, expected", [
+    # a method's own config: that method's training and evaluation only
+    (["--set", "method_config.kd.kd_ratio=0.3"], {"train:kd", "eval:kd"}),
+    (["--set", "method_config.seqkd.kd_ratio=0.5"], {"train:seqkd", "eval:seqkd"}),
+    # the distillation budget: the distilled students (sft's student is the SFT stage)
+    (["--set", "distill.lr=0.001"], {"student-sft"} | DISTILLED),
+    # decoding: every evaluation, and the teacher samples SeqKD trains on
+    (["--set", "eval.top_p=0.9"], ALL_EVALS | SEQKD),
+    # evaluation-only settings: every evaluation, no training
+    (["--set", "eval.max_new_tokens=5"], ALL_EVALS),
+    (["--set", "eval.metrics=[rouge_l]"], ALL_EVALS),
+    # the teacher's SFT budget: the teacher and everything distilled from it
+    (["--set", "teacher_sft.steps=5"], {"teacher-sft", "train:kd", "eval:teacher", "eval:kd"} | SEQKD),
+    # the student's pretraining: every student, not the teacher
+    (["--set", "build.student_pretrain.lr=0.002"], {"student-base", "student-sft", "eval:student-base"} | DISTILLED),
+    # one more evaluation seed: new eval cells, the seed-10 ones stay
+    (["--set", "eval.seeds=[10,20]"], {e + "@20" for e in ALL_EVALS}),
+    # the training data: everything trained on it (the test prompts are the same, the models not)
+    (["--set", "task_options.toy.n_train=40"], EVERYTHING),
+    # half precision: the teacher (and, on GPU, every training) computes in it
+    (["--dtype", "bfloat16"], EVERYTHING),
+])
+def test_one_changed_setting_rebuilds_exactly_what_it_affects(base, tmp_path, change, expected):
+    src, before = base
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    assert main(ARGS + ["--out", str(out)] + change) == 0
+    got = kinds(rebuilt(before, done_keys(out)))
+    assert got == expected, change
+
+
+def test_unchanged_rerun_rebuilds_nothing(base, tmp_path):
+    src, before = base
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    assert main(ARGS + ["--out", str(out)]) == 0
+    assert done_keys(out) == before
