@@ -251,14 +251,16 @@ class MethodContext:
         return slice_vocab(out, self.vocab_size).to(self.device)
 
     def sample(self, model, examples: Sequence[Example], seed: int, mix_alpha: float = 0.0,
-               cfg: SamplingConfig | None = None) -> Rollout:
-        """Sample responses from `model`; with mix_alpha > 0, teacher-mixed sampling."""
+               cfg: SamplingConfig | None = None, skd_topk: int = 0) -> Rollout:
+        """Sample responses from `model`; with mix_alpha > 0, teacher-mixed sampling; with skd_topk = K > 0,
+        speculative-KD sampling (the teacher replaces proposals outside its top-K)."""
         cfg = cfg or self.sampling
+        two = mix_alpha > 0 or skd_topk > 0
         r = sample(model, self.prompt_ids(examples), cfg, self.eos_id, self.pad_id, seed,
-                   batch_size=max(len(examples), 1), mix_model=self.teacher if mix_alpha > 0 else None,
-                   mix_alpha=mix_alpha)
+                   batch_size=max(len(examples), 1), mix_model=self.teacher if two else None,
+                   mix_alpha=mix_alpha, skd_topk=skd_topk)
         self.counters.add("generated_tokens", r.n_generated)
-        if mix_alpha > 0:
+        if two:
             self.counters.add("teacher_forward_tokens", r.n_generated)
         return r
 
