@@ -91,6 +91,9 @@ class Method:
     # True when the method's student IS a cached stage (sft: the SFT student that MiniLLM also starts
     # from), so its cell records the stage instead of training again.
     shared_stage: ClassVar[bool] = False
+    # True when the method distils across tokenizers (the teacher's tokenizer is ctx.teacher_tokenizer);
+    # the runner refuses a student whose tokenizer differs from the teacher's for every other method.
+    cross_tokenizer: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -120,10 +123,12 @@ class MethodContext:
                  max_length: int, max_prompt_length: int, run_dir, log: logging.Logger | None = None,
                  pretrain_blocks: torch.Tensor | None = None, sampling: SamplingConfig | None = None,
                  teacher_samples_fn: Callable[[], list[Example]] | None = None, device: str = "auto",
-                 dtype: str = "float32", method_name: str = "", progress: bool = True):
+                 dtype: str = "float32", method_name: str = "", progress: bool = True, teacher_tokenizer=None):
         self.student = student
         self.teacher = teacher
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # the student's
+        # the teacher's, when it differs (cross-tokenizer methods only; see Method.cross_tokenizer)
+        self.teacher_tokenizer = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
         self.train_examples = list(train_examples)
         self.train_cfg = train_cfg
         self.max_length = max_length
@@ -148,6 +153,7 @@ class MethodContext:
         self.counters = Counters()
         self.history: list[dict] = []
         self.vocab_size: int | None = None  # real vocabulary (set by the runner); logits are cut to it
+        self.teacher_vocab_size: int | None = None  # the teacher's, when its tokenizer differs
 
     # -- data ------------------------------------------------------------------------------------
     @property
@@ -248,7 +254,8 @@ class MethodContext:
         self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
         tdev = next(self.teacher.parameters()).device
         out = self.teacher(input_ids=batch.input_ids.to(tdev), attention_mask=batch.attention_mask.to(tdev)).logits
-        return slice_vocab(out, self.vocab_size).to(self.device)
+        same = self.teacher_tokenizer is self.tokenizer
+        return slice_vocab(out, self.vocab_size if same else self.teacher_vocab_size).to(self.device)
 
     def sample(self, model, examples: Sequence[Example], seed: int, mix_alpha: float = 0.0,
                cfg: SamplingConfig | None = None, skd_topk: int = 0) -> Rollout:
