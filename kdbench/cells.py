@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import models as M
 from .config import BenchConfig, stable_hash, to_dict
+from .errors import ConfigError
 from .evaluation import eval_cache_spec, evaluate
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
 from .layout import EvalRecord, RunLayout, TrainResult, label_of
@@ -52,6 +53,9 @@ class Cells:
         cell = self.layout.train_cell(student, method_name, train_seed, point_label(point) if point else None)
         if cls.shared_stage:  # the SFT student is a shared cached stage (MiniLLM's init too)
             return self._stage_cell(cell, student, method_name, train, train_seed, point)
+        if method.requires_teacher and not cls.cross_tokenizer and self.stages.cross_tokenizer(student):
+            raise ConfigError(f"method '{method_name}' needs the teacher's vocabulary, but student '{student}' has "
+                              "its own tokenizer; only cross-tokenizer methods (Method.cross_tokenizer) distil into it")
         teacher_path, teacher_key = self.stages.teacher_model() if method.requires_teacher else (None, None)
         init = (self.stages.student_sft(student, train_seed) if method.student_init == "sft"
                 else self.stages.student_base(student))
@@ -80,11 +84,11 @@ class Cells:
         teacher = M.load_model(teacher_path, c.dtype) if teacher_path else None  # frozen: loaded in --dtype
         if teacher is not None:
             self.stages.place_teacher(teacher)
-        ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student))
-        ctx.selector = self.stages.selector() if select else None
+        ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student), student)
+        ctx.selector = self.stages.selector(student) if select else None
         method.train(ctx)
         model = ctx.trainer.accelerator.unwrap_model(ctx.student)
-        M.save_model(model.cpu(), self.stages.tokenizer(), cell / "model")
+        M.save_model(model.cpu(), ctx.tokenizer, cell / "model")
         atomic_write_json(cell / "history.json", ctx.history)
         res: TrainResult = {"model_path": str(cell / "model"), "key": key, "method": method_name, "student": student,
                             "wall_time_s": round(time.time() - t0, 2), "counters": dict(ctx.counters)}
@@ -129,7 +133,7 @@ class Cells:
 
     def dev_score(self, res: TrainResult, cell: Path, metric: str = "") -> float:
         """The trained model's dev score (tuning), cached in the cell next to its result."""
-        score_fn, name, _ = self.stages.dev_scorer(metric)
+        score_fn, name, _ = self.stages.dev_scorer(metric, student=res.get("student"))
         f = cell / "dev_score.json"
         if f.exists():
             rec = read_json(f)
@@ -160,8 +164,11 @@ class Cells:
         model = self._load_cached(model_path)
         exs = self.tasks.test_examples(task_name)
         t0 = time.time()
-        res = evaluate(model, self.stages.tokenizer(), task, exs, seed, c.eval, metrics,
-                       max_prompt_length=c.max_prompt_length, model_label=model_label, teacher_fn=self._eval_teacher,
+        tok = self.stages.tokenizer_for_group(group)
+        # the teacher as a metric's oracle (exposure bias) scores the model's tokens: only with one vocabulary
+        teacher_fn = self._eval_teacher if tok is self.stages.tokenizer() else (lambda: None)
+        res = evaluate(model, tok, task, exs, seed, c.eval, metrics,
+                       max_prompt_length=c.max_prompt_length, model_label=model_label, teacher_fn=teacher_fn,
                        settings=settings, run_dir=self.layout.out, session=self.session)
         atomic_write_jsonl(cell / "generations.jsonl", res.generations)
         atomic_write_jsonl(cell / "per_example.jsonl", res.per_example)  # what the statistics resample

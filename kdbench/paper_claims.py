@@ -68,3 +68,19 @@ PAPER_CLAIMS = [
          notes="'Matches' = non-inferior within 1 point of the primary metric, against the next larger "
                "student's SFT model; the evidence carries its size ratio (the paper's is 1.6-2x)."),
 ]
+
+# Headline claims of the KD methods published since MiniLLM (issue 16), checked on every run that has
+# the methods in them (otherwise "not measured"). Primary metric as above.
+PAPER_CLAIMS += [
+    dict(id="DISTILLM2", text="DistiLLM-2 beats DistiLLM",
+         source="DistiLLM-2 (Ko et al., ICML 2025, arXiv 2503.07067), abstract and main results",
+         requires=[dict(method="distillm2", other="distillm", metric=PRIMARY)]),
+    dict(id="SKD", text="Speculative KD beats supervised KD and on-policy KD (GKD)",
+         source="Speculative KD (Xu et al., ICLR 2025, arXiv 2410.11325), abstract",
+         requires=[dict(method="skd", other=["kd", "gkd"], metric=PRIMARY)]),
+    dict(id="ULD", text="ULD beats distillation on teacher-generated text alone (SeqKD)",
+         source="ULD (Boizard et al., arXiv 2402.12030), abstract",
+         requires=[dict(method="uld", other="seqkd", metric=PRIMARY)],
+         notes="The paper's comparison is across tokenizer families; with a shared vocabulary the claim "
+               "is checked on the same footing."),
+]

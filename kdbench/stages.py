@@ -25,14 +25,23 @@ from .data import encode_pair, infinite_batches, lm_batch, lm_blocks
 from .errors import ConfigError
 from .evaluation import sampling_config
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl
-from .layout import RunLayout
-from .method import MethodContext, cross_entropy, make_method
+from .layout import RunLayout, label_of
+from .method import METHODS, MethodContext, cross_entropy, make_method
 from .sampling import sample
 from .schema import Example
 from .taskset import TaskSet
 from .trainer import LossOutput, Trainer, get_accelerator
 
 log = logging.getLogger("kdbench")
+
+
+def methods_needing_one_vocab(cfg: BenchConfig) -> list[str]:
+    """The run's methods that distil from the teacher but cannot do so across tokenizers."""
+    return [m for m in cfg.methods if METHODS.get(m).requires_teacher and not METHODS.get(m).cross_tokenizer]
+
+
+def cross_tokenizer_methods() -> list[str]:
+    return [m for m in METHODS.names() if METHODS.get(m).cross_tokenizer]
 
 
 class Stages:
@@ -44,6 +53,7 @@ class Stages:
         self._tokenizer = None
         self._tok_key = ""
         self._models: dict[str, tuple[str, str]] = {}  # memo: stage name -> (path, key)
+        self._student_toks: dict[str, tuple] = {}  # memo: student -> (tokenizer, key)
 
     def stage(self, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> tuple[Path, str]:
         key = stable_hash(spec)
@@ -85,9 +95,10 @@ class Stages:
             # Real teacher: its tokenizer is the vocabulary everyone shares.
             self._tokenizer = M.load_tokenizer(c.teacher)
             self._tok_key = stable_hash({"teacher_tokenizer": c.teacher})
-            for s in c.students:
-                if not M.is_preset(s) and not M.is_derived(s):  # pruned students use the teacher's own
-                    M.check_same_vocab(self._tokenizer, M.load_tokenizer(s))
+            if methods_needing_one_vocab(c):  # else students may bring their own (student_tokenizer)
+                for s in c.students:
+                    if not M.is_preset(s) and not M.is_derived(s):  # pruned students use the teacher's own
+                        M.check_same_vocab(self._tokenizer, M.load_tokenizer(s))
             return self._tokenizer
         for s in c.students:
             if not M.is_preset(s) and not M.is_derived(s):
@@ -104,11 +115,50 @@ class Stages:
         self._tokenizer = M.load_tokenizer(str(folder))
         return self._tokenizer
 
-    def pretrain_blocks(self) -> torch.Tensor | None:
+    def student_tokenizer(self, student: str) -> tuple:
+        """(tokenizer, key) a student trains and is evaluated with: the shared one, unless the student
+        brings its own (a real model of another vocabulary, or build.student_tokenizer for presets).
+        Only cross-tokenizer methods may then distil into it (the runner checks up front)."""
+        if student in self._student_toks:
+            return self._student_toks[student]
+        c = self.cfg
+        shared = (self.tokenizer(), self._tok_key)
+        out = shared
+        if M.is_derived(student):
+            pass
+        elif not M.is_preset(student):
+            tok = M.load_tokenizer(student)
+            if M.real_vocab(tok) != M.real_vocab(shared[0]):
+                out = (tok, stable_hash({"student_tokenizer": student}))
+        else:
+            tasks = [self.tasks.get(t) for t in self.tasks.all_names()]
+            rec = vocab.student_recipe(c, tasks)
+            if rec is not None:
+                def build(folder: Path):
+                    tok = vocab.build_student(c, tasks)
+                    tok.save_pretrained(folder)
+                    return {"vocab_size": len(tok)}
+
+                folder, key = self.stage("student-tokenizer", rec, build)
+                out = (M.load_tokenizer(str(folder)), key)
+        self._student_toks[student] = out
+        return out
+
+    def cross_tokenizer(self, student: str) -> bool:
+        return self.student_tokenizer(student)[0] is not self.tokenizer()
+
+    def tokenizer_for_group(self, group: str):
+        """The tokenizer of a leaderboard group's models (a student's own, or the shared one)."""
+        for s in self.cfg.students:
+            if label_of(s) == group:
+                return self.student_tokenizer(s)[0]
+        return self.tokenizer()
+
+    def pretrain_blocks(self, tokenizer=None) -> torch.Tensor | None:
         texts = self.tasks.get(self.cfg.train_task).pretrain_texts()
         if not texts:
             return None
-        return lm_blocks(self.tokenizer(), texts, self.cfg.max_length)
+        return lm_blocks(tokenizer or self.tokenizer(), texts, self.cfg.max_length)
 
     # ------------------------------------------------------------------------------------------
     # models
@@ -124,13 +174,13 @@ class Stages:
         if not M.is_preset(name):
             self._models[memo] = (name, stable_hash({"model": name}))
             return self._models[memo]
-        tok = self.tokenizer()
-        spec = {"role": role, "preset": name, "arch": M.MODEL_PRESETS.get(name).as_dict(), "tokenizer": self._tok_key,
+        tok, tok_key = self.student_tokenizer(name) if role == "student" else (self.tokenizer(), self._tok_key)
+        spec = {"role": role, "preset": name, "arch": M.MODEL_PRESETS.get(name).as_dict(), "tokenizer": tok_key,
                 "n_positions": self.cfg.max_length, "pretrain": to_dict(pretrain), "data": self.data_fp()}
 
         def build(folder: Path):
             model = M.build_preset_model(name, tok, self.cfg.max_length, seed=pretrain.seed)
-            blocks = self.pretrain_blocks()
+            blocks = self.pretrain_blocks(tok)
             hist = []
             if blocks is not None and pretrain.steps > 0:
                 trainer = Trainer(pretrain, folder, desc=f"pretrain {role}", device=self.cfg.device,
@@ -173,7 +223,8 @@ class Stages:
         folder, key = self.stage("student-pruned", spec, build)
         return str(folder / "model"), key
 
-    def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig) -> tuple[str, str]:
+    def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig,
+                   student: str | None = None) -> tuple[str, str]:
         spec = {"role": role, "base": base[1], "train": to_dict(train), "data": self.data_fp(), "method": "sft"}
         select = self.selection_spec() if role == "student" else None
         if select:
@@ -183,10 +234,10 @@ class Stages:
             return self._models[memo]
 
         def build(folder: Path):
-            tok = self.tokenizer()
+            tok = self.student_tokenizer(student)[0] if student else self.tokenizer()
             model = M.load_model(base[0])  # trained: fp32 master weights; --dtype is mixed precision
-            ctx = self.method_context(model, None, train, folder, "sft", role)
-            ctx.selector = self.selector() if select else None
+            ctx = self.method_context(model, None, train, folder, "sft", role, student=student)
+            ctx.selector = self.selector(student) if select else None
             make_method("sft").train(ctx)
             model = ctx.trainer.accelerator.unwrap_model(ctx.student)
             M.save_model(model.cpu(), tok, folder / "model")
@@ -212,7 +263,7 @@ class Stages:
     def student_sft(self, student: str, train_seed: int | None = None, point: dict | None = None) -> tuple[str, str]:
         """The SFT student (the `sft` row and MiniLLM's init), one per training seed (and tuning point)."""
         return self._sft_stage("student", self.student_base(student),
-                               self.cfg.train_config_for("sft", train_seed, None, point))
+                               self.cfg.train_config_for("sft", train_seed, None, point), student)
 
     def teacher_samples(self) -> list[Example]:
         """One teacher sample per train prompt (SeqKD data), generated once and cached."""
@@ -246,15 +297,20 @@ class Stages:
     # ------------------------------------------------------------------------------------------
     # what a method trains with
 
-    def method_context(self, model, teacher, train: TrainConfig, run_dir: Path, method_name: str, label: str):
-        ctx = MethodContext(student=model, teacher=teacher, tokenizer=self.tokenizer(),
+    def method_context(self, model, teacher, train: TrainConfig, run_dir: Path, method_name: str, label: str,
+                       student: str | None = None):
+        tok = self.student_tokenizer(student)[0] if student else self.tokenizer()
+        cross = tok is not self.tokenizer()
+        ctx = MethodContext(student=model, teacher=teacher, tokenizer=tok,
                             train_examples=self.tasks.train_examples(), train_cfg=train,
                             max_length=self.cfg.max_length, max_prompt_length=self.cfg.max_prompt_length,
-                            run_dir=run_dir, pretrain_blocks=self.pretrain_blocks(),
+                            run_dir=run_dir, pretrain_blocks=self.pretrain_blocks(tok),
                             teacher_samples_fn=self.teacher_samples if teacher is not None else None,
                             device=self.cfg.device, dtype=self.cfg.dtype, method_name=f"{method_name} ({label})",
-                            progress=self.progress)
-        ctx.vocab_size = len(self.tokenizer())  # logits are cut to the real vocabulary (padded embeddings)
+                            progress=self.progress, teacher_tokenizer=self.tokenizer() if cross else None)
+        ctx.vocab_size = len(tok)  # logits are cut to the real vocabulary (padded embeddings)
+        if cross:
+            ctx.teacher_vocab_size = len(self.tokenizer())
         return ctx
 
     def selection_spec(self) -> dict | None:
@@ -268,7 +324,8 @@ class Stages:
     def _selection_metric(self) -> str:
         return self.cfg.select.metric or self.tasks.get(self.cfg.train_task).primary_metric
 
-    def dev_scorer(self, metric: str = "", max_examples: int | None = None, seed: int | None = None):
+    def dev_scorer(self, metric: str = "", max_examples: int | None = None, seed: int | None = None,
+                   student: str | None = None):
         """(score_fn(model) -> float, metric, higher_is_better) on the train task's dev split: the
         primary metric (or `metric`) of a sampled evaluation at a fixed seed."""
         from .evaluation import evaluate
@@ -283,7 +340,7 @@ class Stages:
         metric = metric or task.primary_metric
         parent = next((m for m in METRICS.names() if m == metric or metric in METRICS.get(m).sub_directions), metric)
         hib = METRICS.get(parent, "dev metric").direction(metric)
-        tok = self.tokenizer()
+        tok = self.student_tokenizer(student)[0] if student else self.tokenizer()
         s = c.select.seed if seed is None else seed
 
         def score(model) -> float:
@@ -292,13 +349,13 @@ class Stages:
 
         return score, metric, hib
 
-    def selector(self):
+    def selector(self, student: str | None = None):
         """A DevSelector over the train task's dev split, or None (selection off)."""
         from .selection import DevSelector
 
         if not self.cfg.select.every:
             return None
-        score, metric, hib = self.dev_scorer(self._selection_metric())
+        score, metric, hib = self.dev_scorer(self._selection_metric(), student=student)
         return DevSelector(self.cfg.select.every, metric, hib, score)
 
     def place_teacher(self, teacher) -> None:
