@@ -42,6 +42,7 @@ from kdbench.data import collate, encode_pair
 from kdbench.method import (Batch, METHODS, Method, MethodConfig, MethodContext, LossOutput, ResumableBatches,
                             check_range, gather_logprobs)
 
+NEG_INF = float("-inf")
 ALPHA_MIN = 0.01  # lower clip of the curriculum (App. B.3; distillm_trainer.py:1151, 1185)
 GAP_EPS = 1e-5  # distillm_trainer.py:1151
 
@@ -66,9 +67,22 @@ class DistiLLM2Config(MethodConfig):
 
 
 def _mix(log_a: torch.Tensor, log_b: torch.Tensor, w_a: torch.Tensor) -> torch.Tensor:
-    """log(w_a a + (1 - w_a) b) per row weight w_a [N] in (0, 1]."""
+    """log(w_a a + (1 - w_a) b) per row weight w_a [N] in (0, 1]; entries where both terms are 0
+    stay -inf without a NaN in the backward pass (as kdbench.divergences does)."""
     w = w_a.float()[:, None]
-    return torch.logaddexp(log_a + w.log(), log_b + torch.log1p(-w))
+    x, y = log_a + w.log(), log_b + torch.log1p(-w)
+    both = (x == NEG_INF) & (y == NEG_INF)
+    out = torch.logaddexp(torch.where(both, torch.zeros_like(x), x), torch.where(both, torch.zeros_like(y), y))
+    return torch.where(both, torch.full_like(out, NEG_INF), out)
+
+
+def _kl(log_w: torch.Tensor, log_o: torch.Tensor) -> torch.Tensor:
+    """sum_v w (log w - log o); entries with w = 0 give 0, entries with o = 0 < w are left out (the
+    kdbench.divergences convention for -inf logits)."""
+    ok = (log_w > NEG_INF) & (log_o > NEG_INF)
+    zero = torch.zeros_like(log_w)
+    lw, lo = torch.where(ok, log_w, zero), torch.where(ok, log_o, zero)
+    return torch.where(ok, lw.exp() * (lw - lo), zero).sum(-1)
 
 
 def _seq_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -81,14 +95,14 @@ def token_skl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha:
     """SKL_a = sum_v p [log p - log(a p + (1 - a) q)] per position, logits [N, V], alpha [N]."""
     lq = torch.log_softmax(student_logits.float(), -1)
     lp = torch.log_softmax(teacher_logits.float(), -1)
-    return (lp.exp() * (lp - _mix(lp, lq, alpha))).sum(-1)
+    return _kl(lp, _mix(lp, lq, alpha))
 
 
 def token_srkl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """SRKL_a = sum_v q [log q - log((1 - a) p + a sg(q))] per position; q detached inside the mixture."""
     lq = torch.log_softmax(student_logits.float(), -1)
     lp = torch.log_softmax(teacher_logits.float(), -1)
-    return (lq.exp() * (lq - _mix(lq.detach(), lp, alpha))).sum(-1)
+    return _kl(lq, _mix(lq.detach(), lp, alpha))
 
 
 def rows_loss(token_fn, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,

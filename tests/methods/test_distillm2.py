@@ -50,6 +50,15 @@ def test_equal_distributions_give_zero():
         assert torch.allclose(fn(s, s.clone(), _a(0.1, 3)), torch.zeros(3), atol=1e-6)
 
 
+def test_minus_infinity_logits_stay_finite():
+    s, t = _logits(13, 3, 6).requires_grad_(), _logits(14, 3, 6)
+    t[:, 0] = float("-inf")  # a token the teacher bans
+    for fn in (token_skl, token_srkl):
+        v = fn(s, t, _a(0.1, 3))
+        (g,) = torch.autograd.grad(v.sum(), s)
+        assert torch.isfinite(v).all() and torch.isfinite(g).all()
+
+
 def test_srkl_gradient_has_the_student_detached_in_the_mixture():
     # analytic: d/dz_k sum_v q_v (log q_v - log M_v) with M = (1-a) p + a sg(q) is q_k (h_k - sum_v q_v h_v),
     # h = log q - log M. Without the stop-gradient an extra -q a / M term appears.
