@@ -92,3 +92,32 @@ def test_topk_reaches_the_sampler(tmp_path):
         make_method("skd", {"topk": k}).train(ctx)
         accept[k] = ctx.history[0]["accept"]
     assert accept[len(w.tok)] == 1.0 and accept[1] < 0.2
+
+
+def test_step_one_loss_uses_the_configured_divergence_and_k(tmp_path):
+    """The first logged loss equals the chosen divergence on the rollout the speculative sampler draws
+    from the initial student with the step's seed (K and the divergence reach the loss)."""
+    import copy
+
+    from kdbench.data import collate
+    from kdbench.divergences import token_reverse_kl
+    from kdbench.sampling import SamplingConfig, sample
+    from toy_kd import NEW
+
+    w = toy_world()
+    teacher = gpt2(w.tok, seed=7, std=0.5).eval()
+    student = gpt2(w.tok, seed=3, std=0.3)
+    s0 = copy.deepcopy(student).eval()
+    ctx = make_ctx(w.tok, w.exs, teacher, tmp_path, steps=1, lr=1e-9, student=student)
+    exs = next(ctx.example_batches())
+    make_method("skd", {"topk": 5, "divergence": "rkl"}).train(ctx)
+    ro = sample(s0, ctx.prompt_ids(exs), SamplingConfig(max_new_tokens=NEW), w.tok.eos_token_id, w.tok.pad_token_id,
+                seed=ctx.step_seed(0), batch_size=len(exs), mix_model=teacher, skd_topk=5)
+    b = collate(list(zip(ro.prompt_ids, ro.response_ids)), w.tok.pad_token_id)
+    with torch.no_grad():
+        expected = sequence_mean_divergence(token_reverse_kl, s0(input_ids=b.input_ids, attention_mask=b.attention_mask).logits,
+                                            teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits,
+                                            b.loss_mask)
+    assert ctx.history[0]["rkl"] == pytest.approx(float(expected), rel=1e-4)
+    replaced = sum(f for r in ro.replaced for f in r) / sum(len(r) for r in ro.replaced)
+    assert ctx.history[0]["accept"] == pytest.approx(1 - replaced, abs=1e-6)

@@ -181,3 +181,18 @@ def test_config_defaults_and_validation():
     assert make_method("uld").cross_tokenizer and not make_method("kd").cross_tokenizer
     with pytest.raises(ConfigError, match="method_config.uld.alignment"):
         make_method("uld", {"alignment": "bytes"})
+
+
+def test_the_configured_alignment_reaches_the_loss(cross, tmp_path):
+    world, stok, teacher = cross
+    student = gpt2(stok, seed=1, std=0.3, n_positions=MAXLEN)
+    ctx = make_ctx(stok, world.exs, teacher, tmp_path, steps=1, lr=1e-9, batch_size=4, student=student,
+                   max_length=MAXLEN, max_prompt_length=MAXPROMPT, teacher_tokenizer=world.tok)
+    first = next(ctx.example_batches())
+    b = pair_batch(stok, world.tok, first, [e.target for e in first], MAXLEN, MAXPROMPT, alignment="positional")
+    with torch.no_grad():
+        tv = teacher_view(b)
+        expected = float(uld_distance(student(input_ids=b.input_ids, attention_mask=b.attention_mask).logits,
+                                      teacher(input_ids=tv.input_ids, attention_mask=tv.attention_mask).logits, b))
+    make_method("uld", {"data": "gold", "alignment": "positional"}).train(ctx)
+    assert ctx.history[0]["uld"] == pytest.approx(expected, rel=1e-4)
