@@ -63,6 +63,9 @@ class Cells:
                   "student": student, "student_init": method.student_init, "init_key": init[1],
                   "teacher": c.teacher if method.requires_teacher else None, "teacher_key": teacher_key,
                   "data": self.stages.data_fp(), "max_length": c.max_length, "max_prompt_length": c.max_prompt_length}
+        unlabeled = self.stages.unlabeled_spec() if method.requires_teacher else None
+        if unlabeled:  # prompts without gold change what a teacher-guided method learns from
+            frozen["unlabeled"] = unlabeled
         select = self.stages.selection_spec()
         if select:  # only when on: the keys of runs without selection stay as they were
             frozen["select"] = select

@@ -194,6 +194,12 @@ class _Run:
         return f"no comparison {req.method} vs {req.other}"
 
 
+def _valued(d: dict | None) -> bool:
+    """A comparison record with a delta and a CI (a statistic that could not be computed on these
+    scores, e.g. a recomputed metric without its per-example inputs, has none: not measured)."""
+    return d is not None and all(d.get(k) is not None and d[k] == d[k] for k in ("delta", "ci_low", "ci_high"))
+
+
 def _instances(run: _Run, req: Requirement) -> list[dict]:
     out = []
     students = sorted(run.student_of.get(req.method, ()), key=str)
@@ -209,10 +215,11 @@ def _instances(run: _Run, req: Requirement) -> list[dict]:
             ev["size_ratio"] = run.sizes[s2] / run.sizes[s]
         d = run.lookup(task, metric, (s, req.method), (s2, req.other))
         vs = run.lookup(task, req.vs_metric, (s, req.method), (s2, req.other)) if req.vs_metric else None
-        if d is None or (req.vs_metric and vs is None):
+        if not _valued(d) or (req.vs_metric and not _valued(vs)):
             a, b = (f"{m}@{x}" if x is not None else m for m, x in ((req.method, s), (req.other, s2)))
-            absent = metric if d is None else req.vs_metric
-            out.append({**ev, "status": "missing", "reason": f"no comparison {a} vs {b} on {task}/{absent}"})
+            absent = metric if not _valued(d) else req.vs_metric
+            got = "no comparison" if (d if absent == metric else vs) is None else "no value for the comparison"
+            out.append({**ev, "status": "missing", "reason": f"{got} {a} vs {b} on {task}/{absent}"})
             continue
         status, why = _judge(req, d, vs)
         ev.update(d, status=status, reason=why)

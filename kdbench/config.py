@@ -124,6 +124,10 @@ class BenchConfig:
     methods: list[str] = field(default_factory=lambda: ["sft", "kd"])
     tasks: list[str] = field(default_factory=lambda: ["toy"])
     train_task: str = "toy"  # whose train split trains teacher and students
+    # Teacher-guided methods also learn from the train task's prompts without gold responses (its
+    # "unlabeled" split, where it has one): teacher samples as targets, or on-policy rollouts scored by
+    # the teacher. SFT never sees them. KD's premise is that the teacher knows what the gold data lacks.
+    use_unlabeled: bool = True
     max_length: int = 512  # prompt + response tokens in training (MiniLLM: 512)
     max_prompt_length: int = 256
     teacher_sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=5e-5))

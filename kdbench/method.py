@@ -122,7 +122,9 @@ class MethodContext:
     def __init__(self, *, student, teacher, tokenizer, train_examples: Sequence[Example], train_cfg: TrainConfig,
                  max_length: int, max_prompt_length: int, run_dir, log: logging.Logger | None = None,
                  pretrain_blocks: torch.Tensor | None = None, sampling: SamplingConfig | None = None,
-                 teacher_samples_fn: Callable[[], list[Example]] | None = None, device: str = "auto",
+                 teacher_samples_fn: Callable[[], list[Example]] | None = None,
+                 unlabeled_fn: Callable[[], list[Example]] | None = None, unlabeled_prompts: Sequence[Example] = (),
+                 device: str = "auto",
                  dtype: str = "float32", method_name: str = "", progress: bool = True, teacher_tokenizer=None):
         self.student = student
         self.teacher = teacher
@@ -139,6 +141,10 @@ class MethodContext:
         # Rollout decoding defaults to MiniLLM's (T=1, top-p 1, top-k 0), bounded by max_length.
         self.sampling = sampling or SamplingConfig(max_new_tokens=max_length - max_prompt_length)
         self._teacher_samples_fn = teacher_samples_fn
+        # Prompts without gold (the train task's "unlabeled" split; empty when the run does not use
+        # them): on-policy methods roll out on them too, methods that need a target get the teacher's.
+        self.unlabeled_prompts = list(unlabeled_prompts)
+        self._unlabeled_fn = unlabeled_fn
         self.method_name = method_name
         self.trainer = Trainer(train_cfg, run_dir, desc=method_name or "train", device=device, dtype=dtype,
                                progress=progress)
@@ -174,6 +180,19 @@ class MethodContext:
         return [encode_pair(self.tokenizer, ex.prompt, None, self.max_length, self.max_prompt_length)[0]
                 for ex in examples]
 
+    @property
+    def prompt_examples(self) -> list[Example]:
+        """Every prompt a teacher-guided method may learn from: train prompts, then unlabeled ones
+        (their targets are not to be used: rollouts only)."""
+        return self.train_examples + self.unlabeled_prompts
+
+    def guided_examples(self) -> list[Example]:
+        """Gold train examples plus, for each unlabeled prompt, the teacher's sample as its target:
+        the data of a method that needs a target on every prompt (word-level KD, GKD's off-policy part)."""
+        if not self.unlabeled_prompts or self._unlabeled_fn is None:
+            return list(self.train_examples)
+        return self.train_examples + self._unlabeled_fn()
+
     def example_batches(self, examples: Sequence[Example] | None = None, batch_size: int | None = None,
                         seed_offset: int = 0) -> Iterator[list[Example]]:
         """Infinite, seeded, reshuffled-every-epoch batches of examples."""
@@ -195,12 +214,12 @@ class MethodContext:
         cached teacher samples, or 'student' fresh samples from the current student every step
         (on-policy, as DistiLLM's student-generated outputs and GKD with lambda 1)."""
         check_choice("data", source, DATA_SOURCES, self.method_name)
-        if source == "gold":
-            return self.gold_batches()
+        if source == "gold":  # gold where there is gold; the teacher's sample on unlabeled prompts
+            return self.gold_batches(self.guided_examples())
         if source == "teacher":
             return self.gold_batches(self.teacher_samples())
         return (self.rollout_batch(self.sample(self.student, exs, seed=self.step_seed(k)))
-                for k, exs in enumerate(self.example_batches()))
+                for k, exs in enumerate(self.example_batches(self.prompt_examples)))
 
     def pretrain_batches(self, batch_size: int | None = None, seed_offset: int = 7) -> Iterator[Batch]:
         """The LM / pretraining stream (MiniLLM's L_PT); every position is a target."""
@@ -212,26 +231,28 @@ class MethodContext:
             yield lm_batch(blocks[idx])
 
     def teacher_samples(self) -> list[Example]:
-        """Train examples whose target is a teacher sample (generated once, cached, shared)."""
+        """Train examples, then the unlabeled prompts, each with a teacher sample as its target
+        (generated once per split, cached, shared)."""
         if self._teacher_samples_fn is None:
             raise ConfigError(f"method '{self.method_name}' needs teacher samples but no teacher is configured")
         return self._teacher_samples_fn()
 
-    def teacher_topk_cache(self, k: int):
-        """The teacher's top-k distributions on every train example (kdbench/teacher_cache.py),
-        computed once per cell (kept in run_dir, so a rerun or resume reuses it)."""
+    def teacher_topk_cache(self, k: int, examples: Sequence[Example] | None = None):
+        """The teacher's top-k distributions on every example (default: the train examples;
+        kdbench/teacher_cache.py), computed once per cell (kept in run_dir, so a rerun or resume reuses it)."""
         from .teacher_cache import TopKTeacherCache
 
         if self.teacher is None:
             raise ConfigError(f"method '{self.method_name}' needs a teacher for its top-k cache")
         vocab = self.vocab_size or len(self.tokenizer)
+        exs = list(self.train_examples if examples is None else examples)
         path = Path(self.run_dir) / f"teacher_topk_k{k}.pt" if self.run_dir else None
         if path is not None and path.exists():
             cache = TopKTeacherCache.load(path)
-            if cache.k == k and cache.vocab == vocab and all(ex.id in cache.entries for ex in self.train_examples):
+            if cache.k == k and cache.vocab == vocab and all(ex.id in cache.entries for ex in exs):
                 return cache
         cache = TopKTeacherCache(k, vocab)
-        cache.build(self, self.train_examples)
+        cache.build(self, exs)
         if path is not None:
             cache.save(path)
         return cache

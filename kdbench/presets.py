@@ -12,7 +12,8 @@ _TOY_LENGTHS = {"max_length": 48, "max_prompt_length": 24, "threads": 1}
 PRESETS.add("ci", {
     **_TOY_LENGTHS,
     "teacher": "gpt2-toy-s", "students": ["gpt2-toy-xs"], "methods": ["sft", "kd"], "tasks": ["toy"],
-    "task_options": {"toy": {"n_creatures": 16, "n_train": 600, "n_dev": 28, "n_test": 42, "pretrain_docs": 600}},
+    "task_options": {"toy": {"n_creatures": 16, "n_train": 600, "n_dev": 28, "n_test": 42, "pretrain_docs": 600,
+                             "n_unlabeled": 150}},
     "build": {"teacher_pretrain": {"steps": 150, "batch_size": 32, "lr": 3e-3, "warmup_steps": 10, "log_every": 20, "checkpoint_every": 10},
               "student_pretrain": {"steps": 30, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 10}},
     "teacher_sft": {"steps": 200, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5, "log_every": 20, "checkpoint_every": 10},

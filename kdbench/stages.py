@@ -266,13 +266,23 @@ class Stages:
                                self.cfg.train_config_for("sft", train_seed, None, point), student)
 
     def teacher_samples(self) -> list[Example]:
-        """One teacher sample per train prompt (SeqKD data), generated once and cached."""
+        """One teacher sample per train prompt (SeqKD data), then one per unlabeled prompt when the run
+        uses them (`unlabeled_samples`); generated once per split and cached."""
+        return self._teacher_samples(self.tasks.train_examples(), None) + self.unlabeled_samples()
+
+    def unlabeled_samples(self) -> list[Example]:
+        """The train task's prompts without gold, each with the teacher's sample as its target."""
+        exs = self.tasks.unlabeled_examples()
+        return self._teacher_samples(exs, "unlabeled") if exs else []
+
+    def _teacher_samples(self, exs: list[Example], split: str | None) -> list[Example]:
         teacher_path, teacher_key = self.teacher_model()
-        exs = self.tasks.train_examples()
         scfg = sampling_config(self.cfg.eval, self.cfg.max_length - self.cfg.max_prompt_length)
         scfg.no_repeat_ngram_size = 0
         seed = self.cfg.distill.seed
         spec = {"teacher": teacher_key, "data": self.data_fp(), "sampling": dataclasses.asdict(scfg), "seed": seed}
+        if split is not None:  # the train split's key predates the others: it stays as it was
+            spec["split"] = split
         c_max = self.cfg.max_length
 
         def build(folder: Path):
@@ -285,7 +295,7 @@ class Stages:
                                [{"id": ex.id, "response": t} for ex, t in zip(exs, r.texts(tok))])
             return {"n": len(exs), "generated_tokens": r.n_generated}
 
-        folder, _ = self.stage("teacher-samples", spec, build)
+        folder, _ = self.stage("teacher-samples" if split is None else f"teacher-samples-{split}", spec, build)
         by_id = {row["id"]: row["response"] for row in read_jsonl(folder / "samples.jsonl")}
         out = []
         for ex in exs:
@@ -293,6 +303,12 @@ class Stages:
             meta["target"] = by_id[ex.id]
             out.append(dataclasses.replace(ex, meta=meta))
         return out
+
+    def unlabeled_spec(self) -> dict | None:
+        """What the unlabeled prompts add to a teacher-guided train cell's key (None: nothing, so the
+        keys of runs without them stay as they were)."""
+        exs = self.tasks.unlabeled_examples()
+        return {"split": "unlabeled", "n": len(exs)} if exs else None
 
     # ------------------------------------------------------------------------------------------
     # what a method trains with
@@ -306,6 +322,8 @@ class Stages:
                             max_length=self.cfg.max_length, max_prompt_length=self.cfg.max_prompt_length,
                             run_dir=run_dir, pretrain_blocks=self.pretrain_blocks(tok),
                             teacher_samples_fn=self.teacher_samples if teacher is not None else None,
+                            unlabeled_fn=self.unlabeled_samples if teacher is not None else None,
+                            unlabeled_prompts=self.tasks.unlabeled_examples() if teacher is not None else (),
                             device=self.cfg.device, dtype=self.cfg.dtype, method_name=f"{method_name} ({label})",
                             progress=self.progress, teacher_tokenizer=self.tokenizer() if cross else None)
         ctx.vocab_size = len(tok)  # logits are cut to the real vocabulary (padded embeddings)

@@ -21,6 +21,9 @@ TASKS: Registry[type["Task"]] = Registry("task")
 SPLITS = ("train", "dev", "test")
 
 
+TRAINING_SPLITS = ("train", "unlabeled")
+
+
 @dataclass
 class TaskOptions:
     """Settings the runner passes to every task (from the benchmark config)."""
@@ -87,7 +90,8 @@ class Task:
             raise ValueError(f"task '{self.name}' has no split '{split}'; it has {list(self.splits)}")
         if split not in self._cache:
             exs = self.load_split(split)
-            cap = self.options.max_train_examples if split == "train" else self.options.max_eval_examples
+            # "unlabeled" prompts are training data: capped like the train split, not like evaluation
+            cap = self.options.max_train_examples if split in TRAINING_SPLITS else self.options.max_eval_examples
             if cap is not None:
                 exs = exs[:cap]
             if self.options.prompt_wrapper is not None:

@@ -5,6 +5,7 @@ filter, so training stages, evaluation cells and the dry run all see the same ex
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable
 
@@ -53,6 +54,17 @@ class TaskSet:
 
     def train_examples(self) -> list[Example]:
         return self.filter_prompts(self.get(self.cfg.train_task).examples("train"), f"{self.cfg.train_task}/train")
+
+    def unlabeled_examples(self) -> list[Example]:
+        """The train task's prompts without gold responses (split "unlabeled"), when the run uses them
+        (config key use_unlabeled) and the task has them; otherwise none."""
+        task = self.get(self.cfg.train_task)
+        if not self.cfg.use_unlabeled or "unlabeled" not in task.splits:
+            return []
+        exs = self.filter_prompts(task.examples("unlabeled"), f"{self.cfg.train_task}/unlabeled")
+        # Prompts only: a task may keep their gold for checking teacher labels; training never sees it.
+        return [dataclasses.replace(ex, references=[], meta={k: v for k, v in ex.meta.items() if k != "target"})
+                for ex in exs]
 
     def test_examples(self, name: str) -> list[Example]:
         return self.filter_prompts(self.get(name).examples("test"), f"{name}/test")

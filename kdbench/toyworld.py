@@ -30,7 +30,8 @@ KD's premise is that the teacher knows more than the gold data shows the student
   families, without gold. An engine that gives these prompts to teacher-guided methods (teacher
   samples as SeqKD targets; on-policy rollouts scored by the teacher in MiniLLM/GKD/DistiLLM;
   word-level KD on teacher samples) and never to SFT makes the knowledge lever measurable.
-  The engine does not consume it yet (benchmarks/sweep_world.py --unlabeled emulates it).
+  The engine does exactly that (config `use_unlabeled`, on by default; MethodContext
+  `guided_examples` / `prompt_examples`), and strips the split's gold before training.
 - multi-answer: `choose` has four modes per category; SFT sees one sampled gold answer per
   prompt, KD the teacher's whole distribution. This is where word-level KD differs from SFT
   with a small student (measured below).

@@ -91,8 +91,9 @@ class DistiLLM(Method):
                               f"at least {2 * cfg.dev_size} train examples, the task has {len(exs)}; lower dev_size")
         order = list(range(len(exs)))
         random.Random(ctx.train_cfg.seed).shuffle(order)
-        dev = [exs[i] for i in order[: cfg.dev_size]]
-        train = [exs[i] for i in order[cfg.dev_size:]]
+        dev = [exs[i] for i in order[: cfg.dev_size]]  # gold only: the dev loss is on gold responses
+        # the rest, plus the teacher's samples on prompts without gold (if the run has them)
+        train = [exs[i] for i in order[cfg.dev_size:]] + ctx.guided_examples()[len(exs):]
         eval_every = cfg.eval_every or max(1, len(train) // B)
         total = max(1, ctx.train_cfg.steps)
         divergence = LOSSES[cfg.loss]

@@ -52,7 +52,7 @@ class GKD(Method):
         if cfg.disable_dropout:
             disable_dropout(ctx.student)
         scfg = dataclasses.replace(ctx.sampling, temperature=cfg.temperature)
-        data = ctx.teacher_samples() if cfg.seq_kd else ctx.train_examples
+        data = ctx.teacher_samples() if cfg.seq_kd else ctx.guided_examples()
 
         def batches() -> Iterator[Batch]:
             rng = random.Random(ctx.train_cfg.seed)  # seeded: the same config gives the same data order

@@ -41,18 +41,20 @@ class KD(Method):
     def train(self, ctx: MethodContext) -> None:
         r, T = self.config.kd_ratio, self.config.temperature
 
-        cache = ctx.teacher_topk_cache(self.config.topk) if self.config.teacher_cache == "topk" else None
+        # gold train responses, plus the teacher's samples on prompts without gold (if the run has them)
+        data = ctx.guided_examples()
+        cache = ctx.teacher_topk_cache(self.config.topk, data) if self.config.teacher_cache == "topk" else None
 
         def teacher(batch):
             if cache is None:
                 return ctx.teacher_logits(batch)
-            ids = [ctx.train_examples[i].id for i in batch.extras["example_index"].tolist()]
+            ids = [data[i].id for i in batch.extras["example_index"].tolist()]
             return cache.teacher_logp(batch, ids).to(batch.input_ids.device)  # log-probs act as logits
 
         def cached_batches():
             # the same example order as gold_batches(), with each row's index for the cache lookup
-            pos = {id(ex): i for i, ex in enumerate(ctx.train_examples)}
-            for exs in ctx.example_batches():
+            pos = {id(ex): i for i, ex in enumerate(data)}
+            for exs in ctx.example_batches(data):
                 b = ctx.encode(exs)
                 b.extras["example_index"] = torch.tensor([pos[id(ex)] for ex in exs])
                 yield b
@@ -64,4 +66,4 @@ class KD(Method):
             kl = forward_kl(s / T, t / T, batch.loss_mask) * (T * T)
             return LossOutput((1 - r) * ce + r * kl, {"ce": float(ce.detach()), "fkl": float(kl.detach())})
 
-        ctx.fit(loss_fn, cached_batches() if cache is not None else ctx.gold_batches())
+        ctx.fit(loss_fn, cached_batches() if cache is not None else ctx.gold_batches(data))

@@ -173,7 +173,7 @@ class MiniLLM(Method):
                 logs["pt"] = pt.item()
             return LossOutput(loss, logs)
 
-        streams = {"examples": ctx.example_batches(batch_size=B * cfg.rollout_minibatches)}
+        streams = {"examples": ctx.example_batches(ctx.prompt_examples, batch_size=B * cfg.rollout_minibatches)}
         if pt_iter is not None:
             streams["pt"] = pt_iter
         ctx.fit(loss_fn, ResumableBatches(step, **streams))

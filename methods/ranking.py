@@ -79,7 +79,7 @@ class Ranking(Method):
             return torch.cat(out)
 
         def batches() -> Iterator[Batch]:
-            for k, exs in enumerate(ctx.example_batches()):
+            for k, exs in enumerate(ctx.example_batches(ctx.guided_examples())):  # every group has a target
                 rep = [ex for ex in exs for _ in range(N)]
                 r = ctx.sample(ctx.student, rep, seed=ctx.step_seed(k))
                 sampled = list(zip(r.prompt_ids, r.response_ids))

@@ -1,6 +1,7 @@
 """Speculative KD (Xu et al., ICLR 2025, arXiv 2410.11325): token-level KD on interleaved student/teacher samples.
 
-Data source: generated online every optimizer step, one sequence per prompt, no cache or replay. At
+Data source: generated online every optimizer step, one sequence per prompt (train prompts and the
+unlabeled ones, kdbench's convention for on-policy methods), no cache or replay. At
 each position the student proposes y ~ q; when y is not in the teacher's top-K (K = 25) the
 teacher's own sample y ~ p replaces it (paper Alg. 1; kdbench.sampling with `skd_topk`, stepping
 both models with their KV caches as teacher-mixed sampling does). K = |V| is on-policy KD; K = 1
@@ -77,7 +78,7 @@ class SKD(Method):
         token_fn = TOKEN_DIVERGENCES[cfg.divergence]
 
         def batches():
-            for k, exs in enumerate(ctx.example_batches()):
+            for k, exs in enumerate(ctx.example_batches(ctx.prompt_examples)):  # unlabeled prompts too
                 ro = ctx.sample(ctx.student, exs, seed=ctx.step_seed(k), cfg=scfg, skd_topk=cfg.topk)
                 b = ctx.rollout_batch(ro, {"replaced": ro.replaced})
                 yield b

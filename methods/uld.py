@@ -165,7 +165,8 @@ class ULD(Method):
 
     def train(self, ctx: MethodContext) -> None:
         cfg = self.config
-        data = ctx.teacher_samples() if cfg.data == "teacher" else ctx.train_examples
+        # teacher samples cover the unlabeled prompts too; "gold" takes the teacher's sample only there
+        data = ctx.teacher_samples() if cfg.data == "teacher" else ctx.guided_examples()
 
         def batches():
             for exs in ctx.example_batches(data):

@@ -33,7 +33,7 @@ MICRO = ["--preset", "ci", "--no-progress",
          "--set", "build.teacher_pretrain.log_every=3", "--set", "distill.log_every=3",
          "--set", "eval.seeds=[10]", "--set", "eval.max_examples=6",
          "--set", "task_options.toy.n_train=48", "--set", "task_options.toy.pretrain_docs=48",
-         "--set", "task_options.toy.n_test=6"]
+         "--set", "task_options.toy.n_test=6", "--set", "task_options.toy.n_unlabeled=12"]
 
 
 def skip_plots() -> None:

@@ -23,7 +23,8 @@ def plot_forest(run: Run, st: Styles, out: Path) -> list[Figure]:
     for task in tasks(run):
         metrics = [m for t, m in run.columns if t == task]
         recs = {m: [c for c in v.comparisons if c["task"] == task and c["metric"] == m
-                    and c["baseline"] == v.baseline and c.get("baseline_student") == c.get("student")]
+                    and c["baseline"] == v.baseline and c.get("baseline_student") == c.get("student")
+                    and c["ci_low"] is not None]  # None: not computable on these scores
                 for m in metrics}
         metrics = [m for m in metrics if recs[m]][:MAX_PANELS]
         if not metrics:

@@ -221,7 +221,7 @@ def delta_cells(run: Run, baseline: str) -> tuple[list[Key], dict[tuple, dict]]:
                      "significant": None}
                 v = getattr(run, "verdicts", None)
                 cmp = v.comparison(key[0], key[1], baseline, *c) if v is not None else None
-                if cmp is not None:
+                if cmp is not None and cmp["delta"] is not None:  # None: not computable on these scores
                     x.update(delta=cmp["delta"], ci_low=cmp["ci_low"], ci_high=cmp["ci_high"],
                              p_adjusted=cmp["p_adjusted"], significant=bool(cmp["significant"]))
                 out[(key, c)] = x

@@ -177,6 +177,10 @@ def _ranks(run: Run, cols: dict[tuple[str, str], Column]) -> list[dict]:
 
 
 CHANCE = {"cls_acc": 50.0}  # two-way label-word classification
+# Metrics with a ceiling: when every student is within SATURATION points of it, the metric cannot
+# rank them (Dist-4 on short valid answers: no 4-gram repeats, so everyone scores ~100).
+CEILING = {"dist4": 100.0, "mode_coverage": 100.0, "validity": 100.0, "cls_acc": 100.0}
+SATURATION = 0.5
 
 
 def metric_health(run: Run) -> list[dict]:
@@ -193,6 +197,9 @@ def metric_health(run: Run) -> list[dict]:
         issue = None
         if hi - lo <= 1e-9 * max(1.0, abs(hi)):
             issue = f"every student scores {hi:g}"
+        elif metric in CEILING and lo >= CEILING[metric] - SATURATION:
+            issue = (f"saturated: every student scores {lo:.2f}-{hi:.2f}, within {SATURATION:g} of the "
+                     f"ceiling {CEILING[metric]:g}")
         elif metric in CHANCE and all(r.get("ci_low") is not None and r["ci_low"] <= CHANCE[metric] <= r["ci_high"]
                                       for r in rows):
             issue = f"every student's 95% CI contains chance ({CHANCE[metric]:g}); range {lo:g}-{hi:g}"

@@ -80,3 +80,30 @@ def test_ties_share_the_bold_and_findings_flip_with_the_data(tmp_path):
     summarize(up, quiet=True)
     summarize(down, quiet=True)
     assert c2(up) == "supported" and c2(down) == "contradicted" and c2(tie) == "inconclusive"
+
+
+def test_findings_name_the_metrics_that_cannot_tell_students_apart(tmp_path):
+    """A saturated metric (every student within 0.5 of its ceiling) and one at chance for everyone
+    are reported with their numbers; a metric that separates the students is not."""
+    out = _write_run(tmp_path / "run", {"teacher": 0.9, "sft": 0.5, "kd": 0.7, "minillm": 0.8})
+    layout = RunLayout(out)
+    rng = np.random.default_rng(1)
+    for cell in layout.out.glob("cells/eval/*/*/**/toy/seed*"):
+        rec = json.loads((cell / "metrics.json").read_text())
+        rows = [json.loads(x) for x in (cell / "per_example.jsonl").read_text().splitlines()]
+        for r in rows:
+            r["dist4"] = 100.0 if rng.random() < 0.999 else 0.0  # ~99.9 for everyone
+            r["ece.correct"] = float(rng.random() < 0.5)  # a coin for everyone (recomputed metric)
+            r["ece.confidence"] = float(rng.uniform(0.5, 1.0))
+        atomic_write_jsonl(cell / "per_example.jsonl", rows)
+        rec["metrics"].update(dist4=float(np.mean([r["dist4"] for r in rows])),
+                              cls_acc=100.0 * float(np.mean([r["ece.correct"] for r in rows])), ece=0.3)
+        rec["metric_versions"].update(dist4=1, ece=1)
+        atomic_write_json(cell / "metrics.json", rec)
+    summarize(out, quiet=True)
+    text = (out / "findings.md").read_text()
+    health = text[text.index("cannot tell the students apart"):]
+    dist4 = next(ln for ln in health.splitlines() if "| dist4 |" in ln)
+    assert "saturated" in dist4 and "ceiling 100" in dist4
+    assert "contains chance (50)" in next(ln for ln in health.splitlines() if "| cls_acc |" in ln)
+    assert "| validity |" not in health
