@@ -1,7 +1,7 @@
 """DistiLLM-2 (Ko et al., ICML 2025, arXiv 2503.07067): contrastive skew KL on teacher and student responses.
 
-Data source: every prompt gets two responses. y_t is the teacher's (the cached teacher-samples stage,
-the SeqKD data); y_s is the current student's, sampled at temperature 0.8 / top-p 0.95 (upstream
+Data source: every prompt (train prompts and, when the run uses them, the unlabeled ones) gets two
+responses. y_t is the teacher's (the cached teacher-samples stage, the SeqKD data); y_s is the current student's, sampled at temperature 0.8 / top-p 0.95 (upstream
 generate_vllm.py:23-29). It starts from the SFT student, as the paper does.
 
 Divergence: skew forward KL on y_t, SKL_a = sum_v p [log p - log(a p + (1-a) q)], gradient through q
