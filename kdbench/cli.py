@@ -16,6 +16,7 @@ EPILOG = """examples:
   python run_bench.py --methods sft,kd --seeds 10,20,30 --set distill.lr=1e-3
   python run_bench.py summarize results/tiny             # rebuild the leaderboard from cells
   python run_bench.py summarize results/tiny --baseline kd   # delta table against kd instead of sft
+  python run_bench.py summarize runA runB --out merged  # one leaderboard from runs made elsewhere
   python run_bench.py --list                            # registered methods, tasks, metrics, presets
 """
 
@@ -237,16 +238,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "summarize":
             sp = argparse.ArgumentParser(prog=f"{_prog()} summarize",
-                                         description="rebuild leaderboards, plots and report.html from a run folder")
-            sp.add_argument("dir", help="benchmark output folder (holds cells/)")
+                                         description="rebuild leaderboards, plots and report.html from a run folder, "
+                                                     "or merge several run folders into one (--out)")
+            sp.add_argument("dirs", nargs="+", metavar="DIR", help="benchmark output folder(s) (each holds cells/)")
+            sp.add_argument("--out", help="merge the DIRs into this new folder and summarize it there (needed "
+                                          "with two or more DIRs)")
             sp.add_argument("--baseline", help="method the delta table compares with (default: sft, if present)")
             sargs = sp.parse_args(argv[1:])
             from .report import summarize
 
-            d = Path(sargs.dir)
-            if not (d / "cells").exists():
-                raise ConfigError(f"summarize: '{d}' has no cells/ folder; pass a benchmark output folder")
-            summarize(d, baseline=sargs.baseline)
+            dirs = [Path(d) for d in sargs.dirs]
+            for d in dirs:
+                if not (d / "cells").exists():
+                    raise ConfigError(f"summarize: '{d}' has no cells/ folder; pass a benchmark output folder")
+            if len(dirs) > 1 and not sargs.out:
+                raise ConfigError(f"summarize: {len(dirs)} run folders given; merging them needs --out MERGED "
+                                  "(a new folder for the merged leaderboard)")
+            target = dirs[0]
+            if sargs.out:
+                from .merge import merge_runs
+
+                target = Path(sargs.out)
+                rec = merge_runs(dirs, target)
+                print(f"merged {len(rec['cells'])} cells from {len(dirs)} runs into {target} "
+                      f"({len(rec['duplicates'])} found in more than one run, used once)")
+            summarize(target, baseline=sargs.baseline)
             return 0
         args = build_parser().parse_args(argv)
         if args.list:

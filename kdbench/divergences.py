@@ -181,6 +181,77 @@ def token_skew_reverse_kl(
     return _kl_from_log(log_q, _log_mix(log_q, log_p, alpha))
 
 
+def _w_phi(log_w: torch.Tensor, x: float, u: torch.Tensor) -> torch.Tensor:
+    """w * expm1(x*u)/x (its limit w*u at x = 0), w = exp(log_w). Past |x*u| = 1 it is computed as
+    (exp(log_w + x*u) - w)/x, whose exponent is (a+b) log p or (a+b) log q here: no overflow where
+    expm1 alone would overflow on a near-zero probability."""
+    w = torch.exp(log_w)
+    if x == 0.0:
+        return w * u
+    z = x * u
+    small = z.abs() <= 1
+    zero = torch.zeros_like(z)
+    return torch.where(small, w * torch.expm1(torch.where(small, z, zero)) / x,
+                       (torch.exp(log_w + torch.where(small, zero, z)) - w) / x)
+
+
+def _w_dphi(log_w: torch.Tensor, x: float, u: torch.Tensor) -> torch.Tensor:
+    """w * d/dx [expm1(x*u)/x] = w * ((z-1) e^z + 1)/x^2 with z = x*u; for |z| < 0.5, where that
+    cancels, w * u^2 * its Taylor series sum_n n/(n+1)! z^(n-1)."""
+    w = torch.exp(log_w)
+    if x == 0.0:
+        return 0.5 * w * u * u
+    z = x * u
+    small = z.abs() < 0.5
+    zs = torch.where(small, z, torch.zeros_like(z))
+    zl = torch.where(small, torch.ones_like(z), z)
+    series = sum(n / math.factorial(n + 1) * zs ** (n - 1) for n in range(1, 10))
+    return torch.where(small, w * u * u * series, ((zl - 1) * torch.exp(log_w + zl) + w) / (x * x))
+
+
+def token_alpha_beta(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.5,
+                     beta: float = 0.5) -> torch.Tensor:
+    """The alpha-beta divergence D(p || q) per position [B,T]; see ``alpha_beta``."""
+    alpha, beta = float(alpha), float(beta)
+    if not (math.isfinite(alpha) and math.isfinite(beta)):
+        raise ValueError(f"alpha and beta must be finite, got alpha={alpha}, beta={beta}")
+    _check(student_logits, teacher_logits)
+    log_q, log_p = _log_probs(student_logits, teacher_logits)
+    ok = (log_p > NEG_INF) & (log_q > NEG_INF)  # shared support (module docstring)
+    zero = torch.zeros_like(log_p)
+    lp, lq = torch.where(ok, log_p, zero), torch.where(ok, log_q, zero)
+    u = lp - lq
+    s = alpha + beta
+    # Each term is p^a q^b [phi(b, u) - phi(-a, u)] / (a + b) with phi(x, u) = expm1(x u)/x and
+    # u = log p - log q: a divided difference of phi, whose limits a -> 0, b -> 0 and a + b -> 0 are
+    # the continuous limits (Cichocki et al. 2011). Near a + b = 0 the difference cancels, so the
+    # midpoint derivative stands in (error O((a+b)^2)).
+    log_w = alpha * lp + beta * lq
+    if abs(s) > 1e-2:
+        val = (_w_phi(log_w, beta, u) - _w_phi(log_w, -alpha, u)) / s
+    else:
+        val = _w_dphi(log_w, (beta - alpha) / 2, u)
+    return torch.where(ok, val, zero).sum(-1)
+
+
+def token_akl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mu: float = 0.5) -> torch.Tensor:
+    """Adaptive KL per position [B,T]; see ``akl``."""
+    mu = _check_unit("mu", mu)
+    _check(student_logits, teacher_logits)
+    log_q, log_p = _log_probs(student_logits, teacher_logits)
+    with torch.no_grad():  # the weights carry no gradient (AKL.py get_ratio detaches q)
+        p_sorted, order = log_p.exp().sort(dim=-1, descending=True, stable=True)
+        gap = (p_sorted - log_q.exp().gather(-1, order)).abs()
+        head = p_sorted.cumsum(-1) <= mu  # the token that crosses mu is tail...
+        head[..., 0] = True  # ...unless it is the top-1, always head
+        g_head = torch.where(head, gap, torch.zeros_like(gap)).sum(-1)
+        g_all = gap.sum(-1)
+        # q = p gives 0/0: both KLs and their gradients are 0 there, so any weight is exact; take 1/2
+        w_head = torch.where(g_all > 0, g_head / torch.where(g_all > 0, g_all, torch.ones_like(g_all)),
+                             torch.full_like(g_all, 0.5))
+    return w_head * _kl_from_log(log_p, log_q) + (1 - w_head) * _kl_from_log(log_q, log_p)
+
+
 # --------------------------------------------------------------------------- batch losses
 
 
@@ -256,10 +327,31 @@ def skew_reverse_kl(
     return masked_token_loss(token_skew_reverse_kl, student_logits, teacher_logits, mask, alpha)
 
 
+def alpha_beta(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float = 0.5,
+               beta: float = 0.5) -> torch.Tensor:
+    """ABKD's alpha-beta divergence, -1/(ab) sum_v [p^a q^b - a/(a+b) p^(a+b) - b/(a+b) q^(a+b)].
+
+    (1, 0) is forward KL, (0, 1) reverse KL, (0.5, 0.5) 2 sum (sqrt p - sqrt q)^2, (1, 1) half the
+    squared L2; a, b or a + b = 0 are the continuous limits (1/a^2 factors, where the official
+    losses.py uses 1/a), computed in log space. Entries outside the shared support are left out.
+    """
+    return masked_token_loss(token_alpha_beta, student_logits, teacher_logits, mask, alpha, beta)
+
+
+def akl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, mu: float = 0.5) -> torch.Tensor:
+    """Adaptive KL (Wu et al. 2025): (g_H FKL + g_T RKL) / (g_H + g_T) per token.
+
+    The head H is the teacher's top-1 plus the tokens whose sorted cumulative mass is <= mu; g_H and
+    g_T sum |p - sg(q)| over the head and the tail. Weights are 1/2 where q = p (0/0 otherwise).
+    """
+    return masked_token_loss(token_akl, student_logits, teacher_logits, mask, mu)
+
+
 # Every batch divergence by name (methods that take a divergence as a config value look it up here);
 # a new divergence registers with `DIVERGENCES.add(name, fn)`.
 DIVERGENCES: Registry[Callable[..., torch.Tensor]] = Registry("divergence")
-for _fn in (forward_kl, reverse_kl, js, generalized_jsd, tvd, skew_forward_kl, skew_reverse_kl):
+for _fn in (forward_kl, reverse_kl, js, generalized_jsd, tvd, skew_forward_kl, skew_reverse_kl, alpha_beta,
+            akl):
     DIVERGENCES.add(_fn.__name__, _fn, (_fn.__doc__ or "").strip().splitlines()[0])
 
 

@@ -12,6 +12,10 @@ names a folder under a run or cache directory, so writers and readers cannot dri
                                                      generations.jsonl, per_example.jsonl, metrics.json, DONE
     <cache>/<kind>-<key>/                            a cached stage (stage.json, DONE, its outputs)
     <cache>/.<kind>-<key>.partial/                   a stage being built (resumable; renamed when done)
+    <out>/merged_from.json                           a merged run (`summarize A B --out M`): its source runs
+                                                     and the source of every cell
+    <out>/exports/                                   lm-eval-shaped results, per-example scores (summarize)
+    <model folder>/README.md                         the student's Hugging Face model card (summarize)
 
 <group> is the student's label (or `_teacher`); the `train-seed<k>` level exists only for models that
 were trained per training seed (distilled students), never for the teacher or the student base.
@@ -151,12 +155,33 @@ class RunLayout:
     def summary_marker(self) -> Path:
         return self.out / ".summarized"
 
+    @property
+    def merge_record(self) -> Path:
+        """Written only in a merged run: the source runs and which one each cell came from."""
+        return self.out / "merged_from.json"
+
+    @property
+    def exports(self) -> Path:
+        return self.out / "exports"
+
+    def merge_sources(self) -> dict[str, str]:
+        """Cell path (relative to the run folder) -> label of the run it came from; {} if not merged."""
+        if not self.merge_record.exists():
+            return {}
+        return dict(read_json(self.merge_record).get("cells", {}))
+
     # stages
     def stage(self, kind: str, key: str) -> Path:
         return self.cache / f"{kind}-{key}"
 
     def stage_partial(self, kind: str, key: str) -> Path:
         return self.cache / f".{kind}-{key}.partial"
+
+    @staticmethod
+    def stage_spec_of(model_dir: Path | str) -> dict:
+        """The spec a cached stage was built from, given the model folder inside it ({} if none)."""
+        rec = Path(model_dir).parent / "stage.json"
+        return dict(read_json(rec).get("spec") or {}) if rec.exists() else {}
 
     def stages_of(self, kind: str) -> Iterator[Path]:
         """Finished stages of one kind (e.g. student-base), for readers such as the parameter count."""
@@ -174,8 +199,11 @@ class RunLayout:
         """The tuning record of one (student, method): grid, dev scores, selected point."""
         return self.cells / "train" / label_of(student) / method / "tuning.json"
 
+    def tuning_files(self) -> list[Path]:
+        return sorted((self.cells / "train").glob("*/*/tuning.json"))
+
     def tuning_records(self) -> list[dict]:
-        return [read_json(p) for p in sorted((self.cells / "train").glob("*/*/tuning.json"))]
+        return [read_json(p) for p in self.tuning_files()]
 
     def teacher_failure(self) -> Path:
         return self.cells / "train" / TEACHER_GROUP
@@ -216,6 +244,16 @@ class RunLayout:
                           "train_seed": ref.train_seed}
             out.append(e)
         return out
+
+    def cell_folders(self) -> Iterator[Path]:
+        """Every finished or failed cell folder (DONE or error.json), for copying runs into a merge."""
+        found = {m.parent for name in ("DONE", "error.json") for m in self.cells.glob(f"**/{name}") if m.is_file()}
+        yield from sorted(found)
+
+    def cell_files(self, cell: Path) -> list[Path]:
+        """The record files of a cell (not its model/ folder, checkpoints or temp files)."""
+        return sorted(p for p in cell.iterdir() if p.is_file() and not p.name.startswith(".")
+                      and not p.name.startswith("checkpoint"))
 
     def train_cells(self) -> Iterator[tuple[str, str, Optional[int], Path]]:
         """(student label, method, training seed, folder) of every train cell folder with files in it."""

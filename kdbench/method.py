@@ -44,13 +44,13 @@ from .registry import Registry
 from .sampling import Rollout, SamplingConfig, sample
 from .schema import Example
 from .trainer import LossOutput, ResumableBatches, Trainer
-from .divergences import (DIVERGENCES, forward_kl, generalized_jsd, js, masked_mean, masked_token_loss,  # noqa: F401
-                          reverse_kl, skew_forward_kl, skew_reverse_kl, tvd)
+from .divergences import (DIVERGENCES, akl, alpha_beta, forward_kl, generalized_jsd, js, masked_mean,  # noqa: F401
+                          masked_token_loss, reverse_kl, skew_forward_kl, skew_reverse_kl, tvd)
 
 __all__ = ["METHODS", "Method", "MethodConfig", "MethodContext", "check_range", "check_choice", "DATA_SOURCES",
            "LossOutput", "Batch", "ResumableBatches", "cross_entropy", "gather_logprobs", "disable_dropout",
            "masked_token_loss", "masked_mean", "DIVERGENCES", "forward_kl", "reverse_kl", "js", "generalized_jsd",
-           "tvd", "skew_forward_kl", "skew_reverse_kl", "make_method"]
+           "tvd", "skew_forward_kl", "skew_reverse_kl", "alpha_beta", "akl", "make_method"]
 
 METHODS: Registry[type["Method"]] = Registry("method")
 
@@ -145,6 +145,7 @@ class MethodContext:
         # them): on-policy methods roll out on them too, methods that need a target get the teacher's.
         self.unlabeled_prompts = list(unlabeled_prompts)
         self._unlabeled_fn = unlabeled_fn
+        self._guided: list[Example] | None = None
         self.method_name = method_name
         self.trainer = Trainer(train_cfg, run_dir, desc=method_name or "train", device=device, dtype=dtype,
                                progress=progress)
@@ -191,12 +192,15 @@ class MethodContext:
         the data of a method that needs a target on every prompt (word-level KD, GKD's off-policy part)."""
         if not self.unlabeled_prompts or self._unlabeled_fn is None:
             return list(self.train_examples)
-        return self.train_examples + self._unlabeled_fn()
+        if self._guided is None:
+            self._guided = self.train_examples + self._unlabeled_fn()
+        return list(self._guided)
 
     def example_batches(self, examples: Sequence[Example] | None = None, batch_size: int | None = None,
                         seed_offset: int = 0) -> Iterator[list[Example]]:
-        """Infinite, seeded, reshuffled-every-epoch batches of examples."""
-        exs = list(examples if examples is not None else self.train_examples)
+        """Infinite, seeded, reshuffled-every-epoch batches of examples (default: `guided_examples`,
+        so a teacher-guided method sees the prompts without gold unless it chooses its data)."""
+        exs = list(examples if examples is not None else self.guided_examples())
         for idx in infinite_batches(len(exs), batch_size or self.train_cfg.batch_size, self.train_cfg.seed + seed_offset):
             yield [exs[i] for i in idx]
 

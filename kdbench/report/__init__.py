@@ -7,6 +7,9 @@ output is a pure function of the cells: summarizing twice gives identical files.
 
 Outputs in the run folder:
     leaderboard.md / .csv / .json / .tex   mean and 95% CI per (student, method, task, metric)
+    exports/lm_eval/<model>.json           the leaderboard in lm-evaluation-harness's results shape (exports.py)
+    exports/per_example.csv                the per-example scores every CI and comparison resamples
+    <model folder>/README.md               a Hugging Face model card per saved student (cards.py)
     leaderboard_delta.md                   each cell minus the baseline method's (default: sft), with CIs
     comparisons.json                       every paired comparison: delta, CI, p, adjusted p, significant
     findings.md / findings.json            each registered claim (the paper's and the user's) with its verdict
@@ -24,6 +27,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_text
 from .data import Run, aggregate, collect, load_run  # noqa: F401 - public helpers
 from .cost import cost_csv, cost_markdown, cost_rows
+from .provenance import sources_markdown
 from .tables import check_tex_shape, default_baseline, delta_markdown, latex, leaderboard_csv, markdown, to_json
 
 log = logging.getLogger("kdbench")
@@ -50,7 +54,7 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
     run.verdicts = compute(run, baseline)  # CIs on every row, comparisons, bold sets, findings
 
     written: dict[str, str] = {
-        "leaderboard.md": markdown(run),
+        "leaderboard.md": markdown(run) + sources_markdown(run),
         "leaderboard.csv": leaderboard_csv(run),
         "leaderboard.json": to_json(run.rows),
         "leaderboard.tex": latex(run),
@@ -80,6 +84,13 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
         if name not in written:
             (out / name).unlink(missing_ok=True)
 
+    from ..layout import RunLayout
+    from .cards import write_cards
+    from .exports import write_exports
+
+    write_exports(run, RunLayout(out).exports, run.verdicts.columns)
+    cards = write_cards(run)
+
     plot_dir = out / "plots"
     for old in sorted(plot_dir.glob("*.png")) + sorted(plot_dir.glob("*.svg")):
         old.unlink()  # a rebuild shows only what the current cells support
@@ -104,5 +115,8 @@ def summarize(out_dir: Path | str, quiet: bool = False, baseline: str | None = N
                 counts[f["verdict"]] = counts.get(f["verdict"], 0) + 1
             print(f"findings: {out / 'findings.md'} (" + ", ".join(f"{n} {k}" for k, n in counts.items()) + ")")
         print(f"plots: {len(figs)} in {plot_dir} ({', '.join(f.stem for f in figs)})")
+        print(f"exports: {RunLayout(out).exports} (lm_eval/*.json, per_example.csv)")
+        if cards:
+            print(f"model cards: {len(cards)} (README.md in each student's model folder)")
         print(f"report: {out / 'report.html'}")
     return run.rows

@@ -35,6 +35,7 @@ class Run:
     train: dict[Key, dict] = field(default_factory=dict)  # (student, method) -> train cell files
     params: dict[str, int] = field(default_factory=dict)  # student label -> parameter count
     verdicts: Any = None  # report.verdicts.Verdicts once computed: CIs, comparisons, bold sets, findings
+    sources: list[dict] = field(default_factory=list)  # a merged run's source runs (label, path); else []
 
     def row(self, key: Key, col: tuple[str, str]) -> dict | None:
         return self._index.get((*key, *col))
@@ -287,8 +288,27 @@ def load_run(out: Path | str) -> Run:
     k_rank = {k: i for i, k in enumerate(keys)}
     c_rank = {c: i for i, c in enumerate(cols)}
     rows.sort(key=lambda r: (k_rank[(r["student"], r["method"])], c_rank[(r["task"], r["metric"])]))
+    sources = _mark_sources(out, records, rows)
     return Run(out=out, config=config, run_info=run_info, records=records, failures=failures, rows=rows,
-               keys=keys, columns=cols, train=train, params=_student_params(out, train, config))
+               keys=keys, columns=cols, train=train, params=_student_params(out, train, config), sources=sources)
+
+
+def _mark_sources(out: Path, records: list[dict], rows: list[dict]) -> list[dict]:
+    """In a merged run (kdbench.merge), give every row the runs its eval cells came from."""
+    layout = RunLayout(out)
+    cell_source = layout.merge_sources()
+    if not cell_source:
+        return []
+    sources = [{"label": s["label"], "path": s["path"]} for s in read_json(layout.merge_record)["sources"]]
+    order = {s["label"]: i for i, s in enumerate(sources)}
+    by_row: dict[tuple, set] = {}
+    for rec in records:
+        rel = layout.eval_cell_of(rec).relative_to(out).as_posix()
+        by_row.setdefault((student_of_group(rec["group"]), rec["model"], rec["task"]), set()).add(cell_source.get(rel))
+    for r in rows:
+        found = by_row.get((r["student"], r["method"], r["task"]), set()) - {None}
+        r["runs"] = sorted(found, key=lambda lb: order.get(lb, len(order)))
+    return sources
 
 
 def first_seed_generations(run: Run, task: str) -> tuple[int | None, dict[Key, list[dict]]]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import struct
-import subprocess
-from pathlib import Path
 from typing import Any
 
 from .data import REFERENCE_ROWS, TEACHER, Key, Run, first_seed_generations, tasks
 from .plots import Figure, styles_for
 from .cost import COST_FIELDS, _fmt_cost
 from .html_verdicts import _findings, _tuning
+from .provenance import git_commit, row_sources
 from .tables import (DASH, PARTIAL, STAR, best_by_group, ci_note, cell_flags, decimals, delta_cells, direction,
                      failure_lines, student_label)
 
@@ -76,26 +75,6 @@ footer { color: var(--muted); font-size: 12px; padding: 16px 32px; border-top: 1
 
 def e(x: Any) -> str:
     return html.escape(str(x), quote=True)
-
-
-def git_commit(run: Run) -> str | None:
-    """The run's recorded commit if it has one, else the commit of the code that summarized it."""
-    for src in (run.run_info, run.config):
-        for k in ("git_commit", "git", "commit"):
-            if isinstance(src.get(k), str) and src[k]:
-                return src[k]
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-        mark = " (with uncommitted changes)" if dirty.returncode == 0 and dirty.stdout.strip() else ""
-        return f"{head.stdout.strip()}{mark}, the code that summarized this run"
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -338,6 +317,14 @@ def _samples(run: Run) -> str:
     return "".join(parts) or '<p class="note">No generations found.</p>'
 
 
+def _sources(run: Run) -> str:
+    runs = "".join(f"<tr><td>{e(s['label'])}</td><td><code>{e(s['path'])}</code></td></tr>" for s in run.sources)
+    rows = "".join(f"<tr><td>{e(s or DASH)}</td><td>{e(m)}</td><td>{e(t)}</td><td>{e(', '.join(r) or DASH)}</td></tr>"
+                   for s, m, t, r in row_sources(run))
+    return (f'<table class="kv"><tr><th>run</th><th>folder</th></tr>{runs}</table>'
+            f"<table><tr><th>student</th><th>method</th><th>task</th><th>from run(s)</th></tr>{rows}</table>")
+
+
 def render(run: Run, figs: list[Figure], problems: list[str], baseline: str | None, cost: list[dict]) -> str:
     title = f"kdbench report: {run.config.get('preset') or run.out.name}"
     sections = [("setup", "Setup", _setup(run)), ("leaderboard", "Leaderboard", _leaderboard(run)),
@@ -345,6 +332,8 @@ def render(run: Run, figs: list[Figure], problems: list[str], baseline: str | No
                 ("findings", "Findings", _findings(run)),
                 ("cost", "Cost", _cost(run, cost) + _tuning(run)), ("plots", "Plots", _plots(figs, problems)),
                 ("samples", "Samples", _samples(run))]
+    if run.sources:
+        sections.insert(1, ("sources", "Sources (merged run)", _sources(run)))
     fl = failure_lines(run)
     if fl:
         sections.append(("failures", f"Failures ({len(run.failures)} cells)",

@@ -39,6 +39,7 @@ class Verdicts:
     baseline: str | None = None
     health: list[dict] = field(default_factory=list)  # metrics that cannot tell the students apart
     levels: dict[tuple, str] = field(default_factory=dict)  # (task, metric) -> example | cell
+    columns: dict[tuple, Column] = field(default_factory=dict)  # every column's per-example frame (exports)
 
     def comparison(self, student, method, baseline, task, metric) -> dict | None:
         for c in self.comparisons:
@@ -105,9 +106,10 @@ def _enough(col: Column) -> bool:
 
 def compute(run: Run, baseline: str | None) -> Verdicts:
     """CIs on run.rows (in place), comparisons, bold sets, rank intervals and findings."""
-    cols = {k: c for k, c in load_columns(run).items() if _enough(c)}
+    every = load_columns(run)
+    cols = {k: c for k, c in every.items() if _enough(c)}
     attach_cis(run, cols)
-    v = Verdicts(baseline=baseline, levels={k: c.level for k, c in cols.items()})
+    v = Verdicts(baseline=baseline, levels={k: c.level for k, c in cols.items()}, columns=every)
     for (task, metric), col in cols.items():
         by_model = frames_by_model(col)
         for student, methods in _groups(run).items():

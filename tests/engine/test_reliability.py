@@ -115,6 +115,8 @@ def train_method(world, run_dir, name, overrides, steps, kill_after_checkpoint=N
     ("minillm", {"rollout_minibatches": 2, "ppo_epochs": 2}, 6, 1),
     # replay buffer, dev-loss threshold and a seeded RNG carried over steps
     ("distillm", {"init_threshold": 0.6, "capacity": 8, "dev_size": 8, "eval_every": 2}, 6, 2),
+    # TAID's t, momentum and last loss carried over steps (adaptive rule ahead of the linear floor)
+    ("taid", {"t_start": 0.1, "t_end": 0.9, "alpha": 0.8}, 6, 2),
 ])
 def test_method_resumes_exactly(world, tmp_path, monkeypatch, name, overrides, steps, kill_at):
     ref_w, ref_h, ref_c = train_method(world, None, name, overrides, steps)

@@ -79,7 +79,7 @@ def _data_seen(name, world, tmp_path, with_teacher=True):
     inner = ctx.example_batches
 
     def spy(examples=None, *a, **k):
-        seen.extend(examples if examples is not None else ctx.train_examples)
+        seen.extend(examples if examples is not None else ctx.guided_examples())
         return inner(examples, *a, **k)
 
     ctx.example_batches = spy

@@ -27,6 +27,13 @@ ALL = [
     ("skew_forward_kl", {"alpha": 0.0}),
     ("skew_reverse_kl", {}),
     ("skew_reverse_kl", {"alpha": 0.5}),
+    ("alpha_beta", {}),
+    ("alpha_beta", {"alpha": 0.2, "beta": 0.7}),
+    ("alpha_beta", {"alpha": 1.0, "beta": 0.0}),
+    ("alpha_beta", {"alpha": 0.0, "beta": 0.0}),
+    ("alpha_beta", {"alpha": 0.4, "beta": -0.4}),
+    ("akl", {}),
+    ("akl", {"mu": 0.8}),
 ]
 IDS = [f"{n}-{kw}" for n, kw in ALL]
 
@@ -276,8 +283,8 @@ def test_gradient_matches_closed_form_for_forward_kl():
 def test_registry_and_validation(rand):
     s, t = rand
     assert set(D.DIVERGENCES) == {
-        "forward_kl", "reverse_kl", "js", "generalized_jsd", "tvd", "skew_forward_kl", "skew_reverse_kl"
-    }
+        "forward_kl", "reverse_kl", "js", "generalized_jsd", "tvd", "skew_forward_kl", "skew_reverse_kl", "alpha_beta",
+        "akl"}
     assert D.get_divergence("tvd") is D.tvd
     with pytest.raises(UnknownNameError) as e:
         D.get_divergence("forward_kld")

@@ -1,0 +1,46 @@
+"""FKL: token-level forward KL to the teacher on gold responses, from the SFT student, no CE term.
+
+The FKL baseline of the ABKD and DistiLLM papers: their codebase's `--type kd` (finetune.py:192
+`forward_kl`) run with --kd-ratio 1.0 from the `init` SFT student (ghwang-s/abkd
+scripts/gpt2/kd/kd_base.sh:18, 62). It differs from our `kd` (MiniLLM's word-level KD: 0.5 CE +
+0.5 FKL from the base student) in those two settings, and from `abkd` and `akl` only in the
+divergence, which makes it the baseline of their "beats FKL" claims.
+
+Data source: gold responses. Divergence: `kdbench.divergences.forward_kl`. Update rule: gradient
+descent on (1 - kd_ratio) * CE + kd_ratio * FKL, token mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, check_range, cross_entropy,
+                            forward_kl)
+
+
+@dataclass
+class FKLConfig(MethodConfig):
+    kd_ratio: float = 1.0  # scripts/gpt2/kd/kd_base.sh:62 --kd-ratio 1.0 (ABKD / DistiLLM codebase)
+
+    def __post_init__(self) -> None:
+        check_range("kd_ratio", self.kd_ratio, 0.0, 1.0, "fkl")
+
+
+@METHODS.register("fkl")
+class FKL(Method):
+    description = "forward KL to the teacher on gold responses, from SFT, no CE (ABKD/DistiLLM's FKL baseline)"
+    Config = FKLConfig
+    requires_teacher = True
+    student_init = "sft"  # kd_base.sh:18 distils the `init` (SFT) student
+
+    def train(self, ctx: MethodContext) -> None:
+        r = self.config.kd_ratio
+
+        def loss_fn(batch):
+            s = ctx.logits(ctx.student, batch)
+            d = forward_kl(s, ctx.teacher_logits(batch), batch.loss_mask)
+            if r == 1:
+                return LossOutput(d, {"fkl": d.item()})
+            ce = cross_entropy(s, batch.labels)
+            return LossOutput(r * d + (1 - r) * ce, {"fkl": d.item(), "ce": ce.item()})
+
+        ctx.fit(loss_fn, ctx.gold_batches())
