@@ -16,6 +16,7 @@ from pathlib import Path
 from . import adapters, tracking
 from . import models as M
 from .config import BenchConfig, stable_hash, to_dict
+from .errors import ConfigError
 from .evaluation import eval_cache_spec, evaluate, task_eval_config
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
 from .layout import EvalRecord, RunLayout, TrainResult, label_of
@@ -53,6 +54,9 @@ class Cells:
         cell = self.layout.train_cell(student, method_name, train_seed, point_label(point) if point else None)
         if cls.shared_stage:  # the SFT student is a shared cached stage (MiniLLM's init too)
             return self._stage_cell(cell, student, method_name, train, train_seed, point)
+        if method.requires_teacher and not cls.cross_tokenizer and self.stages.cross_tokenizer(student):
+            raise ConfigError(f"method '{method_name}' needs the teacher's vocabulary, but student '{student}' has "
+                              "its own tokenizer; only cross-tokenizer methods (Method.cross_tokenizer) distil into it")
         teacher_path, teacher_key = self.stages.teacher_model() if method.requires_teacher else (None, None)
         init = (self.stages.student_sft(student, train_seed) if method.student_init == "sft"
                 else self.stages.student_base(student))
@@ -91,8 +95,8 @@ class Cells:
         teacher = M.load_model(teacher_path, c.dtype) if teacher_path else None  # frozen: loaded in --dtype
         if teacher is not None:
             self.stages.place_teacher(teacher)
-        ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student))
-        ctx.selector = self.stages.selector() if select else None
+        ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student), student)
+        ctx.selector = self.stages.selector(student) if select else None
         deps = self._record_deps(ctx)
         track = tracking.run_name(label_of(student), method_name, train_seed)
         with self.stages.tracked(ctx, track + (f"/{point_label(point)}" if point else ""), frozen):
@@ -100,10 +104,10 @@ class Cells:
         model = ctx.trainer.accelerator.unwrap_model(ctx.student)
         params = adapters.parameter_counts(model)
         if c.peft.enabled:
-            model_path = adapters.save(model.cpu(), self.stages.tokenizer(), cell, init[0], c.peft.save_merged)
+            model_path = adapters.save(model.cpu(), ctx.tokenizer, cell, init[0], c.peft.save_merged)
         else:
             model_path = cell / "model"
-            M.save_model(model.cpu(), self.stages.tokenizer(), model_path)
+            M.save_model(model.cpu(), ctx.tokenizer, model_path)
         atomic_write_json(cell / "history.json", ctx.history)
         # the model's key for its eval cells: the cell's key, plus what it read (unchanged when nothing)
         model_key = stable_hash({"cell": key, "depends": deps}) if deps else key
@@ -178,7 +182,7 @@ class Cells:
 
     def dev_score(self, res: TrainResult, cell: Path, metric: str = "") -> float:
         """The trained model's dev score (tuning), cached in the cell next to its result."""
-        score_fn, name, _ = self.stages.dev_scorer(metric)
+        score_fn, name, _ = self.stages.dev_scorer(metric, student=res.get("student"))
         f = cell / "dev_score.json"
         if f.exists():
             rec = read_json(f)
@@ -213,8 +217,11 @@ class Cells:
         model = self._load_cached(model_path)
         exs = self.tasks.test_examples(task_name)
         t0 = time.time()
-        res = evaluate(model, self.stages.tokenizer(), task, exs, seed, ev, metrics,
-                       max_prompt_length=c.max_prompt_length, model_label=model_label, teacher_fn=self._eval_teacher,
+        tok = self.stages.tokenizer_for_group(group)
+        # the teacher as a metric's oracle (exposure bias) scores the model's tokens: only with one vocabulary
+        teacher_fn = self._eval_teacher if tok is self.stages.tokenizer() else (lambda: None)
+        res = evaluate(model, tok, task, exs, seed, ev, metrics,
+                       max_prompt_length=c.max_prompt_length, model_label=model_label, teacher_fn=teacher_fn,
                        settings=settings, run_dir=self.layout.out, session=self.session)
         atomic_write_jsonl(cell / "generations.jsonl", res.generations)
         atomic_write_jsonl(cell / "per_example.jsonl", res.per_example)  # what the statistics resample

@@ -105,6 +105,17 @@ class ModelBuildConfig:
     student_pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=2e-3, warmup_steps=30))
     tokenizer: str = "word"  # word | bpe (tokenizer trained offline on the task's text)
     bpe_vocab_size: int = 1024
+    # Preset students' tokenizer: "same" (the teacher's) or "bpe" (byte-level BPE of
+    # student_bpe_vocab_size on the tasks' text; only methods that distil across tokenizers may then
+    # use a teacher, see Method.cross_tokenizer)
+    student_tokenizer: str = "same"
+    student_bpe_vocab_size: int = 320
+
+    def __post_init__(self) -> None:
+        _check(self.student_tokenizer in ("same", "bpe"), "build.student_tokenizer",
+               f"'{self.student_tokenizer}' is not one of same, bpe")
+        _check(self.student_bpe_vocab_size > 256, "build.student_bpe_vocab_size",
+               f"must exceed the 256 byte symbols, got {self.student_bpe_vocab_size}")
 
 
 @dataclass

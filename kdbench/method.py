@@ -94,6 +94,9 @@ class Method:
     # True when the method trains on the pretraining corpus (config pt_corpus; MiniLLM's L_PT), so
     # the corpus is part of its train cell's key
     uses_pretrain_corpus: ClassVar[bool] = False
+    # True when the method distils across tokenizers (the teacher's tokenizer is ctx.teacher_tokenizer);
+    # the runner refuses a student whose tokenizer differs from the teacher's for every other method.
+    cross_tokenizer: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -125,10 +128,12 @@ class MethodContext:
                  teacher_samples_fn: Callable[[], list[Example]] | None = None,
                  unlabeled_fn: Callable[[], list[Example]] | None = None, unlabeled_prompts: Sequence[Example] = (),
                  device: str = "auto",
-                 dtype: str = "float32", method_name: str = "", progress: bool = True):
+                 dtype: str = "float32", method_name: str = "", progress: bool = True, teacher_tokenizer=None):
         self.student = student
         self.teacher = teacher
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # the student's
+        # the teacher's, when it differs (cross-tokenizer methods only; see Method.cross_tokenizer)
+        self.teacher_tokenizer = teacher_tokenizer if teacher_tokenizer is not None else tokenizer
         self.train_examples = list(train_examples)
         self.train_cfg = train_cfg
         self.max_length = max_length
@@ -161,6 +166,7 @@ class MethodContext:
         # how the row must be labelled when the method ran without part of itself (e.g. "no L_PT"):
         # recorded in the train cell's result and shown next to the method's name in every report
         self.variant: str | None = None
+        self.teacher_vocab_size: int | None = None  # the teacher's, when its tokenizer differs
 
     # -- data ------------------------------------------------------------------------------------
     @property
@@ -279,17 +285,20 @@ class MethodContext:
         self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
         tdev = next(self.teacher.parameters()).device
         out = self.teacher(input_ids=batch.input_ids.to(tdev), attention_mask=batch.attention_mask.to(tdev)).logits
-        return slice_vocab(out, self.vocab_size).to(self.device)
+        same = self.teacher_tokenizer is self.tokenizer
+        return slice_vocab(out, self.vocab_size if same else self.teacher_vocab_size).to(self.device)
 
     def sample(self, model, examples: Sequence[Example], seed: int, mix_alpha: float = 0.0,
-               cfg: SamplingConfig | None = None) -> Rollout:
-        """Sample responses from `model`; with mix_alpha > 0, teacher-mixed sampling."""
+               cfg: SamplingConfig | None = None, skd_topk: int = 0) -> Rollout:
+        """Sample responses from `model`; with mix_alpha > 0, teacher-mixed sampling; with skd_topk = K > 0,
+        speculative-KD sampling (the teacher replaces proposals outside its top-K)."""
         cfg = cfg or self.sampling
+        two = mix_alpha > 0 or skd_topk > 0
         r = sample(model, self.prompt_ids(examples), cfg, self.eos_id, self.pad_id, seed,
-                   batch_size=max(len(examples), 1), mix_model=self.teacher if mix_alpha > 0 else None,
-                   mix_alpha=mix_alpha)
+                   batch_size=max(len(examples), 1), mix_model=self.teacher if two else None,
+                   mix_alpha=mix_alpha, skd_topk=skd_topk)
         self.counters.add("generated_tokens", r.n_generated)
-        if mix_alpha > 0:
+        if two:
             self.counters.add("teacher_forward_tokens", r.n_generated)
         return r
 

@@ -282,9 +282,10 @@ def slice_vocab(logits, vocab_size: int | None):
     return logits[..., :vocab_size]
 
 
-def check_real_models(teacher: str, students: Sequence[str]) -> None:
-    """Before any work: a real student needs a real teacher with the same vocabulary, and every real
-    model's embedding must cover its tokenizer. Reads tokenizers and config.json only."""
+def check_real_models(teacher: str, students: Sequence[str], cross_ok: bool = False) -> None:
+    """Before any work: a real student needs a real teacher with the same vocabulary (unless every
+    method of the run distils across tokenizers: `cross_ok`), and every real model's embedding must
+    cover its tokenizer. Reads tokenizers and config.json only."""
     real_students = [s for s in students if not is_preset(s) and not is_derived(s)]  # pruned: teacher's own vocab
     if is_preset(teacher):
         if real_students:
@@ -295,6 +296,11 @@ def check_real_models(teacher: str, students: Sequence[str]) -> None:
     n = len(t_tok)
     for name, where in [(teacher, "--teacher")] + [(s, "--student") for s in real_students]:
         tok = t_tok if name == teacher else load_tokenizer(name)
+        if name != teacher and cross_ok and real_vocab(tok) != real_vocab(t_tok):
+            n_own = len(tok)  # a student with its own vocabulary: its embedding must cover that one
+            if embedding_rows(load_config(name)) < n_own:
+                raise ModelError(f"{where} '{name}': embedding has fewer rows than its tokenizer's {n_own} tokens")
+            continue
         if name != teacher:
             check_same_vocab(t_tok, tok, f"--teacher '{teacher}' / --student '{name}'")
             if tok.eos_token_id != t_tok.eos_token_id:  # the teacher's tokenizer is used for everyone

@@ -86,4 +86,15 @@ PAPER_CLAIMS += [
     dict(id="AKL-1", text="AKL beats FKL and RKL",
          source="AKL (Wu et al., COLING 2025, arXiv 2404.02657)",
          requires=[dict(method="akl", other=["fkl", "rkl"], metric=PRIMARY)]),
+    dict(id="DISTILLM2-1", text="DistiLLM-2 beats DistiLLM",
+         source="DistiLLM-2 (Ko et al., ICML 2025, arXiv 2503.07067), abstract and main results",
+         requires=[dict(method="distillm2", other="distillm", metric=PRIMARY)]),
+    dict(id="SKD-1", text="Speculative KD beats supervised KD and on-policy KD (GKD)",
+         source="Speculative KD (Xu et al., ICLR 2025, arXiv 2410.11325), abstract",
+         requires=[dict(method="skd", other=["kd", "gkd"], metric=PRIMARY)]),
+    dict(id="ULD-1", text="ULD beats distillation on teacher-generated text alone (SeqKD)",
+         source="ULD (Boizard et al., arXiv 2402.12030), abstract",
+         requires=[dict(method="uld", other="seqkd", metric=PRIMARY)],
+         notes="The paper's comparison is across tokenizer families; with a shared vocabulary the claim "
+               "is checked on the same footing."),
 ]

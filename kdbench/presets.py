@@ -22,6 +22,16 @@ PRESETS.add("ci", {
              "coverage_samples": 4},
 }, "smallest run that exercises every stage (plumbing, not quality; < 2 min on 2 CPU cores)")
 
+# Cross-tokenizer distillation on the toy world: the word-level teacher of `ci`, a student with its own
+# byte-level BPE of 320 symbols (about two tokens per word), so only cross-tokenizer methods (uld)
+# may distil; sft and the base row train and evaluate on the student's tokenizer. Lengths are doubled
+# so the student's prompts and answers fit in its longer token sequences.
+PRESETS.add("ci-xtok", {
+    **PRESETS.get("ci"), "max_length": 112, "max_prompt_length": 56, "methods": ["sft", "uld"],
+    "build": {**PRESETS.get("ci")["build"], "student_tokenizer": "bpe", "student_bpe_vocab_size": 320},
+    "eval": {**PRESETS.get("ci")["eval"], "max_new_tokens": 48, "max_prompt_tokens": 56},
+}, "ci with a BPE-320 student under the word-level teacher: cross-tokenizer distillation (uld)")
+
 PRESETS.add("tiny", {
     **_TOY_LENGTHS,
     # The 1M teacher gains from a second thread on an idle machine (measured 0.22 -> 0.14 s/step);
@@ -59,6 +69,9 @@ PRESETS.add("tiny", {
         "ranking": {"steps": 200, "batch_size": 8, "lr": 5e-4, "warmup_steps": 10, "log_every": 50,
                     "checkpoint_every": 50},
     },
+    # distillm2 and skd are on-policy (the budget above); distillm2 trains on two responses per prompt,
+    # so 8 prompts per step keep its 16 sequences. uld is offline (the distill budget).
+    "method_train": {"distillm2": {"batch_size": 8}},
 }, "default: toy world v2, 0.8M teacher, 18k student, sft+kd, 3 training x 3 eval seeds (~5-8 min on 2 CPU cores)")
 
 
@@ -86,6 +99,11 @@ _GPT2_COMMON = {
     "eval": {"seeds": [10, 20, 30, 40, 50], "temperature": 1.0, "top_p": 1.0, "top_k": 0,
              "max_new_tokens": 256, "max_prompt_tokens": 256, "batch_size": 32, "no_repeat_ngram_size": 6},
     "dtype": "float16",  # the scripts run DeepSpeed fp16 (teacher loaded in fp16); bfloat16 suits newer GPUs
+    # The newer methods' own recipes on the same Dolly epochs (357 steps each). distillm2: lr 5e-5, 3
+    # epochs (DistiLLM-2 Table 11; effective batch 128 there, 32 here like every method). skd: lr 1e-5,
+    # 3 epochs, clip 1 (speculative_kd experimental_setup.md). uld: the distill budget of each student.
+    "method_train": {"distillm2": {"steps": 3 * _GPT2_EPOCH_STEPS, "lr": 5e-5},
+                     "skd": {"steps": 3 * _GPT2_EPOCH_STEPS, "lr": 1e-5, "schedule": "linear", "warmup_steps": 0}},
 }
 
 

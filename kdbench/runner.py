@@ -110,7 +110,7 @@ class Benchmark:
         for s in cfg.students:
             M.check_model_name(s, "--student")
         M.check_placement(cfg.device, cfg.teacher_device)
-        M.check_real_models(cfg.teacher, cfg.students)  # tokenizer mismatch fails here, before any work
+        self._check_tokenizers()  # a tokenizer mismatch fails here, before any work
         for t in self.tasks.all_names():
             self.tasks.get(t)
         if not self.tasks.get(cfg.train_task).has_train:
@@ -147,6 +147,26 @@ class Benchmark:
         except OSError as e:
             raise ConfigError(f"--out: output folder '{self.out}' is not writable ({e.strerror}); "
                               "choose a folder you can write to") from None
+
+    def _check_tokenizers(self) -> None:
+        """Teacher and student may differ in tokenizer only when every method that distils from the
+        teacher declares it can (Method.cross_tokenizer); sft and the base need no teacher."""
+        from .errors import ModelError
+        from .stages import cross_tokenizer_methods, methods_needing_one_vocab
+
+        cfg = self.cfg
+        bad = methods_needing_one_vocab(cfg)
+        ok = ", ".join(cross_tokenizer_methods()) or "none"
+        if bad and cfg.build.student_tokenizer != "same" and any(M.is_preset(s) for s in cfg.students):
+            raise ConfigError(f"config key 'build.student_tokenizer' is '{cfg.build.student_tokenizer}': students get "
+                              f"their own tokenizer, but method(s) {', '.join(bad)} need the teacher's vocabulary. "
+                              f"Methods that distil across tokenizers: {ok}; or set build.student_tokenizer to 'same'")
+        try:
+            M.check_real_models(cfg.teacher, cfg.students, cross_ok=not bad)
+        except ModelError as e:
+            if "tokenizers differ" not in str(e):
+                raise
+            raise ModelError(f"{e} Methods that distil across tokenizers: {ok}; {', '.join(bad)} cannot.") from None
 
     # ------------------------------------------------------------------------------------------
     # the whole benchmark

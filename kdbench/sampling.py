@@ -1,8 +1,9 @@
 """Batched, seeded sampling with a KV cache, and teacher-mixed sampling over two models.
 
 Our own loop rather than `generate()`: teacher-mixed sampling (MiniLLM) draws each token from
-(1 - alpha) * q_student + alpha * p_teacher, which needs both models stepping together with their
-own caches; upstream needed a forked transformers for this, we need ~40 lines. Plain sampling goes
+(1 - alpha) * q_student + alpha * p_teacher, and speculative-KD sampling (SKD) lets the student
+propose each token and the teacher replace it with its own sample when it is outside the teacher's
+top-K; both need both models stepping together with their own caches; upstream needed a forked transformers for this, we need ~40 lines. Plain sampling goes
 through the same loop so every number comes from one code path.
 
 Prompts are left-padded; position ids come from the attention mask so left padding does not
@@ -35,6 +36,8 @@ class Rollout:
     student_logp: list[list[float]] = field(default_factory=list)
     teacher_logp: list[list[float]] = field(default_factory=list)
     mix_logp: list[list[float]] = field(default_factory=list)
+    # per response token (SKD sampling only): 1.0 where the teacher replaced the student's proposal
+    replaced: list[list[float]] = field(default_factory=list)
 
     def texts(self, tokenizer) -> list[str]:
         return [decode_response(tokenizer, r) for r in self.response_ids]
@@ -125,10 +128,17 @@ class _Stepper:
 
 @torch.no_grad()
 def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, eos_id: int, pad_id: int,
-                 generator: torch.Generator, mix_model=None, mix_alpha: float = 0.0) -> Rollout:
+                 generator: torch.Generator, mix_model=None, mix_alpha: float = 0.0, skd_topk: int = 0) -> Rollout:
     """Sample one response per prompt. With `mix_model` (the teacher) and alpha > 0, each token is
     drawn from (1 - alpha) * q + alpha * p and the per-token log-probs of q, p and the mixture
-    are returned (importance weight w_t = q(y_t) / mix(y_t))."""
+    are returned (importance weight w_t = q(y_t) / mix(y_t)).
+
+    With `mix_model` and skd_topk = K > 0 (speculative KD, Xu et al. ICLR 2025, Alg. 1): the student
+    proposes y ~ q; if y is not among the K largest RAW teacher logits (ties at the K-th included),
+    the teacher's sample y ~ p replaces it. The token then has probability
+    q(y) 1[y in TopK] + (sum of q outside TopK) p(y), returned as mix_logp, and `replaced` marks the
+    replaced tokens. The teacher is drawn only when some row rejects, so K >= |V| reproduces plain
+    student sampling under the same generator."""
     was_training = model.training
     model.eval()
     ids, att = _left_pad(prompts, pad_id)
@@ -140,6 +150,7 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
     s_lp: list[list[float]] = [[] for _ in range(B)]
     t_lp: list[list[float]] = [[] for _ in range(B)]
     m_lp: list[list[float]] = [[] for _ in range(B)]
+    rep: list[list[float]] = [[] for _ in range(B)]
     for _ in range(cfg.max_new_tokens):
         logits = student.logits.cpu()
         t_logits = teacher.logits.cpu() if teacher is not None else None
@@ -158,14 +169,27 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
             if t_logits is not None:
                 t_logits = _ban_repeated_ngrams(t_logits, seqs, cfg.no_repeat_ngram_size)
         q_logp = torch.log_softmax(filter_logits(logits, cfg), -1)
-        if teacher is not None:
+        replaced = None
+        if teacher is not None and skd_topk > 0:
+            p_logp = torch.log_softmax(filter_logits(t_logits, cfg), -1)
+            kth = torch.topk(t_logits.float(), min(skd_topk, t_logits.shape[-1]), dim=-1).values[:, -1:]
+            in_top = t_logits.float() >= kth
+            draft = torch.multinomial(q_logp.exp(), 1, generator=generator).squeeze(1)
+            replaced = ~in_top.gather(1, draft[:, None]).squeeze(1)
+            tok = draft
+            if bool(replaced.any()):
+                tok = torch.where(replaced, torch.multinomial(p_logp.exp(), 1, generator=generator).squeeze(1), draft)
+            q = q_logp.exp()
+            mix = (q * in_top + (q * ~in_top).sum(-1, keepdim=True) * p_logp.exp()).log()
+        elif teacher is not None:
             p_logp = torch.log_softmax(filter_logits(t_logits, cfg), -1)
             # log((1-a) q + a p) computed stably in log space
             mix = torch.logaddexp(q_logp + torch.log1p(torch.tensor(-mix_alpha)), p_logp + torch.log(torch.tensor(mix_alpha))) \
                 if 0 < mix_alpha < 1 else (p_logp if mix_alpha >= 1 else q_logp)
         else:
             mix = q_logp
-        tok = torch.multinomial(mix.exp(), 1, generator=generator).squeeze(1)
+        if replaced is None:
+            tok = torch.multinomial(mix.exp(), 1, generator=generator).squeeze(1)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         for b in range(B):
             if not done[b]:
@@ -175,6 +199,8 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
                     s_lp[b].append(float(q_logp[b, y]))
                     t_lp[b].append(float(p_logp[b, y]))
                     m_lp[b].append(float(mix[b, y]))
+                if replaced is not None:
+                    rep[b].append(float(replaced[b]))
         done = done | (tok == eos_id)
         if bool(done.all()):
             break
@@ -183,28 +209,29 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
             teacher.step(tok)
     if was_training:
         model.train()
-    return Rollout([list(p) for p in prompts], out, s_lp, t_lp, m_lp)
+    return Rollout([list(p) for p in prompts], out, s_lp, t_lp, m_lp, rep if skd_topk > 0 else [])
 
 
 def sample(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, eos_id: int, pad_id: int, seed: int,
-           batch_size: int = 32, mix_model=None, mix_alpha: float = 0.0, progress=None) -> Rollout:
+           batch_size: int = 32, mix_model=None, mix_alpha: float = 0.0, progress=None, skd_topk: int = 0) -> Rollout:
     """Sample in batches with one seeded generator: the same seed gives the same samples."""
     g = torch.Generator().manual_seed(seed)
-    total = Rollout([], [], [], [], [])
+    total = Rollout([], [], [], [], [], [])
     # Sort by prompt length to waste less compute on padding; restore order afterwards.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for s in range(0, len(order), batch_size):
         idx = order[s: s + batch_size]
-        r = sample_batch(model, [prompts[i] for i in idx], cfg, eos_id, pad_id, g, mix_model, mix_alpha)
+        r = sample_batch(model, [prompts[i] for i in idx], cfg, eos_id, pad_id, g, mix_model, mix_alpha, skd_topk)
         total.prompt_ids += r.prompt_ids
         total.response_ids += r.response_ids
         total.student_logp += r.student_logp
         total.teacher_logp += r.teacher_logp
         total.mix_logp += r.mix_logp
+        total.replaced += r.replaced
         if progress is not None:
             progress.update(len(idx))
     inv = {j: i for i, j in enumerate(order)}
     re = [inv[i] for i in range(len(prompts))]
     pick = lambda xs: [xs[i] for i in re] if xs else xs  # noqa: E731
     return Rollout(pick(total.prompt_ids), pick(total.response_ids), pick(total.student_logp),
-                   pick(total.teacher_logp), pick(total.mix_logp))
+                   pick(total.teacher_logp), pick(total.mix_logp), pick(total.replaced))

@@ -2,7 +2,7 @@
 
     tokenizer -> teacher-base (build + pretrain) -> teacher-sft
     student-base (build + pretrain, or pruned from the teacher) -> student-sft (per training seed)
-    teacher-samples (SeqKD data, shared by every method that needs it)
+    teacher-samples, teacher-samples-unlabeled, pt-corpus (kdbench/stage_data.py)
 
 A stage's folder is named by a hash of everything that determines it (its spec), built in a
 `.partial` folder that an interrupted build resumes from, and renamed into place when complete.
@@ -17,34 +17,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from . import adapters, tracking
 from . import models as M
-from . import corpus, vocab
+from . import vocab
 from .config import BenchConfig, TrainConfig, stable_hash, to_dict
-from .data import encode_pair, infinite_batches, lm_batch, lm_blocks
+from .data import infinite_batches, lm_batch
 from .errors import ConfigError
-from .evaluation import sampling_config
-from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl
+from .io import atomic_write_json, is_done, mark_done
 from .layout import RunLayout, label_of
-from .method import MethodContext, cross_entropy, make_method
-from .sampling import sample
-from .schema import Example
+from .method import METHODS, MethodContext, cross_entropy, make_method
+from .stage_data import DataStages, with_dtype  # noqa: F401 (with_dtype: re-exported for cells)
 from .taskset import TaskSet
 from .trainer import LossOutput, Trainer, get_accelerator
 
 log = logging.getLogger("kdbench")
 
 
-def with_dtype(spec: dict, dtype: str) -> dict:
-    """A key's spec with --dtype when it is not the default: half precision changes the numbers (mixed
-    precision training on GPU, the frozen teacher and evaluated models everywhere), and runs in
-    float32 keep the keys they always had."""
-    return spec if dtype == "float32" else {**spec, "dtype": dtype}
+
+def methods_needing_one_vocab(cfg: BenchConfig) -> list[str]:
+    """The run's methods that distil from the teacher but cannot do so across tokenizers."""
+    return [m for m in cfg.methods if METHODS.get(m).requires_teacher and not METHODS.get(m).cross_tokenizer]
 
 
-class Stages:
+def cross_tokenizer_methods() -> list[str]:
+    return [m for m in METHODS.names() if METHODS.get(m).cross_tokenizer]
+
+
+class Stages(DataStages):
     def __init__(self, cfg: BenchConfig, layout: RunLayout, tasks: TaskSet, progress: bool = True):
         self.cfg = cfg
         self.layout = layout
@@ -53,6 +52,7 @@ class Stages:
         self._tokenizer = None
         self._tok_key = ""
         self._models: dict[str, tuple[str, str]] = {}  # memo: stage name -> (path, key)
+        self._student_toks: dict[str, tuple] = {}  # memo: student -> (tokenizer, key)
 
     def stage(self, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> tuple[Path, str]:
         spec = with_dtype(spec, self.cfg.dtype)
@@ -95,9 +95,10 @@ class Stages:
             # Real teacher: its tokenizer is the vocabulary everyone shares.
             self._tokenizer = M.load_tokenizer(c.teacher)
             self._tok_key = stable_hash({"teacher_tokenizer": c.teacher})
-            for s in c.students:
-                if not M.is_preset(s) and not M.is_derived(s):  # pruned students use the teacher's own
-                    M.check_same_vocab(self._tokenizer, M.load_tokenizer(s))
+            if methods_needing_one_vocab(c):  # else students may bring their own (student_tokenizer)
+                for s in c.students:
+                    if not M.is_preset(s) and not M.is_derived(s):  # pruned students use the teacher's own
+                        M.check_same_vocab(self._tokenizer, M.load_tokenizer(s))
             return self._tokenizer
         for s in c.students:
             if not M.is_preset(s) and not M.is_derived(s):
@@ -114,34 +115,44 @@ class Stages:
         self._tokenizer = M.load_tokenizer(str(folder))
         return self._tokenizer
 
-    def pretrain_blocks(self) -> torch.Tensor | None:
-        """The train task's own text stream in blocks (base pretraining), or None."""
-        texts = self.tasks.get(self.cfg.train_task).pretrain_texts()
-        if not texts:
-            return None
-        return lm_blocks(self.tokenizer(), texts, self.cfg.max_length)
+    def student_tokenizer(self, student: str) -> tuple:
+        """(tokenizer, key) a student trains and is evaluated with: the shared one, unless the student
+        brings its own (a real model of another vocabulary, or build.student_tokenizer for presets).
+        Only cross-tokenizer methods may then distil into it (the runner checks up front)."""
+        if student in self._student_toks:
+            return self._student_toks[student]
+        c = self.cfg
+        shared = (self.tokenizer(), self._tok_key)
+        out = shared
+        if M.is_derived(student):
+            pass
+        elif not M.is_preset(student):
+            tok = M.load_tokenizer(student)
+            if M.real_vocab(tok) != M.real_vocab(shared[0]):
+                out = (tok, stable_hash({"student_tokenizer": student}))
+        else:
+            tasks = [self.tasks.get(t) for t in self.tasks.all_names()]
+            rec = vocab.student_recipe(c, tasks)
+            if rec is not None:
+                def build(folder: Path):
+                    tok = vocab.build_student(c, tasks)
+                    tok.save_pretrained(folder)
+                    return {"vocab_size": len(tok)}
 
-    def _pt_corpus_spec(self) -> dict:
-        self.tokenizer()  # sets the tokenizer key
-        return {"files": corpus.fingerprint(self.cfg.pt_corpus), "tokenizer": self._tok_key,
-                "block": self.cfg.max_length}
+                folder, key = self.stage("student-tokenizer", rec, build)
+                out = (M.load_tokenizer(str(folder)), key)
+        self._student_toks[student] = out
+        return out
 
-    def pt_corpus_key(self) -> str:
-        return stable_hash(self._pt_corpus_spec())
+    def cross_tokenizer(self, student: str) -> bool:
+        return self.student_tokenizer(student)[0] is not self.tokenizer()
 
-    def lpt_blocks(self) -> torch.Tensor | None:
-        """MiniLLM's L_PT data: the pt_corpus stage when configured, else the train task's stream."""
-        if not self.cfg.pt_corpus:
-            return self.pretrain_blocks()
-
-        def build(folder: Path):
-            docs = corpus.read_documents(self.cfg.pt_corpus)
-            blocks = lm_blocks(self.tokenizer(), docs, self.cfg.max_length)
-            torch.save(blocks, folder / "blocks.pt")
-            return {"documents": len(docs), "blocks": int(blocks.shape[0]), "tokens": int(blocks.numel())}
-
-        folder, _ = self.stage("pt-corpus", self._pt_corpus_spec(), build)
-        return torch.load(folder / "blocks.pt")
+    def tokenizer_for_group(self, group: str):
+        """The tokenizer of a leaderboard group's models (a student's own, or the shared one)."""
+        for s in self.cfg.students:
+            if label_of(s) == group:
+                return self.student_tokenizer(s)[0]
+        return self.tokenizer()
 
     # ------------------------------------------------------------------------------------------
     # models
@@ -157,13 +168,13 @@ class Stages:
         if not M.is_preset(name):
             self._models[memo] = (name, stable_hash({"model": name}))
             return self._models[memo]
-        tok = self.tokenizer()
-        spec = {"role": role, "preset": name, "arch": M.MODEL_PRESETS.get(name).as_dict(), "tokenizer": self._tok_key,
+        tok, tok_key = self.student_tokenizer(name) if role == "student" else (self.tokenizer(), self._tok_key)
+        spec = {"role": role, "preset": name, "arch": M.MODEL_PRESETS.get(name).as_dict(), "tokenizer": tok_key,
                 "n_positions": self.cfg.max_length, "pretrain": to_dict(pretrain), "data": self.data_fp()}
 
         def build(folder: Path):
             model = M.build_preset_model(name, tok, self.cfg.max_length, seed=pretrain.seed)
-            blocks = self.pretrain_blocks()
+            blocks = self.pretrain_blocks(tok)
             hist = []
             if blocks is not None and pretrain.steps > 0:
                 trainer = Trainer(pretrain, folder, desc=f"pretrain {role}", device=self.cfg.device,
@@ -207,7 +218,7 @@ class Stages:
         return str(folder / "model"), key
 
     def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig,
-                   track_name: str = "teacher/sft") -> tuple[str, str]:
+                   track_name: str = "teacher/sft", student: str | None = None) -> tuple[str, str]:
         spec = {"role": role, "base": base[1], "train": to_dict(train), "data": self.data_fp(), "method": "sft"}
         select = self.selection_spec() if role == "student" else None
         if select:
@@ -220,12 +231,12 @@ class Stages:
             return self._models[memo]
 
         def build(folder: Path):
-            tok = self.tokenizer()
+            tok = self.student_tokenizer(student)[0] if student else self.tokenizer()
             model = M.load_model(base[0])  # trained: fp32 master weights; --dtype is mixed precision
             if lora is not None:
                 model = adapters.wrap(model, lora, train.seed)
-            ctx = self.method_context(model, None, train, folder, "sft", role)
-            ctx.selector = self.selector() if select else None
+            ctx = self.method_context(model, None, train, folder, "sft", role, student=student)
+            ctx.selector = self.selector(student) if select else None
             with self.tracked(ctx, track_name, spec):
                 make_method("sft").train(ctx)
             model = ctx.trainer.accelerator.unwrap_model(ctx.student)
@@ -257,80 +268,27 @@ class Stages:
         """The SFT student (the `sft` row and MiniLLM's init), one per training seed (and tuning point)."""
         return self._sft_stage("student", self.student_base(student),
                                self.cfg.train_config_for("sft", train_seed, None, point),
-                               tracking.run_name(label_of(student), "sft", train_seed))
-
-    def _teacher_samples_spec(self, split: str | None = None):
-        scfg = sampling_config(self.cfg.eval, self.cfg.max_length - self.cfg.max_prompt_length)
-        scfg.no_repeat_ngram_size = 0
-        spec = {"teacher": self.teacher_model()[1], "data": self.data_fp(), "sampling": dataclasses.asdict(scfg),
-                "seed": self.cfg.distill.seed}
-        if split is not None:  # the train split's key predates the others: it stays as it was
-            spec["split"] = split
-        return spec, scfg
-
-    def teacher_samples_key(self) -> str:
-        """The key of the teacher-samples stages (train split, and the unlabeled prompts when the run
-        uses them) under the current config; nothing is built."""
-        keys = [stable_hash(with_dtype(self._teacher_samples_spec()[0], self.cfg.dtype))]
-        if self.tasks.unlabeled_examples():
-            keys.append(stable_hash(with_dtype(self._teacher_samples_spec("unlabeled")[0], self.cfg.dtype)))
-        return "+".join(keys)
-
-    def teacher_samples(self) -> list[Example]:
-        """One teacher sample per train prompt (SeqKD data), then one per unlabeled prompt when the run
-        uses them (`unlabeled_samples`); generated once per split and cached."""
-        return self._teacher_samples(self.tasks.train_examples(), None) + self.unlabeled_samples()
-
-    def unlabeled_samples(self) -> list[Example]:
-        """The train task's prompts without gold, each with the teacher's sample as its target."""
-        exs = self.tasks.unlabeled_examples()
-        return self._teacher_samples(exs, "unlabeled") if exs else []
-
-    def _teacher_samples(self, exs: list[Example], split: str | None) -> list[Example]:
-        teacher_path, _ = self.teacher_model()
-        spec, scfg = self._teacher_samples_spec(split)
-        seed = spec["seed"]
-        c_max = self.cfg.max_length
-
-        def build(folder: Path):
-            tok = self.tokenizer()
-            model = M.load_model(teacher_path, self.cfg.dtype)  # frozen: loaded in --dtype
-            self.place_teacher(model)
-            prompts = [encode_pair(tok, ex.prompt, None, c_max, self.cfg.max_prompt_length)[0] for ex in exs]
-            r = sample(model, prompts, scfg, tok.eos_token_id, tok.pad_token_id, seed, batch_size=64)
-            atomic_write_jsonl(folder / "samples.jsonl",
-                               [{"id": ex.id, "response": t} for ex, t in zip(exs, r.texts(tok))])
-            return {"n": len(exs), "generated_tokens": r.n_generated}
-
-        folder, _ = self.stage("teacher-samples" if split is None else f"teacher-samples-{split}", spec, build)
-        by_id = {row["id"]: row["response"] for row in read_jsonl(folder / "samples.jsonl")}
-        out = []
-        for ex in exs:
-            meta = dict(ex.meta)
-            meta["target"] = by_id[ex.id]
-            out.append(dataclasses.replace(ex, meta=meta))
-        return out
-
-    def unlabeled_spec(self) -> dict | None:
-        """What the unlabeled prompts add to a teacher-guided train cell's key (None: nothing, so the
-        keys of runs without them stay as they were)."""
-        exs = self.tasks.unlabeled_examples()
-        return {"split": "unlabeled", "n": len(exs)} if exs else None
+                               tracking.run_name(label_of(student), "sft", train_seed), student)
 
     # ------------------------------------------------------------------------------------------
     # what a method trains with
 
-    def method_context(self, model, teacher, train: TrainConfig, run_dir: Path, method_name: str, label: str):
-        ctx = MethodContext(student=model, teacher=teacher, tokenizer=self.tokenizer(),
+    def method_context(self, model, teacher, train: TrainConfig, run_dir: Path, method_name: str, label: str,
+                       student: str | None = None):
+        tok = self.student_tokenizer(student)[0] if student else self.tokenizer()
+        cross = tok is not self.tokenizer()
+        ctx = MethodContext(student=model, teacher=teacher, tokenizer=tok,
                             train_examples=self.tasks.train_examples(), train_cfg=train,
                             max_length=self.cfg.max_length, max_prompt_length=self.cfg.max_prompt_length,
-                            run_dir=run_dir, pretrain_blocks=self.lpt_blocks(),
+                            run_dir=run_dir, pretrain_blocks=self.lpt_blocks(tok),
                             teacher_samples_fn=self.teacher_samples if teacher is not None else None,
                             unlabeled_fn=self.unlabeled_samples if teacher is not None else None,
                             unlabeled_prompts=self.tasks.unlabeled_examples() if teacher is not None else (),
                             device=self.cfg.device, dtype=self.cfg.dtype, method_name=f"{method_name} ({label})",
-                            progress=self.progress)
-        ctx.vocab_size = len(self.tokenizer())  # logits are cut to the real vocabulary (padded embeddings)
+                            progress=self.progress, teacher_tokenizer=self.tokenizer() if cross else None)
+        ctx.vocab_size = len(tok)  # logits are cut to the real vocabulary (padded embeddings)
+        if cross:
+            ctx.teacher_vocab_size = len(self.tokenizer())
         return ctx
 
     @contextmanager
@@ -357,7 +315,8 @@ class Stages:
     def _selection_metric(self) -> str:
         return self.cfg.select.metric or self.tasks.get(self.cfg.train_task).primary_metric
 
-    def dev_scorer(self, metric: str = "", max_examples: int | None = None, seed: int | None = None):
+    def dev_scorer(self, metric: str = "", max_examples: int | None = None, seed: int | None = None,
+                   student: str | None = None):
         """(score_fn(model) -> float, metric, higher_is_better) on the train task's dev split: the
         primary metric (or `metric`) of a sampled evaluation at a fixed seed."""
         from .evaluation import evaluate
@@ -372,7 +331,7 @@ class Stages:
         metric = metric or task.primary_metric
         parent = next((m for m in METRICS.names() if m == metric or metric in METRICS.get(m).sub_directions), metric)
         hib = METRICS.get(parent, "dev metric").direction(metric)
-        tok = self.tokenizer()
+        tok = self.student_tokenizer(student)[0] if student else self.tokenizer()
         s = c.select.seed if seed is None else seed
 
         # LMOps' selection decoding never blocks n-grams (reference/minillm.md §3.1), only final eval does
@@ -384,13 +343,13 @@ class Stages:
 
         return score, metric, hib
 
-    def selector(self):
+    def selector(self, student: str | None = None):
         """A DevSelector over the train task's dev split, or None (selection off)."""
         from .selection import DevSelector
 
         if not self.cfg.select.every:
             return None
-        score, metric, hib = self.dev_scorer(self._selection_metric())
+        score, metric, hib = self.dev_scorer(self._selection_metric(), student=student)
         return DevSelector(self.cfg.select.every, metric, hib, score)
 
     def place_teacher(self, teacher) -> None:

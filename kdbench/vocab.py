@@ -37,3 +37,21 @@ def describe(cfg, tasks: Sequence) -> str:
     if recipe(cfg, tasks)["tokenizer"] == "word":
         return "word-level over the tasks' vocabulary (built in memory, not saved)"
     return f"byte-level BPE {cfg.build.bpe_vocab_size} trained on the tasks' text (in memory, not saved)"
+
+
+def student_recipe(cfg, tasks: Sequence) -> dict | None:
+    """What determines a preset student's own tokenizer (build.student_tokenizer), None when students
+    use the shared one."""
+    if cfg.build.student_tokenizer == "same":
+        return None
+    return {"tokenizer": "bpe", "bpe_vocab": cfg.build.student_bpe_vocab_size, "role": "student",
+            "tasks": [t.fingerprint() for t in tasks]}
+
+
+def build_student(cfg, tasks: Sequence):
+    """A preset student's own tokenizer: byte-level BPE trained on the tasks' text (its words split
+    into subwords when the vocabulary is small), for cross-tokenizer distillation."""
+    texts: list[str] = []
+    for t in tasks:
+        texts += t.tokenizer_texts()
+    return M.build_bpe_tokenizer(texts, cfg.build.student_bpe_vocab_size)

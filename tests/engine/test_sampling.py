@@ -184,3 +184,58 @@ def test_padded_vocabulary_rows_are_never_drawn():
         assert max(t for row in r.response_ids for t in row) <= 4
     plain = sample(FixedLM(P), [[2, 3]] * 32, cfg, EOS, PAD, seed=1)
     assert max(t for row in plain.response_ids for t in row) <= 4
+
+
+# --- speculative-KD sampling (skd_topk): the student proposes, the teacher replaces outside its top-K --
+
+P_SKD = [0.05, 0.15, 0.3, 0.5]  # distinct teacher probabilities: top-1 = {5}, top-2 = {4, 5}, ...
+
+
+def _skd(k, q=Q, seed=0):
+    prompts = [[2, 3]] * N_PROMPTS
+    return sample(FixedLM(q), prompts, SamplingConfig(max_new_tokens=N_NEW), EOS, PAD, seed,
+                  batch_size=N_PROMPTS, mix_model=FixedLM(P_SKD), skd_topk=k)
+
+
+def _skd_expected(k, q=Q):
+    top = sorted(range(4), key=lambda v: -P_SKD[v])[:k]
+    rejected = sum(q[v] for v in range(4) if v not in top)
+    return [(q[v] if v in top else 0.0) + rejected * P_SKD[v] for v in range(4)], rejected
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_skd_sampling_follows_its_rule(k):
+    expected, rejected = _skd_expected(k)
+    r = _skd(k)
+    assert _freqs(r) == pytest.approx(expected, abs=0.05)
+    flags = [f for row in r.replaced for f in row]
+    assert len(flags) == N_PROMPTS * N_NEW
+    assert sum(flags) / len(flags) == pytest.approx(rejected, abs=0.05)
+    top = {v + 2 for v in sorted(range(4), key=lambda v: -P_SKD[v])[:k]}
+    for toks, rep, m_lp in zip(r.response_ids, r.replaced, r.mix_logp):
+        for y, f, m in zip(toks, rep, m_lp):
+            assert f == 1.0 or y in top  # a kept proposal is always in the teacher's top-K
+            assert m == pytest.approx(math.log(expected[y - 2]), abs=1e-5)
+
+
+def test_skd_acceptance_rises_with_k():
+    acc = [1 - sum(f for row in _skd(k, seed=2).replaced for f in row) / (N_PROMPTS * N_NEW) for k in (1, 2, 3, 4)]
+    assert acc[0] < acc[1] < acc[2] < acc[3] == 1.0
+
+
+def test_skd_rejecting_everything_gives_teacher_tokens():
+    q = [0.5, 0.5, 0.0, 0.0]  # every proposal lies outside the teacher's top-2
+    r = _skd(2, q=q, seed=4)
+    assert all(f == 1.0 for row in r.replaced for f in row)
+    assert _freqs(r) == pytest.approx(P_SKD, abs=0.05)
+
+
+def test_skd_with_k_at_least_vocab_is_exactly_student_sampling(pair):
+    student, teacher = pair
+    cfg = SamplingConfig(max_new_tokens=10)
+    skd = sample(student, PROMPTS, cfg, EOS, PAD, seed=11, mix_model=teacher, skd_topk=12)
+    alone = sample(student, PROMPTS, cfg, EOS, PAD, seed=11)
+    assert skd.response_ids == alone.response_ids
+    assert not any(f for row in skd.replaced for f in row)
+    small = sample(student, PROMPTS, cfg, EOS, PAD, seed=11, mix_model=teacher, skd_topk=1)
+    assert any(f for row in small.replaced for f in row)
