@@ -76,7 +76,9 @@ TEACHER_CHAIN = {"tokenizer", "teacher-base", "teacher-sft", "student-base", "st
 ALL_EVALS = {"eval:teacher", "eval:student-base", "eval:sft", "eval:kd", "eval:seqkd"}
 DISTILLED = {"train:sft", "train:kd", "train:seqkd", "eval:sft", "eval:kd", "eval:seqkd"}
 SEQKD = {"teacher-samples", "train:seqkd", "eval:seqkd"}  # SeqKD's samples use the eval decoding
-EVERYTHING = TEACHER_CHAIN | ALL_EVALS | DISTILLED | SEQKD
+# the teacher's labels on the prompts without gold (eval decoding too), read by teacher-guided methods
+GUIDED = {"teacher-samples-unlabeled", "train:kd", "eval:kd"}
+EVERYTHING = TEACHER_CHAIN | ALL_EVALS | DISTILLED | SEQKD | GUIDED
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -86,12 +88,14 @@ EVERYTHING = TEACHER_CHAIN | ALL_EVALS | DISTILLED | SEQKD
     # the distillation budget: the distilled students (sft's student is the SFT stage)
     (["--set", "distill.lr=0.001"], {"student-sft"} | DISTILLED),
     # decoding: every evaluation, and the teacher samples SeqKD trains on
-    (["--set", "eval.top_p=0.9"], ALL_EVALS | SEQKD),
+    (["--set", "eval.top_p=0.9"], ALL_EVALS | SEQKD | GUIDED),
+    # the prompts without gold off: the teacher-guided methods only (sft never saw them)
+    (["--set", "use_unlabeled=false"], {"train:kd", "eval:kd", "train:seqkd", "eval:seqkd"}),
     # evaluation-only settings: every evaluation, no training
     (["--set", "eval.max_new_tokens=5"], ALL_EVALS),
     (["--set", "eval.metrics=[rouge_l]"], ALL_EVALS),
     # the teacher's SFT budget: the teacher and everything distilled from it
-    (["--set", "teacher_sft.steps=5"], {"teacher-sft", "train:kd", "eval:teacher", "eval:kd"} | SEQKD),
+    (["--set", "teacher_sft.steps=5"], {"teacher-sft", "eval:teacher"} | SEQKD | GUIDED),
     # the student's pretraining: every student, not the teacher
     (["--set", "build.student_pretrain.lr=0.002"], {"student-base", "student-sft", "eval:student-base"} | DISTILLED),
     # one more evaluation seed: new eval cells, the seed-10 ones stay
