@@ -34,11 +34,11 @@ class SeqKD(Method):
         data = ctx.teacher_samples()  # examples whose target is the teacher's sample
 
         def loss_fn(batch):
-            s = ctx.logits(ctx.student, batch)
-            ce = cross_entropy(s, batch.labels)
+            s = ctx.outputs(ctx.student, batch)
+            ce = ctx.cross_entropy(s, batch.labels)
             if r == 0.0:  # pure SeqKD: no teacher forward pass at all
                 return LossOutput(ce, {"ce": ce.item()})
-            kl = forward_kl(s, ctx.teacher_logits(batch), batch.loss_mask)
+            kl = ctx.divergence(forward_kl, s, ctx.teacher_outputs(batch), batch.loss_mask)
             return LossOutput((1 - r) * ce + r * kl, {"ce": ce.item(), "fkl": kl.item()})
 
         ctx.fit(loss_fn, ctx.gold_batches(data))
