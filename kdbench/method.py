@@ -302,23 +302,19 @@ class MethodContext:
             return LazyLogits.dense(self.logits(model, batch))
         batch = batch.to(self.device)
         out = lazy_forward(model, batch.input_ids, batch.attention_mask, self.vocab_size)
-        if out is None:
-            return LazyLogits.dense(self.logits(model, batch))
-        if model is self.student:
+        if out is not None and model is self.student:
             self.counters.add("student_tokens", int(batch.attention_mask.sum()))
-        return out
+        return out if out is not None else LazyLogits.dense(self.logits(model, batch))
 
     @torch.no_grad()
-    def teacher_outputs(self, batch: Batch) -> LazyLogits:
-        """The teacher's logits as `outputs` gives them (no gradient)."""
+    def teacher_outputs(self, batch: Batch) -> LazyLogits:  # as `outputs`, without gradient
         if self.teacher is None or not self.loss_chunk or next(self.teacher.parameters()).device != self.device:
             return LazyLogits.dense(self.teacher_logits(batch))
         batch = batch.to(self.device)
         out = lazy_forward(self.teacher, batch.input_ids, batch.attention_mask, self.vocab_size)
-        if out is None:
-            return LazyLogits.dense(self.teacher_logits(batch))
-        self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
-        return out
+        if out is not None:
+            self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
+        return out if out is not None else LazyLogits.dense(self.teacher_logits(batch))
 
     def divergence(self, fn: Callable, student: LazyLogits, teacher: LazyLogits, mask: torch.Tensor, *args,
                    temperature: float = 1.0, **kwargs) -> torch.Tensor:

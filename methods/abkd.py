@@ -30,8 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, alpha_beta, check_range,
-                            cross_entropy)
+from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, alpha_beta, check_range)
 
 
 @dataclass

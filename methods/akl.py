@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.method import METHODS, LossOutput, Method, MethodConfig, MethodContext, akl, check_range, cross_entropy
+from kdbench.method import METHODS, LossOutput, Method, MethodConfig, MethodContext, akl, check_range
 
 
 @dataclass

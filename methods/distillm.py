@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from kdbench.method import (Batch, skew_forward_kl, skew_reverse_kl, METHODS, Method, MethodConfig, MethodContext,
-                            check_choice, check_range, cross_entropy, LossOutput, ResumableBatches)
+                            check_choice, check_range, LossOutput, ResumableBatches)
 from kdbench.data import collate
 from kdbench.errors import ConfigError
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, check_range, cross_entropy,
-                            forward_kl)
+from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, check_range, forward_kl)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from typing import ClassVar
 import torch
 
 from kdbench.method import (Batch, forward_kl, masked_mean, reverse_kl, METHODS, Method, MethodConfig, MethodContext,
-                            check_choice, check_range, cross_entropy, disable_dropout, gather_logprobs, LossOutput,
+                            check_choice, check_range, disable_dropout, LossOutput,
                             ResumableBatches)
 from kdbench.advantages import ADVANTAGE_MODES, long_range_advantages, ppo_clipped_loss, sequence_rewards, whiten
 

@@ -33,7 +33,7 @@ from typing import Iterator
 import torch
 
 from kdbench.method import (Batch, masked_mean, METHODS, Method, MethodConfig, MethodContext, check_choice,
-                            check_range, gather_logprobs, LossOutput)
+                            check_range, LossOutput)
 from kdbench.data import collate, encode_pair
 
 

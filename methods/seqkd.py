@@ -10,8 +10,7 @@ and make the KD mix an explicit, default-off `kd_ratio` (set 0.5 to reproduce th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from kdbench.method import (forward_kl, METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy,
-                            LossOutput)
+from kdbench.method import (forward_kl, METHODS, Method, MethodConfig, MethodContext, check_range, LossOutput)
 
 
 

@@ -40,7 +40,7 @@ import torch
 
 from kdbench.errors import ConfigError
 from kdbench.method import (METHODS, Batch, LossOutput, Method, MethodConfig, MethodContext, ResumableBatches,
-                            check_range, cross_entropy, masked_token_loss)
+                            check_range, masked_token_loss)
 
 
 @dataclass
