@@ -45,7 +45,9 @@ class TrainConfig:
     # every key. auto: on from a vocabulary of 8192 (real tokenizers), off for the toy world, whose
     # tiny logits gain nothing and whose teacher was tuned on the unchunked rounding.
     chunked_loss: str = "auto"  # auto | on | off
-    loss_chunk_tokens: int = 1024  # rows per chunk (torchtune/Liger use 1k-8k-token chunks)
+    # rows per chunk: ~8 fp32 [chunk, V] temporaries live at once, 1 GB at V = 128k; Liger's fused linear
+    # losses size chunks the same way (rows ~ B*T / ceil(V / H)), torchtune cuts the sequence in 8
+    loss_chunk_tokens: int = 256
 
     def __post_init__(self) -> None:
         _check(self.chunked_loss in ("auto", "on", "off"), "chunked_loss",
