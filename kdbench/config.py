@@ -40,8 +40,19 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only the final model is saved
     log_every: int = 10
     seed: int = 1234
+    # Logit-level losses from hidden states in chunks of tokens (kdbench/chunked.py): never the whole
+    # [N, V] logits. Same values and gradients up to float summation order, which is why it is in
+    # every key. auto: on from a vocabulary of 8192 (real tokenizers), off for the toy world, whose
+    # tiny logits gain nothing and whose teacher was tuned on the unchunked rounding.
+    chunked_loss: str = "auto"  # auto | on | off
+    # rows per chunk: ~8 fp32 [chunk, V] temporaries live at once, 1 GB at V = 128k; Liger's fused linear
+    # losses size chunks the same way (rows ~ B*T / ceil(V / H)), torchtune cuts the sequence in 8
+    loss_chunk_tokens: int = 256
 
     def __post_init__(self) -> None:
+        _check(self.chunked_loss in ("auto", "on", "off"), "chunked_loss",
+               f"'{self.chunked_loss}' is not one of auto, on, off")
+        _check(self.loss_chunk_tokens >= 1, "loss_chunk_tokens", f"must be >= 1, got {self.loss_chunk_tokens}")
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")

@@ -14,14 +14,15 @@ A method is one file in methods/:
         requires_teacher = True
         def train(self, ctx: MethodContext) -> None:
             def loss_fn(batch):
-                s = ctx.logits(ctx.student, batch)
-                t = ctx.teacher_logits(batch)
-                return LossOutput(forward_kl(s, t, batch.loss_mask))
+                s, t = ctx.outputs(ctx.student, batch), ctx.teacher_outputs(batch)
+                return LossOutput(ctx.divergence(forward_kl, s, t, batch.loss_mask))
             ctx.fit(loss_fn, ctx.gold_batches())
 
+Losses go through the context (`divergence`, `cross_entropy`, `logprobs` of `outputs`), which computes
+them from hidden states a chunk of tokens at a time (kdbench/chunked.py; TrainConfig.chunked_loss).
 One import gives a method author everything: `from kdbench.method import ...` exposes the context,
-the config base and checks, `LossOutput`, `Batch`, `ResumableBatches`, `cross_entropy`,
-`gather_logprobs`, `masked_token_loss`, `masked_mean` and every divergence (and `DIVERGENCES`).
+the config base and checks, `LossOutput`, `Batch`, `ResumableBatches`, `masked_token_loss`,
+`masked_mean` and every divergence (and `DIVERGENCES`).
 
 Everything a method needs goes through `MethodContext`: the models, the data (gold batches, prompt
 batches, teacher samples, pretraining blocks), forward passes, sampling (plain or teacher-mixed),
@@ -29,6 +30,7 @@ and `fit` (the shared training loop). Methods never touch files, devices or cach
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +46,15 @@ from .registry import Registry
 from .sampling import Rollout, SamplingConfig, sample
 from .schema import Example
 from .trainer import LossOutput, ResumableBatches, Trainer
+from .chunked import LazyLogits, chunked_cross_entropy, chunked_logprobs, chunked_token_loss, token_fn_of
+from .hidden import lazy_forward
 from .divergences import (DIVERGENCES, akl, alpha_beta, forward_kl, generalized_jsd, js, masked_mean,  # noqa: F401
                           masked_token_loss, reverse_kl, skew_forward_kl, skew_reverse_kl, tvd)
 
 __all__ = ["METHODS", "Method", "MethodConfig", "MethodContext", "check_range", "check_choice", "DATA_SOURCES",
            "LossOutput", "Batch", "ResumableBatches", "cross_entropy", "gather_logprobs", "disable_dropout",
            "masked_token_loss", "masked_mean", "DIVERGENCES", "forward_kl", "reverse_kl", "js", "generalized_jsd",
-           "tvd", "skew_forward_kl", "skew_reverse_kl", "alpha_beta", "akl", "make_method"]
+           "tvd", "skew_forward_kl", "skew_reverse_kl", "alpha_beta", "akl", "make_method", "LazyLogits"]
 
 METHODS: Registry[type["Method"]] = Registry("method")
 
@@ -287,6 +291,63 @@ class MethodContext:
         out = self.teacher(input_ids=batch.input_ids.to(tdev), attention_mask=batch.attention_mask.to(tdev)).logits
         same = self.teacher_tokenizer is self.tokenizer
         return slice_vocab(out, self.vocab_size if same else self.teacher_vocab_size).to(self.device)
+
+    # -- losses from (lazy) logits: what methods call, so every method gets the chunked path -------
+    @property
+    def loss_chunk(self) -> int:
+        """Rows per lm_head chunk, 0 when losses take the whole logits (TrainConfig.chunked_loss)."""
+        mode, vocab = self.train_cfg.chunked_loss, self.vocab_size or len(self.tokenizer)
+        return self.train_cfg.loss_chunk_tokens if mode == "on" or (mode == "auto" and vocab >= 8192) else 0
+
+    def outputs(self, model, batch: Batch) -> LazyLogits:
+        """The model's logits aligned with batch.labels, computed by the loss that takes them
+        (`divergence`, `cross_entropy`, `logprobs`) a chunk of response tokens at a time."""
+        if model is self.teacher:
+            return self.teacher_outputs(batch)
+        fwd = self.trainer.forward_model  # FSDP/DeepSpeed: the engine's forward, whole logits
+        if not self.loss_chunk or (model is self.student and fwd is not None):
+            return LazyLogits.dense(self.logits(model, batch))
+        batch = batch.to(self.device)
+        out = lazy_forward(model, batch.input_ids, batch.attention_mask, self.vocab_size)
+        if out is not None and model is self.student:
+            self.counters.add("student_tokens", int(batch.attention_mask.sum()))
+        return out if out is not None else LazyLogits.dense(self.logits(model, batch))
+
+    @torch.no_grad()
+    def teacher_outputs(self, batch: Batch) -> LazyLogits:  # as `outputs`, without gradient
+        if self.teacher is None or not self.loss_chunk or next(self.teacher.parameters()).device != self.device:
+            return LazyLogits.dense(self.teacher_logits(batch))
+        batch = batch.to(self.device)
+        out = lazy_forward(self.teacher, batch.input_ids, batch.attention_mask, self.vocab_size)
+        if out is not None:
+            self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
+        return out if out is not None else LazyLogits.dense(self.teacher_logits(batch))
+
+    def divergence(self, fn: Callable, student: LazyLogits, teacher: LazyLogits, mask: torch.Tensor, *args,
+                   temperature: float = 1.0, **kwargs) -> torch.Tensor:
+        """fn(student / T, teacher / T, mask, *args) for a batch divergence (or per-token function)."""
+        token_fn = token_fn_of(fn)
+        mask = mask.to(self.device)
+        if not self.loss_chunk:
+            s, t = student.full(), teacher.full()
+            if temperature != 1.0:
+                s, t = s / temperature, t / temperature
+            return masked_token_loss(functools.partial(token_fn, **kwargs) if kwargs else token_fn, s, t, mask, *args)
+        return chunked_token_loss(token_fn, student, teacher, mask, *args, temperature=temperature,
+                                  chunk=self.loss_chunk, **kwargs)
+
+    def cross_entropy(self, student: LazyLogits, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(self.device)
+        if not self.loss_chunk:
+            return cross_entropy(student.full(), labels)
+        return chunked_cross_entropy(student, labels, self.loss_chunk)
+
+    def logprobs(self, student: LazyLogits, labels: torch.Tensor) -> torch.Tensor:
+        """log p(label) per position [B, L], 0 where label < 0 (as `gather_logprobs`)."""
+        labels = labels.to(self.device)
+        if not self.loss_chunk:
+            return gather_logprobs(student.full(), labels)
+        return chunked_logprobs(student, labels, self.loss_chunk)
 
     def sample(self, model, examples: Sequence[Example], seed: int, mix_alpha: float = 0.0,
                cfg: SamplingConfig | None = None, skd_topk: int = 0) -> Rollout:

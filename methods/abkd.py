@@ -30,8 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, alpha_beta, check_range,
-                            cross_entropy)
+from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, alpha_beta, check_range)
 
 
 @dataclass
@@ -59,12 +58,12 @@ class ABKD(Method):
         cfg = self.config
 
         def loss_fn(batch):
-            s = ctx.logits(ctx.student, batch)
-            d = alpha_beta(s, ctx.teacher_logits(batch), batch.loss_mask, alpha=cfg.alpha, beta=cfg.beta)
+            s = ctx.outputs(ctx.student, batch)
+            d = ctx.divergence(alpha_beta, s, ctx.teacher_outputs(batch), batch.loss_mask, alpha=cfg.alpha, beta=cfg.beta)
             logs = {"ab_div": d.item()}
             loss = d
             if cfg.kd_ratio < 1:
-                ce = cross_entropy(s, batch.labels)
+                ce = ctx.cross_entropy(s, batch.labels)
                 loss = cfg.kd_ratio * d + (1 - cfg.kd_ratio) * ce
                 logs["ce"] = ce.item()
             return LossOutput(loss, logs)

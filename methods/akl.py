@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.method import METHODS, LossOutput, Method, MethodConfig, MethodContext, akl, check_range, cross_entropy
+from kdbench.method import METHODS, LossOutput, Method, MethodConfig, MethodContext, akl, check_range
 
 
 @dataclass
@@ -52,11 +52,11 @@ class AKL(Method):
         cfg = self.config
 
         def loss_fn(batch):
-            s = ctx.logits(ctx.student, batch)
-            d = akl(s, ctx.teacher_logits(batch), batch.loss_mask, mu=cfg.mu)
+            s = ctx.outputs(ctx.student, batch)
+            d = ctx.divergence(akl, s, ctx.teacher_outputs(batch), batch.loss_mask, mu=cfg.mu)
             logs, loss = {"akl": d.item()}, d
             if cfg.kd_ratio < 1:
-                ce = cross_entropy(s, batch.labels)
+                ce = ctx.cross_entropy(s, batch.labels)
                 loss = cfg.kd_ratio * d + (1 - cfg.kd_ratio) * ce
                 logs["ce"] = ce.item()
             return LossOutput(loss, logs)

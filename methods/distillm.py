@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from kdbench.method import (Batch, skew_forward_kl, skew_reverse_kl, METHODS, Method, MethodConfig, MethodContext,
-                            check_choice, check_range, cross_entropy, LossOutput, ResumableBatches)
+                            check_choice, check_range, LossOutput, ResumableBatches)
 from kdbench.data import collate
 from kdbench.errors import ConfigError
 
@@ -107,7 +107,7 @@ class DistiLLM(Method):
             tot, n = 0.0, 0
             for i in range(0, len(dev), B):
                 b = ctx.encode(dev[i: i + B])
-                tot += float(cross_entropy(ctx.logits(ctx.student, b), b.labels.to(ctx.device))) * b.n_tokens
+                tot += float(ctx.cross_entropy(ctx.outputs(ctx.student, b), b.labels)) * b.n_tokens
                 n += b.n_tokens
             ctx.student.train()
             return tot / max(n, 1)
@@ -142,14 +142,14 @@ class DistiLLM(Method):
             return b
 
         def loss_fn(batch: Batch) -> LossOutput:
-            s = ctx.logits(ctx.student, batch)
-            d = divergence(s, ctx.teacher_logits(batch), batch.loss_mask, alpha=cfg.skew_alpha)
+            s = ctx.outputs(ctx.student, batch)
+            d = ctx.divergence(divergence, s, ctx.teacher_outputs(batch), batch.loss_mask, alpha=cfg.skew_alpha)
             loss = d
             src = batch.extras["source"]
             logs = {cfg.loss: d.item(), "fresh": float((src == 1).float().mean()),
                     "replay": float((src == 2).float().mean()), "threshold": float(batch.extras["threshold"].mean())}
             if cfg.kd_ratio < 1:
-                ce = cross_entropy(s, batch.labels)
+                ce = ctx.cross_entropy(s, batch.labels)
                 loss = cfg.kd_ratio * d + (1 - cfg.kd_ratio) * ce
                 logs["ce"] = ce.item()
             return LossOutput(loss, logs)

@@ -75,7 +75,7 @@ class GKD(Method):
                 yield b
 
         def loss_fn(batch):
-            d = generalized_jsd(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask,
+            d = ctx.divergence(generalized_jsd, ctx.outputs(ctx.student, batch), ctx.teacher_outputs(batch), batch.loss_mask,
                                 beta=cfg.beta)
             return LossOutput(d, {"gjsd": d.item(), "on_policy": float(batch.extras["on_policy"].mean())})
 

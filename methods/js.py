@@ -39,7 +39,7 @@ class JS(Method):
         beta = self.config.beta
 
         def loss_fn(batch):
-            d = js(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask, beta=beta)
+            d = ctx.divergence(js, ctx.outputs(ctx.student, batch), ctx.teacher_outputs(batch), batch.loss_mask, beta=beta)
             return LossOutput(d, {"js": d.item()})
 
         ctx.fit(loss_fn, ctx.policy_batches(self.config.data))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from kdbench.method import (forward_kl, METHODS, Method, MethodConfig, MethodContext, check_choice, check_range,
-                            cross_entropy, LossOutput)
+                            LazyLogits, LossOutput)
 
 
 
@@ -47,9 +47,9 @@ class KD(Method):
 
         def teacher(batch):
             if cache is None:
-                return ctx.teacher_logits(batch)
+                return ctx.teacher_outputs(batch)
             ids = [data[i].id for i in batch.extras["example_index"].tolist()]
-            return cache.teacher_logp(batch, ids).to(batch.input_ids.device)  # log-probs act as logits
+            return LazyLogits.dense(cache.teacher_logp(batch, ids).to(ctx.device))  # log-probs act as logits
 
         def cached_batches():
             # the same example order as gold_batches(), with each row's index for the cache lookup
@@ -60,10 +60,10 @@ class KD(Method):
                 yield b
 
         def loss_fn(batch):
-            s = ctx.logits(ctx.student, batch)
+            s = ctx.outputs(ctx.student, batch)
             t = teacher(batch)
-            ce = cross_entropy(s, batch.labels)
-            kl = forward_kl(s / T, t / T, batch.loss_mask) * (T * T)
+            ce = ctx.cross_entropy(s, batch.labels)
+            kl = ctx.divergence(forward_kl, s, t, batch.loss_mask, temperature=T) * (T * T)
             return LossOutput((1 - r) * ce + r * kl, {"ce": float(ce.detach()), "fkl": float(kl.detach())})
 
         ctx.fit(loss_fn, cached_batches() if cache is not None else ctx.gold_batches(data))

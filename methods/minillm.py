@@ -45,7 +45,7 @@ from typing import ClassVar
 import torch
 
 from kdbench.method import (Batch, forward_kl, masked_mean, reverse_kl, METHODS, Method, MethodConfig, MethodContext,
-                            check_choice, check_range, cross_entropy, disable_dropout, gather_logprobs, LossOutput,
+                            check_choice, check_range, disable_dropout, LossOutput,
                             ResumableBatches)
 from kdbench.advantages import ADVANTAGE_MODES, long_range_advantages, ppo_clipped_loss, sequence_rewards, whiten
 
@@ -115,8 +115,8 @@ class MiniLLM(Method):
         for idx in torch.arange(store.size).split(ctx.train_cfg.batch_size):
             mb = store.select(idx)
             labels = mb.labels.to(ctx.device)
-            old.append(gather_logprobs(ctx.logits(ctx.student, mb), labels).cpu())
-            teach.append(gather_logprobs(ctx.teacher_logits(mb), labels).cpu())
+            old.append(ctx.logprobs(ctx.outputs(ctx.student, mb), labels).cpu())
+            teach.append(ctx.logprobs(ctx.teacher_outputs(mb), labels).cpu())
         ctx.student.train(was_training)
         mask = store.loss_mask
         old_lp, t_lp = torch.cat(old), torch.cat(teach)
@@ -166,24 +166,24 @@ class MiniLLM(Method):
 
         def loss_fn(batch: Batch) -> LossOutput:
             mask = batch.loss_mask
-            s = ctx.logits(ctx.student, batch)
-            logp = gather_logprobs(s, batch.labels)
+            s = ctx.outputs(ctx.student, batch)
+            logp = ctx.logprobs(s, batch.labels)
             pg = ppo_clipped_loss(logp, batch.extras["old_logp"], batch.extras["adv"], mask, cfg.clip,
                                   importance_weights=batch.extras.get("w"))
             loss = pg
             logs = {"pg": pg.item(), "reward": float(masked_mean(batch.extras["reward"], mask))}
             if cfg.single_step:
-                single = reverse_kl(s, ctx.teacher_logits(batch), mask)
+                single = ctx.divergence(reverse_kl, s, ctx.teacher_outputs(batch), mask)
                 loss = loss + single
                 logs["single_step"] = single.item()
             if "pt_input_ids" in batch.extras:
                 lm = Batch(batch.extras["pt_input_ids"], torch.ones_like(batch.extras["pt_input_ids"]),
                            batch.extras["pt_labels"])
-                lm_logits = ctx.logits(ctx.student, lm)
-                pt = cross_entropy(lm_logits, lm.labels)
+                lm_out = ctx.outputs(ctx.student, lm)
+                pt = ctx.cross_entropy(lm_out, lm.labels)
                 if cfg.pt_kd_ratio > 0:
-                    pt = (1 - cfg.pt_kd_ratio) * pt + cfg.pt_kd_ratio * forward_kl(lm_logits, ctx.teacher_logits(lm),
-                                                                                   lm.loss_mask)
+                    pt = (1 - cfg.pt_kd_ratio) * pt + cfg.pt_kd_ratio * ctx.divergence(
+                        forward_kl, lm_out, ctx.teacher_outputs(lm), lm.loss_mask)
                 loss = loss + cfg.lm_coef * pt
                 logs["pt"] = pt.item()
             return LossOutput(loss, logs)

@@ -33,7 +33,7 @@ from typing import Iterator
 import torch
 
 from kdbench.method import (Batch, masked_mean, METHODS, Method, MethodConfig, MethodContext, check_choice,
-                            check_range, gather_logprobs, LossOutput)
+                            check_range, LossOutput)
 from kdbench.data import collate, encode_pair
 
 
@@ -108,9 +108,9 @@ class Ranking(Method):
             for idx in torch.arange(rows.size).split(ctx.train_cfg.batch_size):  # bounded [n, L, V] logits
                 mb = rows.select(idx)
                 labels = mb.labels.to(ctx.device)
-                t_lp = gather_logprobs(ctx.teacher_logits(mb), labels).cpu()
+                t_lp = ctx.logprobs(ctx.teacher_outputs(mb), labels).cpu()
                 # log q only where the ranking needs it
-                s_lp = gather_logprobs(ctx.logits(ctx.student, mb), labels).cpu() if cfg.rank_by == "reward" else None
+                s_lp = ctx.logprobs(ctx.outputs(ctx.student, mb), labels).cpu() if cfg.rank_by == "reward" else None
                 out.append(ranking_scores(t_lp, s_lp, mb.loss_mask, cfg.rank_by, cfg.length_norm))
             ctx.student.train(was_training)
             return torch.cat(out)
@@ -141,7 +141,7 @@ class Ranking(Method):
         def loss_fn(batch: Batch) -> LossOutput:
             mask = batch.loss_mask
             is_gold = batch.extras["gold"] > 0
-            lp = gather_logprobs(ctx.logits(ctx.student, batch), batch.labels)
+            lp = ctx.logprobs(ctx.outputs(ctx.student, batch), batch.labels)
             scores = sequence_scores(lp, mask, cfg.length_norm)
             # gold rows get a group of their own (-1 - i) so they never enter a pair
             group = torch.where(is_gold, -1.0 - torch.arange(batch.size, device=mask.device), batch.extras["group"])

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, check_range, cross_entropy,
-                            reverse_kl)
+from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, check_range, reverse_kl)
 
 
 @dataclass
@@ -36,11 +35,11 @@ class RKL(Method):
         r = self.config.kd_ratio
 
         def loss_fn(batch):
-            s = ctx.logits(ctx.student, batch)
-            d = reverse_kl(s, ctx.teacher_logits(batch), batch.loss_mask)
+            s = ctx.outputs(ctx.student, batch)
+            d = ctx.divergence(reverse_kl, s, ctx.teacher_outputs(batch), batch.loss_mask)
             if r == 1:
                 return LossOutput(d, {"rkl": d.item()})
-            ce = cross_entropy(s, batch.labels)
+            ce = ctx.cross_entropy(s, batch.labels)
             return LossOutput(r * d + (1 - r) * ce, {"rkl": d.item(), "ce": ce.item()})
 
         ctx.fit(loss_fn, ctx.gold_batches())

@@ -10,8 +10,7 @@ and make the KD mix an explicit, default-off `kd_ratio` (set 0.5 to reproduce th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from kdbench.method import (forward_kl, METHODS, Method, MethodConfig, MethodContext, check_range, cross_entropy,
-                            LossOutput)
+from kdbench.method import (forward_kl, METHODS, Method, MethodConfig, MethodContext, check_range, LossOutput)
 
 
 
@@ -34,11 +33,11 @@ class SeqKD(Method):
         data = ctx.teacher_samples()  # examples whose target is the teacher's sample
 
         def loss_fn(batch):
-            s = ctx.logits(ctx.student, batch)
-            ce = cross_entropy(s, batch.labels)
+            s = ctx.outputs(ctx.student, batch)
+            ce = ctx.cross_entropy(s, batch.labels)
             if r == 0.0:  # pure SeqKD: no teacher forward pass at all
                 return LossOutput(ce, {"ce": ce.item()})
-            kl = forward_kl(s, ctx.teacher_logits(batch), batch.loss_mask)
+            kl = ctx.divergence(forward_kl, s, ctx.teacher_outputs(batch), batch.loss_mask)
             return LossOutput((1 - r) * ce + r * kl, {"ce": ce.item(), "fkl": kl.item()})
 
         ctx.fit(loss_fn, ctx.gold_batches(data))

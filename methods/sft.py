@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from kdbench.method import METHODS, Method, MethodConfig, MethodContext, cross_entropy, LossOutput
+from kdbench.method import METHODS, Method, MethodConfig, MethodContext, LossOutput
 
 
 
@@ -20,6 +20,6 @@ class SFT(Method):
 
     def train(self, ctx: MethodContext) -> None:
         def loss_fn(batch):
-            return LossOutput(cross_entropy(ctx.logits(ctx.student, batch), batch.labels))
+            return LossOutput(ctx.cross_entropy(ctx.outputs(ctx.student, batch), batch.labels))
 
         ctx.fit(loss_fn, ctx.gold_batches())

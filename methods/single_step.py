@@ -29,7 +29,7 @@ class SingleStep(Method):
 
     def train(self, ctx: MethodContext) -> None:
         def loss_fn(batch):
-            rkl = reverse_kl(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask)
+            rkl = ctx.divergence(reverse_kl, ctx.outputs(ctx.student, batch), ctx.teacher_outputs(batch), batch.loss_mask)
             return LossOutput(rkl, {"rkl": rkl.item()})
 
         ctx.fit(loss_fn, ctx.policy_batches("student"))  # a fresh rollout every step

@@ -40,7 +40,7 @@ import torch
 
 from kdbench.errors import ConfigError
 from kdbench.method import (METHODS, Batch, LossOutput, Method, MethodConfig, MethodContext, ResumableBatches,
-                            check_range, cross_entropy, masked_token_loss)
+                            check_range, masked_token_loss)
 
 
 @dataclass
@@ -121,15 +121,15 @@ class TAID(Method):
 
         def loss_fn(batch: Batch) -> LossOutput:
             st = batches.state
-            s = ctx.logits(ctx.student, batch)
-            j = taid_loss(s, ctx.teacher_logits(batch), batch.loss_mask, st["t"])
+            s = ctx.outputs(ctx.student, batch)
+            j = ctx.divergence(token_taid, s, ctx.teacher_outputs(batch), batch.loss_mask, float(st["t"]))
             n = float(batch.n_tokens)
             st["j_sum"] += float(j.detach()) * n
             st["j_tokens"] += n
             logs = {"taid": j.item(), "t": st["t"]}
             loss = j
             if cfg.distil_ratio < 1:
-                ce = cross_entropy(s, batch.labels)
+                ce = ctx.cross_entropy(s, batch.labels)
                 loss = cfg.distil_ratio * j + (1 - cfg.distil_ratio) * ce
                 logs["ce"] = ce.item()
             return LossOutput(loss, logs)

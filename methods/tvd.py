@@ -31,7 +31,7 @@ class TVD(Method):
 
     def train(self, ctx: MethodContext) -> None:
         def loss_fn(batch):
-            d = tvd(ctx.logits(ctx.student, batch), ctx.teacher_logits(batch), batch.loss_mask)
+            d = ctx.divergence(tvd, ctx.outputs(ctx.student, batch), ctx.teacher_outputs(batch), batch.loss_mask)
             return LossOutput(d, {"tvd": d.item()})
 
         ctx.fit(loss_fn, ctx.policy_batches(self.config.data))

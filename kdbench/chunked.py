@@ -1,0 +1,216 @@
+"""Logit-level losses computed from final hidden states, a chunk of tokens at a time.
+
+At a real vocabulary (32k-256k) the [N, V] logits of student and teacher, their log-softmaxes and
+the divergence's temporaries dominate a KD step's memory. Here a model's output is kept as
+`LazyLogits` (final hidden states + the lm_head), and a loss takes only the masked-in rows, then for
+each chunk of `chunk` rows: lm_head, loss, and (when a gradient is needed) that chunk's gradient
+with respect to the hidden rows and the head's weight, before the next chunk. So no more than
+[chunk, V] logits exist at once, and nothing vocabulary-sized is saved for backward (the idea of
+Liger-Kernel's fused linear JSD and torchtune's chunked output loss, in plain torch).
+
+Values and gradients equal the unchunked losses of kdbench.divergences (one token, one vote:
+sum of mask-weighted per-token values over the batch's response tokens / their count) up to float
+summation order; tests/engine/test_chunked.py checks <= 1e-6 relative for every divergence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from . import divergences as D
+
+
+@dataclass
+class LazyLogits:
+    """A model's logits, not yet computed: ``hidden [B, L, H] @ weight[:V].T + bias`` (or, for a
+    source that has no head, e.g. the teacher's top-k cache, the dense ``logits [B, L, V]``)."""
+
+    hidden: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    vocab_size: int | None = None  # real vocabulary: padded embedding rows are cut off
+    logits: torch.Tensor | None = None
+
+    @classmethod
+    def dense(cls, logits: torch.Tensor) -> "LazyLogits":
+        return cls(logits=logits)
+
+    @property
+    def shape_bt(self) -> tuple[int, ...]:
+        src = self.logits if self.logits is not None else self.hidden
+        return tuple(src.shape[:-1])
+
+    def rows(self, keep: torch.Tensor) -> "LazyLogits":
+        """Only the positions where ``keep`` [B, L] is True, flattened to [N, ...]."""
+        if self.logits is not None:
+            return LazyLogits(logits=self.logits[keep])
+        return LazyLogits(self.hidden[keep], self.weight, self.bias, self.vocab_size)
+
+    def head(self, h: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None):
+        w = self.weight if weight is None else weight
+        w = w if self.vocab_size is None else w[: self.vocab_size]
+        b = self.bias if bias is None else bias
+        if b is not None and self.vocab_size is not None:
+            b = b[: self.vocab_size]
+        return F.linear(h, w, b)
+
+    def chunk(self, i: int, j: int) -> torch.Tensor:
+        """Logits of rows i:j (of an already row-selected LazyLogits)."""
+        if self.logits is not None:
+            return self.logits[i:j]
+        return self.head(self.hidden[i:j])
+
+    def full(self) -> torch.Tensor:
+        """Every position's logits [B, L, V]: the unchunked path."""
+        return self.logits if self.logits is not None else self.head(self.hidden)
+
+
+# the per-token function behind every batch divergence (each is masked_token_loss(token_fn, ...))
+TOKEN_FNS: dict[Callable, Callable] = {
+    D.forward_kl: D.token_forward_kl, D.reverse_kl: D.token_reverse_kl, D.js: D.token_js,
+    D.generalized_jsd: D.token_generalized_jsd, D.tvd: D.token_tvd, D.skew_forward_kl: D.token_skew_forward_kl,
+    D.skew_reverse_kl: D.token_skew_reverse_kl, D.alpha_beta: D.token_alpha_beta, D.akl: D.token_akl,
+}
+
+
+def token_fn_of(divergence: Callable) -> Callable:
+    """The per-token function of a batch divergence (a token function is returned unchanged)."""
+    if divergence in TOKEN_FNS:
+        return TOKEN_FNS[divergence]
+    name = getattr(divergence, "__name__", "")
+    if name.startswith("token_") or getattr(divergence, "is_token_fn", False):
+        return divergence
+    raise ValueError(f"no per-token function known for divergence {name or divergence!r}; pass its token "
+                     f"function (f(student [N,V], teacher [N,V], *args) -> [N]) or register it in "
+                     f"kdbench.chunked.TOKEN_FNS")
+
+
+class _FusedChunks(torch.autograd.Function):
+    """sum_c fn_c(hidden rows c) with each chunk's gradient computed in the forward pass and
+    freed with its logits; backward only scales the stored [N, H] / [V, H] gradients."""
+
+    @staticmethod
+    def forward(actx, hidden, weight, bias, chunk_value, lazy, chunk):
+        leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
+                  for t in (hidden, weight, bias)]
+        need = [t is not None and t.requires_grad for t in leaves]
+        grads = [torch.zeros_like(t) if n else None for t, n in zip(leaves, need)]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        n = hidden.shape[0]
+        with torch.enable_grad():
+            for i in range(0, n, chunk):
+                j = min(i + chunk, n)
+                h = leaves[0][i:j]
+                val = chunk_value(lazy.head(h, leaves[1], leaves[2]), i, j)
+                want = [t for t, k in zip(leaves, need) if k]
+                got = iter(torch.autograd.grad(val, want, allow_unused=True))
+                for k, flag in enumerate(need):
+                    if flag:
+                        g = next(got)
+                        if g is not None:
+                            grads[k] += g
+                total = total + val.detach()
+        actx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
+        actx.need = need
+        return total
+
+    @staticmethod
+    def backward(actx, grad_out):
+        saved = actx.saved_tensors
+        out = [grad_out * g if flag else None for g, flag in zip(saved, actx.need)]
+        return out[0], out[1], out[2], None, None, None
+
+
+def _row_sum(chunk_value: Callable[[torch.Tensor, int, int], torch.Tensor], s: LazyLogits, n: int,
+             chunk: int) -> torch.Tensor:
+    """sum over chunks of chunk_value(student logits of rows i:j, i, j), a scalar with a graph."""
+    grad_on = torch.is_grad_enabled()
+    if s.logits is not None:  # a dense student: only the row selection and the chunking apply
+        parts = [chunk_value(s.logits[i:j], i, j) for i in range(0, n, chunk)]
+        return torch.stack(parts).sum() if parts else s.logits.sum() * 0
+    tracked = grad_on and any(t is not None and t.requires_grad for t in (s.hidden, s.weight, s.bias))
+    if not tracked:
+        with torch.no_grad():
+            total = s.hidden.new_zeros((), dtype=torch.float32)
+            for i in range(0, n, chunk):
+                total = total + chunk_value(s.chunk(i, min(i + chunk, n)), i, min(i + chunk, n))
+        return total
+    return _FusedChunks.apply(s.hidden, s.weight, s.bias, chunk_value, s, chunk)
+
+
+def _check_chunk(chunk: int) -> int:
+    chunk = int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk (rows per lm_head chunk) must be >= 1, got {chunk}")
+    return chunk
+
+
+def chunked_token_loss(token_fn: Callable, student: LazyLogits, teacher: LazyLogits, mask: torch.Tensor, *args,
+                       temperature: float = 1.0, chunk: int = 1024, **kwargs) -> torch.Tensor:
+    """``masked_token_loss(token_fn, s / T, t / T, mask, *args)`` without the [B, L, V] logits.
+
+    The teacher carries no gradient (its logits come from its hidden rows per chunk, or from a dense
+    tensor such as the top-k cache's log-probs)."""
+    chunk = _check_chunk(chunk)
+    if tuple(mask.shape) != student.shape_bt or tuple(mask.shape) != teacher.shape_bt:
+        raise ValueError(f"mask {tuple(mask.shape)}, student {student.shape_bt} and teacher {teacher.shape_bt} "
+                         "positions must agree")
+    keep = mask > 0
+    s, t = student.rows(keep), teacher.rows(keep)
+    w = mask[keep].float()
+    T = float(temperature)
+
+    def value(s_logits, i, j):
+        with torch.no_grad():
+            t_logits = t.chunk(i, j)
+        s_l, t_l = (s_logits, t_logits) if T == 1.0 else (s_logits / T, t_logits / T)
+        return (token_fn(s_l, t_l, *args, **kwargs) * w[i:j]).sum()
+
+    total = _row_sum(value, s, int(w.numel()), chunk)
+    denom = w.sum()
+    return total / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def chunked_cross_entropy(student: LazyLogits, labels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Token-mean cross-entropy over labelled positions (labels >= 0), as ``method.cross_entropy``."""
+    chunk = _check_chunk(chunk)
+    keep = labels >= 0
+    s, y = student.rows(keep), labels[keep]
+
+    def value(s_logits, i, j):
+        return -torch.log_softmax(s_logits.float(), -1).gather(-1, y[i:j, None]).sum()
+
+    return _row_sum(value, s, int(y.numel()), chunk) / max(int(y.numel()), 1)
+
+
+def chunked_logprobs(student: LazyLogits, labels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """log softmax(logits)[label] per position [B, L] (0 where label < 0), as ``gather_logprobs``.
+
+    A per-token output cannot take the fused gradient, so each chunk is recomputed in backward
+    (activation checkpointing): one more lm_head matmul, no [N, V] saved."""
+    chunk = _check_chunk(chunk)
+    keep = labels >= 0
+    s, y = student.rows(keep), labels[keep]
+    n = int(y.numel())
+
+    def rows(h, w, b, i, j):
+        logits = s.head(h, w, b) if s.logits is None else h
+        return torch.log_softmax(logits.float(), -1).gather(-1, y[i:j, None]).squeeze(-1)
+
+    parts = []
+    for i in range(0, n, chunk):
+        j = min(i + chunk, n)
+        if s.logits is not None:
+            parts.append(rows(s.logits[i:j], None, None, i, j))
+        elif torch.is_grad_enabled() and (s.hidden.requires_grad or s.weight.requires_grad):
+            parts.append(checkpoint(rows, s.hidden[i:j], s.weight, s.bias, i, j, use_reentrant=False))
+        else:
+            parts.append(rows(s.hidden[i:j], None, None, i, j))
+    src = s.logits if s.logits is not None else s.hidden
+    flat = torch.cat(parts) if parts else src.new_zeros(0, dtype=torch.float32)
+    out = torch.zeros(labels.shape, dtype=torch.float32, device=flat.device)
+    return out.masked_scatter(keep, flat) if n else out + flat.sum() * 0
