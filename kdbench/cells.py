@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import adapters, tracking
 from . import models as M
-from .config import BenchConfig, stable_hash, to_dict
+from .config import BenchConfig, stable_hash, to_dict, train_key
 from .errors import ConfigError
 from .evaluation import eval_cache_spec, evaluate, task_eval_config
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
@@ -60,7 +60,7 @@ class Cells:
         teacher_path, teacher_key = self.stages.teacher_model() if method.requires_teacher else (None, None)
         init = (self.stages.student_sft(student, train_seed) if method.student_init == "sft"
                 else self.stages.student_base(student))
-        frozen = {"method": method_name, "method_config": dataclasses.asdict(method.config), "train": to_dict(train),
+        frozen = {"method": method_name, "method_config": dataclasses.asdict(method.config), "train": train_key(train),
                   "student": student, "student_init": method.student_init, "init_key": init[1],
                   "teacher": c.teacher if method.requires_teacher else None, "teacher_key": teacher_key,
                   "data": self.stages.data_fp(), "max_length": c.max_length, "max_prompt_length": c.max_prompt_length}

@@ -342,6 +342,20 @@ def _coerce(tp, value, key):
     return value
 
 
+# TrainConfig settings added after cache keys existed: in a key only when set off their default, so
+# cached stages and cells of earlier runs stay valid (chunked_loss "auto" is off for the toy world).
+_NEW_TRAIN_DEFAULTS = {"chunked_loss": "auto", "loss_chunk_tokens": 256}
+
+
+def train_key(train: "TrainConfig") -> dict[str, Any]:
+    """A TrainConfig as it enters cache keys (to_dict minus new settings left at their default)."""
+    d = to_dict(train)
+    for k, v in _NEW_TRAIN_DEFAULTS.items():
+        if d.get(k) == v:
+            d.pop(k)
+    return d
+
+
 def to_dict(obj) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 

@@ -20,7 +20,7 @@ from typing import Callable
 from . import adapters, tracking
 from . import models as M
 from . import vocab
-from .config import BenchConfig, TrainConfig, stable_hash, to_dict
+from .config import BenchConfig, TrainConfig, stable_hash, train_key
 from .data import infinite_batches, lm_batch
 from .errors import ConfigError
 from .io import atomic_write_json, is_done, mark_done
@@ -170,7 +170,7 @@ class Stages(DataStages):
             return self._models[memo]
         tok, tok_key = self.student_tokenizer(name) if role == "student" else (self.tokenizer(), self._tok_key)
         spec = {"role": role, "preset": name, "arch": M.MODEL_PRESETS.get(name).as_dict(), "tokenizer": tok_key,
-                "n_positions": self.cfg.max_length, "pretrain": to_dict(pretrain), "data": self.data_fp()}
+                "n_positions": self.cfg.max_length, "pretrain": train_key(pretrain), "data": self.data_fp()}
 
         def build(folder: Path):
             model = M.build_preset_model(name, tok, self.cfg.max_length, seed=pretrain.seed)
@@ -219,7 +219,7 @@ class Stages(DataStages):
 
     def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig,
                    track_name: str = "teacher/sft", student: str | None = None) -> tuple[str, str]:
-        spec = {"role": role, "base": base[1], "train": to_dict(train), "data": self.data_fp(), "method": "sft"}
+        spec = {"role": role, "base": base[1], "train": train_key(train), "data": self.data_fp(), "method": "sft"}
         select = self.selection_spec() if role == "student" else None
         if select:
             spec["select"] = select
