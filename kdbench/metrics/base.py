@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
+import numpy as np
+
 from ..registry import Registry
 from ..schema import Example
 
@@ -180,6 +182,9 @@ class Metric:
     sub_directions: dict[str, bool] = field(default_factory=dict)
     per_example: str = "none"  # mean | recompute | none: see the module docstring
     recompute_fn: Optional[Callable[[list[dict]], dict[str, float]]] = None
+    # Optional columnar form of recompute_fn (field -> float array, NaN = absent), for the bootstrap's
+    # thousands of resamples; it must give recompute_fn's values (tests/metrics/test_per_example_contract.py).
+    recompute_arrays_fn: Optional[Callable[[dict], dict[str, float]]] = None
     # What besides the version changes this metric's numbers, from the benchmark settings (e.g.
     # which judge); None: nothing. Part of the eval cell's cache key.
     key_fn: Optional[Callable[[Mapping[str, Any]], Any]] = None
@@ -196,6 +201,17 @@ class Metric:
         if self.per_example != "recompute" or self.recompute_fn is None:
             raise ValueError(f"metric '{self.name}' has per_example='{self.per_example}', not 'recompute'")
         return {k: v for k, v in self.recompute_fn(rows).items() if v is not None}
+
+    def recompute_columns(self, arrays: dict) -> dict[str, float]:
+        """`recompute` on columns (field -> array, NaN or None = absent): the columnar form when the
+        metric has one, else rows rebuilt from the columns."""
+        if self.recompute_arrays_fn is not None:
+            cols = {c: np.asarray(v, dtype=float) for c, v in arrays.items()}
+            return {k: v for k, v in self.recompute_arrays_fn(cols).items() if v is not None}
+        names = list(arrays)
+        rows = [{c: (None if v is None or v != v else v) for c, v in zip(names, vals)}
+                for vals in zip(*(list(arrays[c]) for c in names))]
+        return self.recompute(rows)
 
     def reproduce(self, rows: list[dict]) -> dict[str, float]:
         """The cell's values from its per-example rows, whichever contract applies ({} for "none")."""
@@ -214,6 +230,7 @@ def register_metric(name: str, *, version: int = 1, higher_is_better: bool = Tru
                     description: str = "", aggregate: str = "mean",
                     sub_directions: dict[str, bool] | None = None, per_example: str = "none",
                     recompute: Optional[Callable[[list[dict]], dict[str, float]]] = None,
+                    recompute_arrays: Optional[Callable[[dict], dict[str, float]]] = None,
                     cache_key: Optional[Callable[[Mapping[str, Any]], Any]] = None):
     if per_example not in PER_EXAMPLE_MODES:
         raise ValueError(f"metric '{name}': per_example must be one of {', '.join(PER_EXAMPLE_MODES)}, "
@@ -226,7 +243,8 @@ def register_metric(name: str, *, version: int = 1, higher_is_better: bool = Tru
                                  aggregate=aggregate, kind=kind,
                                  description=description or (fn.__doc__ or "").strip().splitlines()[0],
                                  sub_directions=sub_directions or {}, per_example=per_example,
-                                 recompute_fn=recompute, key_fn=cache_key),
+                                 recompute_fn=recompute, recompute_arrays_fn=recompute_arrays,
+                                 key_fn=cache_key),
                     description or (fn.__doc__ or "").strip().splitlines()[0])
         return fn
 

@@ -163,9 +163,18 @@ def _ece_recompute(rows: list[dict]) -> dict[str, float]:
     return ece_values([r["ece.confidence"] for r in rows], [r["ece.correct"] for r in rows])
 
 
+def _ece_recompute_arrays(cols: dict) -> dict[str, float]:
+    conf, corr = cols.get("ece.confidence"), cols.get("ece.correct")
+    if conf is None or corr is None:
+        return {}
+    keep = ~np.isnan(conf)
+    return ece_values(conf[keep], corr[keep]) if keep.any() else {}
+
+
 @register_metric("ece", version=1, higher_is_better=False, kind="model",
                  description="expected calibration error from label-word probabilities (10 bins), plus accuracy",
-                 sub_directions={"ece": False, "cls_acc": True}, per_example="recompute", recompute=_ece_recompute)
+                 sub_directions={"ece": False, "cls_acc": True}, per_example="recompute", recompute=_ece_recompute,
+                 recompute_arrays=_ece_recompute_arrays)
 def _ece_metric(ctx: EvalContext):
     """Per-example fields on label-word examples: ece.confidence (normalised probability of the
     predicted label), ece.correct (1/0), ece.pred (predicted label index). ECE bins over examples,

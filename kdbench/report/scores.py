@@ -46,9 +46,8 @@ def _none(v):
 def _recompute(metric, value: str, columns: tuple[str, ...]) -> Custom:
     """The metric's own recompute over the resampled rows' raw fields (arrays in, rows rebuilt)."""
     def fn(arrays: dict) -> float:
-        cols = list(arrays)
-        rows = [{c: _none(v) for c, v in zip(cols, vals)} for vals in zip(*(arrays[c].tolist() for c in cols))]
-        return float(metric.recompute(rows).get(value, math.nan))
+        # arrays: {field: array}, or the resampled rows' DataFrame; only the metric's fields matter
+        return float(metric.recompute_columns({c: arrays[c] for c in columns if c in arrays}).get(value, math.nan))
 
     return Custom(fn, name=value, columns=columns)
 

@@ -216,3 +216,29 @@ def test_record_validation():
     assert [r["w"] for r in ctx.per_example_rows()] == [None, None, 5.0]
     assert METRICS.get("validity").fn(ctx) is None  # no checker: not applicable, nothing recorded
     assert "validity" not in ctx.per_example_rows()[0]
+
+
+def test_columnar_recompute_gives_the_row_recompute_values():
+    """The bootstrap recomputes ECE and ExAccErr from columns; that form must give exactly what the
+    row form gives (absent fields as None in rows, NaN in columns), or CIs would drift from the cells."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 300
+    fields = {
+        "ece.confidence": lambda i: float(rng.uniform(0.5, 1)) if i % 3 else None,
+        "ece.correct": lambda i: float(rng.random() < 0.7) if i % 3 else None,
+        "exposure_bias.R": lambda i: float(rng.uniform(0, 5)) if i < 64 else None,
+        "exposure_bias.eps": lambda i: float(rng.uniform(0.5, 3)) if i < 64 else None,
+        "exposure_bias.R@8": lambda i: float(rng.uniform(0, 2)) if i < 64 else None,
+        "exposure_bias.eps@8": lambda i: float(rng.uniform(0.1, 1)) if i < 64 else None,
+    }
+    rows = [{k: f(i) for k, f in fields.items()} for i in range(n)]
+    cols = {k: np.array([np.nan if r[k] is None else r[k] for r in rows]) for k in fields}
+    for name in ("ece", "exposure_bias"):
+        metric = METRICS.get(name)
+        assert metric.recompute_arrays_fn is not None
+        want = metric.recompute(rows)
+        assert want and metric.recompute_columns(cols) == want, name
+    oracle = {"exposure_bias.oracle": np.ones(4), "exposure_bias.R": np.full(4, np.nan)}
+    assert METRICS.get("exposure_bias").recompute_columns(oracle) == {"exposure_bias": 0.0}
