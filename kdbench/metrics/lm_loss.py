@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..data import IGNORE, collate, encode_pair
@@ -96,8 +97,16 @@ def _lm_loss_recompute(rows: list[dict]) -> dict[str, float]:
     return {"lm_loss": token_mean([r["lm_loss.nll"] for r in rows], [r["lm_loss.tokens"] for r in rows])}
 
 
+def _lm_loss_recompute_arrays(cols: dict) -> dict[str, float]:
+    nll, tokens = cols.get("lm_loss.nll"), cols.get("lm_loss.tokens")
+    if nll is None or tokens is None or np.isnan(tokens).all():
+        return {}
+    keep = ~np.isnan(tokens)
+    return {"lm_loss": token_mean(nll[keep].tolist(), tokens[keep].tolist())}
+
+
 @register_metric("lm_loss", version=1, higher_is_better=False, kind="model", per_example="recompute",
-                 recompute=_lm_loss_recompute,
+                 recompute=_lm_loss_recompute, recompute_arrays=_lm_loss_recompute_arrays,
                  description="teacher-forced cross-entropy per response token (EOS included) on the first reference")
 def _lm_loss_metric(ctx: EvalContext):
     if ctx.model is None or ctx.tokenizer is None:

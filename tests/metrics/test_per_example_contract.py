@@ -232,10 +232,16 @@ def test_columnar_recompute_gives_the_row_recompute_values():
         "exposure_bias.eps": lambda i: float(rng.uniform(0.5, 3)) if i < 64 else None,
         "exposure_bias.R@8": lambda i: float(rng.uniform(0, 2)) if i < 64 else None,
         "exposure_bias.eps@8": lambda i: float(rng.uniform(0.1, 1)) if i < 64 else None,
+        "judge.model": lambda i: float(rng.integers(1, 11)) if i % 5 else None,
+        "judge.reference": lambda i: float(rng.integers(1, 11)) if i % 5 else None,
+        "judge.missing": lambda i: float(i % 5 == 0),
+        "judge.flip": lambda i: float(rng.random() < 0.2) if i % 2 else None,
+        "lm_loss.nll": lambda i: float(rng.uniform(0, 40)) if i % 7 else None,
+        "lm_loss.tokens": lambda i: float(rng.integers(1, 20)) if i % 7 else None,
     }
     rows = [{k: f(i) for k, f in fields.items()} for i in range(n)]
     cols = {k: np.array([np.nan if r[k] is None else r[k] for r in rows]) for k in fields}
-    for name in ("ece", "exposure_bias"):
+    for name in ("ece", "exposure_bias", "judge", "lm_loss"):
         metric = METRICS.get(name)
         assert metric.recompute_arrays_fn is not None
         want = metric.recompute(rows)

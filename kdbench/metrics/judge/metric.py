@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from ...io import atomic_write_text
 from ..base import EvalContext, default_session, register_metric
 from .client import JudgeClient
@@ -155,6 +157,24 @@ def _recompute(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def _recompute_arrays(cols: dict) -> dict[str, float]:
+    """`_recompute` on columns (NaN = absent), for the bootstrap: the same sums in the same order."""
+    def present(name):
+        v = cols.get(name)
+        return v[~np.isnan(v)] if v is not None else np.empty(0)
+
+    m, r = cols.get("judge.model"), cols.get("judge.reference")
+    keep = (~np.isnan(m) & ~np.isnan(r)) if m is not None and r is not None else None
+    out: dict[str, Any] = {"judge": ratio_score(m[keep].tolist(), r[keep].tolist()) if keep is not None else None}
+    missing = present("judge.missing")
+    if len(missing):
+        out["judge_missing"] = float(sum(missing.tolist()))
+    flips = present("judge.flip")
+    if len(flips):
+        out["judge_disagreement"] = 100.0 * (sum(flips.tolist()) / len(flips))
+    return out
+
+
 def _keep_ratings(ctx: EvalContext, result: JudgeResult, llm: bool) -> None:
     """Per-example ratings: the channel's numeric fields, and the generation records' `judge` field."""
     items = result.items
@@ -168,6 +188,7 @@ def _keep_ratings(ctx: EvalContext, result: JudgeResult, llm: bool) -> None:
 
 
 @register_metric("judge", version=1, higher_is_better=True, per_example="recompute", recompute=_recompute,
+                 recompute_arrays=_recompute_arrays,
                  cache_key=_cache_key,
                  description="LLM-judge (or toy oracle) score: 100 * sum(model ratings) / sum(reference ratings)",
                  sub_directions={"judge": True, "judge_missing": False, "judge_disagreement": False})
