@@ -12,6 +12,7 @@ descent on (1 - kd_ratio) * CE + kd_ratio * FKL, token mean.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, check_range, forward_kl)
 
@@ -19,9 +20,10 @@ from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodCon
 @dataclass
 class FKLConfig(MethodConfig):
     kd_ratio: float = 1.0  # scripts/gpt2/kd/kd_base.sh:62 --kd-ratio 1.0 (ABKD / DistiLLM codebase)
+    method: ClassVar[str] = "fkl"  # for error messages (methods/rkl.py reuses this config)
 
     def __post_init__(self) -> None:
-        check_range("kd_ratio", self.kd_ratio, 0.0, 1.0, "fkl")
+        check_range("kd_ratio", self.kd_ratio, 0.0, 1.0, self.method)
 
 
 @METHODS.register("fkl")
@@ -30,16 +32,18 @@ class FKL(Method):
     Config = FKLConfig
     requires_teacher = True
     student_init = "sft"  # kd_base.sh:18 distils the `init` (SFT) student
+    divergence = staticmethod(forward_kl)  # methods/rkl.py swaps in reverse_kl, nothing else
+    term = "fkl"  # the divergence's name in the logs
 
     def train(self, ctx: MethodContext) -> None:
-        r = self.config.kd_ratio
+        r, term = self.config.kd_ratio, self.term
 
         def loss_fn(batch):
             s = ctx.outputs(ctx.student, batch)
-            d = ctx.divergence(forward_kl, s, ctx.teacher_outputs(batch), batch.loss_mask)
+            d = ctx.divergence(self.divergence, s, ctx.teacher_outputs(batch), batch.loss_mask)
             if r == 1:
-                return LossOutput(d, {"fkl": d.item()})
+                return LossOutput(d, {term: d.item()})
             ce = ctx.cross_entropy(s, batch.labels)
-            return LossOutput(r * d + (1 - r) * ce, {"fkl": d.item(), "ce": ce.item()})
+            return LossOutput(r * d + (1 - r) * ce, {term: d.item(), "ce": ce.item()})
 
         ctx.fit(loss_fn, ctx.gold_batches())

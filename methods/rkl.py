@@ -13,33 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, check_range, reverse_kl)
+from kdbench.method import METHODS, reverse_kl
+from methods.fkl import FKL, FKLConfig
 
 
 @dataclass
-class RKLConfig(MethodConfig):
-    kd_ratio: float = 1.0  # scripts/gpt2/kd/kd_base.sh:62 --kd-ratio 1.0 (ABKD / DistiLLM codebase, as for fkl)
-
-    def __post_init__(self) -> None:
-        check_range("kd_ratio", self.kd_ratio, 0.0, 1.0, "rkl")
+class RKLConfig(FKLConfig):
+    method = "rkl"  # kd_ratio 1.0 as for fkl (kd_base.sh:62)
 
 
 @METHODS.register("rkl")
-class RKL(Method):
+class RKL(FKL):
     description = "reverse KL to the teacher on gold responses, from SFT, no CE (ABKD/DistiLLM's RKL baseline)"
     Config = RKLConfig
-    requires_teacher = True
-    student_init = "sft"  # kd_base.sh:18 distils the `init` (SFT) student
-
-    def train(self, ctx: MethodContext) -> None:
-        r = self.config.kd_ratio
-
-        def loss_fn(batch):
-            s = ctx.outputs(ctx.student, batch)
-            d = ctx.divergence(reverse_kl, s, ctx.teacher_outputs(batch), batch.loss_mask)
-            if r == 1:
-                return LossOutput(d, {"rkl": d.item()})
-            ce = ctx.cross_entropy(s, batch.labels)
-            return LossOutput(r * d + (1 - r) * ce, {"rkl": d.item(), "ce": ce.item()})
-
-        ctx.fit(loss_fn, ctx.gold_batches())
+    divergence = staticmethod(reverse_kl)
+    term = "rkl"
