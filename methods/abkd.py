@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.method import (METHODS, LossOutput, Method, MethodConfig, MethodContext, alpha_beta, check_range)
+from kdbench.method import METHODS, MethodConfig, alpha_beta, check_range
+from methods.fkl import FKL  # gold data, SFT init, (1 - kd_ratio) CE + kd_ratio D: only D differs
 
 
 @dataclass
@@ -48,24 +49,12 @@ class ABKDConfig(MethodConfig):
 
 
 @METHODS.register("abkd")
-class ABKD(Method):
+class ABKD(FKL):
     description = "ABKD: alpha-beta divergence (alpha 0.2, beta 0.7) to the teacher on gold responses, from SFT"
     Config = ABKDConfig
-    requires_teacher = True
     student_init = "sft"  # the scripts distil the `init` (SFT) student
+    divergence = staticmethod(alpha_beta)
+    term = "ab_div"
 
-    def train(self, ctx: MethodContext) -> None:
-        cfg = self.config
-
-        def loss_fn(batch):
-            s = ctx.outputs(ctx.student, batch)
-            d = ctx.divergence(alpha_beta, s, ctx.teacher_outputs(batch), batch.loss_mask, alpha=cfg.alpha, beta=cfg.beta)
-            logs = {"ab_div": d.item()}
-            loss = d
-            if cfg.kd_ratio < 1:
-                ce = ctx.cross_entropy(s, batch.labels)
-                loss = cfg.kd_ratio * d + (1 - cfg.kd_ratio) * ce
-                logs["ce"] = ce.item()
-            return LossOutput(loss, logs)
-
-        ctx.fit(loss_fn, ctx.gold_batches())
+    def divergence_kwargs(self) -> dict:
+        return {"alpha": self.config.alpha, "beta": self.config.beta}

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdbench.method import METHODS, LossOutput, Method, MethodConfig, MethodContext, akl, check_range
+from kdbench.method import METHODS, MethodConfig, akl, check_range
+from methods.fkl import FKL  # gold data, SFT init, (1 - kd_ratio) CE + kd_ratio D: only D differs
 
 
 @dataclass
@@ -42,23 +43,12 @@ class AKLConfig(MethodConfig):
 
 
 @METHODS.register("akl")
-class AKL(Method):
+class AKL(FKL):
     description = "AKL: FKL/RKL mixed per token by the teacher's head/tail errors (mu 0.5), on gold, from SFT"
     Config = AKLConfig
-    requires_teacher = True
     student_init = "sft"  # the script's `init` (SFT) student
+    divergence = staticmethod(akl)
+    term = "akl"
 
-    def train(self, ctx: MethodContext) -> None:
-        cfg = self.config
-
-        def loss_fn(batch):
-            s = ctx.outputs(ctx.student, batch)
-            d = ctx.divergence(akl, s, ctx.teacher_outputs(batch), batch.loss_mask, mu=cfg.mu)
-            logs, loss = {"akl": d.item()}, d
-            if cfg.kd_ratio < 1:
-                ce = ctx.cross_entropy(s, batch.labels)
-                loss = cfg.kd_ratio * d + (1 - cfg.kd_ratio) * ce
-                logs["ce"] = ce.item()
-            return LossOutput(loss, logs)
-
-        ctx.fit(loss_fn, ctx.gold_batches())
+    def divergence_kwargs(self) -> dict:
+        return {"mu": self.config.mu}

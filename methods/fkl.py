@@ -35,12 +35,16 @@ class FKL(Method):
     divergence = staticmethod(forward_kl)  # methods/rkl.py swaps in reverse_kl, nothing else
     term = "fkl"  # the divergence's name in the logs
 
+    def divergence_kwargs(self) -> dict:
+        """The divergence's hyperparameters from the config (abkd: alpha, beta; akl: mu)."""
+        return {}
+
     def train(self, ctx: MethodContext) -> None:
-        r, term = self.config.kd_ratio, self.term
+        r, term, kw = self.config.kd_ratio, self.term, self.divergence_kwargs()
 
         def loss_fn(batch):
             s = ctx.outputs(ctx.student, batch)
-            d = ctx.divergence(self.divergence, s, ctx.teacher_outputs(batch), batch.loss_mask)
+            d = ctx.divergence(self.divergence, s, ctx.teacher_outputs(batch), batch.loss_mask, **kw)
             if r == 1:
                 return LossOutput(d, {term: d.item()})
             ce = ctx.cross_entropy(s, batch.labels)
