@@ -60,7 +60,8 @@ class Cells:
         teacher_path, teacher_key = self.stages.teacher_model() if method.requires_teacher else (None, None)
         init = (self.stages.student_sft(student, train_seed) if method.student_init == "sft"
                 else self.stages.student_base(student))
-        frozen = {"method": method_name, "method_config": dataclasses.asdict(method.config), "train": train_key(train),
+        frozen = {"method": method_name, "method_config": dataclasses.asdict(method.config),
+                  "train": train_key(train, method.requires_teacher),
                   "student": student, "student_init": method.student_init, "init_key": init[1],
                   "teacher": c.teacher if method.requires_teacher else None, "teacher_key": teacher_key,
                   "data": self.stages.data_fp(), "max_length": c.max_length, "max_prompt_length": c.max_prompt_length}
@@ -145,6 +146,14 @@ class Cells:
         for attr in ("_teacher_samples_fn", "_unlabeled_fn"):
             if getattr(ctx, attr) is not None:
                 setattr(ctx, attr, recording(getattr(ctx, attr)))
+        # the teacher-cache stages it read (TrainConfig.teacher_cache): their keys reach the eval cells
+        stage_fn = ctx._teacher_cache_fn
+        if stage_fn is not None:
+            def cache_stage(spec, build):
+                folder, key = stage_fn(spec, build)
+                deps.setdefault("teacher-cache", []).append(key)
+                return folder, key
+            ctx._teacher_cache_fn = cache_stage
         return deps
 
     def _deps_current(self, cell: Path) -> bool:

@@ -48,6 +48,8 @@ from .schema import Example
 from .trainer import LossOutput, ResumableBatches, Trainer
 from .chunked import LazyLogits, chunked_cross_entropy, chunked_logprobs, chunked_token_loss, token_fn_of
 from .hidden import lazy_forward
+from .teacher_cache import TopKLogits
+from .teacher_store import TeacherCacheReader, local_stage, mark_fixed
 from .token_ops import cross_entropy, disable_dropout, gather_logprobs  # noqa: F401 (re-exported)
 from .divergences import (DIVERGENCES, akl, alpha_beta, forward_kl, generalized_jsd, js, masked_mean,  # noqa: F401
                           masked_token_loss, reverse_kl, skew_forward_kl, skew_reverse_kl, tvd)
@@ -133,7 +135,8 @@ class MethodContext:
                  teacher_samples_fn: Callable[[], list[Example]] | None = None,
                  unlabeled_fn: Callable[[], list[Example]] | None = None, unlabeled_prompts: Sequence[Example] = (),
                  device: str = "auto",
-                 dtype: str = "float32", method_name: str = "", progress: bool = True, teacher_tokenizer=None):
+                 dtype: str = "float32", method_name: str = "", progress: bool = True, teacher_tokenizer=None,
+                 teacher_cache_fn=None):
         self.student = student
         self.teacher = teacher
         self.tokenizer = tokenizer  # the student's
@@ -172,6 +175,10 @@ class MethodContext:
         # recorded in the train cell's result and shown next to the method's name in every report
         self.variant: str | None = None
         self.teacher_vocab_size: int | None = None  # the teacher's, when its tokenizer differs
+        # the stage function of the teacher cache (Stages.teacher_cache_stage; default: run_dir)
+        self._teacher_cache_fn = teacher_cache_fn
+        self._tcache = None  # kdbench.teacher_store.TeacherCacheReader, made on first use
+        self._tcache_k = train_cfg.teacher_cache_k if train_cfg.teacher_cache == "topk" else 0
 
     # -- data ------------------------------------------------------------------------------------
     @property
@@ -186,7 +193,8 @@ class MethodContext:
         """Batch of prompt + response (+EOS); responses default to each example's target."""
         seqs = [encode_pair(self.tokenizer, ex.prompt, ex.target if responses is None else responses[i],
                             self.max_length, self.max_prompt_length) for i, ex in enumerate(examples)]
-        return collate(seqs, self.pad_id)
+        # an example's own target is a fixed sequence: the teacher cache may answer for it
+        return mark_fixed(collate(seqs, self.pad_id)) if responses is None else collate(seqs, self.pad_id)
 
     def prompt_ids(self, examples: Sequence[Example]) -> list[list[int]]:
         return [encode_pair(self.tokenizer, ex.prompt, None, self.max_length, self.max_prompt_length)[0]
@@ -202,10 +210,17 @@ class MethodContext:
         """Gold train examples plus, for each unlabeled prompt, the teacher's sample as its target:
         the data of a method that needs a target on every prompt (word-level KD, GKD's off-policy part)."""
         if not self.unlabeled_prompts or self._unlabeled_fn is None:
-            return list(self.train_examples)
+            return self._fixed_set("guided", self.train_examples)
         if self._guided is None:
             self._guided = self.train_examples + self._unlabeled_fn()
-        return list(self._guided)
+        return self._fixed_set("guided", self._guided)
+
+    def _fixed_set(self, name: str, examples: Sequence[Example]) -> list[Example]:
+        """An example set a method may train on with fixed targets: known to the teacher cache (built
+        only if a batch of it asks for the teacher)."""
+        if self.teacher_cache is not None:
+            self.teacher_cache.register(name, examples)
+        return list(examples)
 
     def example_batches(self, examples: Sequence[Example] | None = None, batch_size: int | None = None,
                         seed_offset: int = 0) -> Iterator[list[Example]]:
@@ -250,27 +265,22 @@ class MethodContext:
         (generated once per split, cached, shared)."""
         if self._teacher_samples_fn is None:
             raise ConfigError(f"method '{self.method_name}' needs teacher samples but no teacher is configured")
-        return self._teacher_samples_fn()
+        return self._fixed_set("teacher-samples", self._teacher_samples_fn())
 
-    def teacher_topk_cache(self, k: int, examples: Sequence[Example] | None = None):
-        """The teacher's top-k distributions on every example (default: the train examples;
-        kdbench/teacher_cache.py), computed once per cell (kept in run_dir, so a rerun or resume reuses it)."""
-        from .teacher_cache import TopKTeacherCache
+    @property
+    def teacher_cache(self):
+        """The teacher cache reader (kdbench/teacher_store.py), or None when TrainConfig.teacher_cache is none,
+        there is no teacher, or the teacher's tokenizer differs from the student's."""
+        if self._tcache is None and self._tcache_k and self.teacher is not None and \
+                self.teacher_tokenizer is self.tokenizer:
+            stage = self._teacher_cache_fn or local_stage(Path(self.run_dir) if self.run_dir else None)
+            self._tcache = TeacherCacheReader(self, self._tcache_k, stage, log=self.log)
+        return self._tcache
 
-        if self.teacher is None:
-            raise ConfigError(f"method '{self.method_name}' needs a teacher for its top-k cache")
-        vocab = self.vocab_size or len(self.tokenizer)
-        exs = list(self.train_examples if examples is None else examples)
-        path = Path(self.run_dir) / f"teacher_topk_k{k}.pt" if self.run_dir else None
-        if path is not None and path.exists():
-            cache = TopKTeacherCache.load(path)
-            if cache.k == k and cache.vocab == vocab and all(ex.id in cache.entries for ex in exs):
-                return cache
-        cache = TopKTeacherCache(k, vocab)
-        cache.build(self, exs)
-        if path is not None:
-            cache.save(path)
-        return cache
+    def enable_teacher_cache(self, k: int) -> None:
+        """Turn the teacher cache on at k (kd's deprecated method_config.kd.teacher_cache: topk)."""
+        if self._tcache_k != k:
+            self._tcache_k, self._tcache = k, None
 
     # -- model calls -----------------------------------------------------------------------------
     def logits(self, model, batch: Batch) -> torch.Tensor:
@@ -315,7 +325,14 @@ class MethodContext:
         return out if out is not None else LazyLogits.dense(self.logits(model, batch))
 
     @torch.no_grad()
-    def teacher_outputs(self, batch: Batch) -> LazyLogits:  # as `outputs`, without gradient
+    def teacher_outputs(self, batch: Batch) -> LazyLogits:
+        """The teacher's logits on `batch` (as `outputs`, without gradient): from the teacher cache when it
+        is on and every row is a fixed sequence (never for rollouts), else a live teacher forward."""
+        cached = self.teacher_cache.outputs(batch) if self.teacher_cache is not None else None
+        return cached if cached is not None else self.live_teacher_outputs(batch)
+
+    @torch.no_grad()
+    def live_teacher_outputs(self, batch: Batch) -> LazyLogits:
         if self.teacher is None or not self.loss_chunk or next(self.teacher.parameters()).device != self.device:
             return LazyLogits.dense(self.teacher_logits(batch))
         batch = batch.to(self.device)
@@ -346,7 +363,7 @@ class MethodContext:
     def logprobs(self, student: LazyLogits, labels: torch.Tensor) -> torch.Tensor:
         """log p(label) per position [B, L], 0 where label < 0 (as `gather_logprobs`)."""
         labels = labels.to(self.device)
-        if not self.loss_chunk:
+        if not self.loss_chunk or isinstance(student, TopKLogits):
             return gather_logprobs(student.full(), labels)
         return chunked_logprobs(student, labels, self.loss_chunk)
 

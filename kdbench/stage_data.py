@@ -114,6 +114,14 @@ class DataStages:
             out.append(dataclasses.replace(ex, meta=meta))
         return out
 
+    def teacher_cache_stage(self, spec: dict, build) -> tuple[Path, str]:
+        """The teacher-cache stage of one example set (kdbench/teacher_store.py): the reader's spec (set
+        content, k, vocabulary, lengths) plus the teacher and tokenizer it was computed with, so a changed
+        teacher rebuilds it; every method and training seed with the same inputs reads the same stage."""
+        self.tokenizer()  # sets the tokenizer key
+        full = {**spec, "teacher": self.teacher_model()[1], "tokenizer": self._tok_key}
+        return self.stage("teacher-topk", full, build)
+
     def unlabeled_spec(self) -> dict | None:
         """What the unlabeled prompts add to a teacher-guided train cell's key (None: nothing, so the
         keys of runs without them stay as they were)."""

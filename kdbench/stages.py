@@ -170,7 +170,7 @@ class Stages(DataStages):
             return self._models[memo]
         tok, tok_key = self.student_tokenizer(name) if role == "student" else (self.tokenizer(), self._tok_key)
         spec = {"role": role, "preset": name, "arch": M.MODEL_PRESETS.get(name).as_dict(), "tokenizer": tok_key,
-                "n_positions": self.cfg.max_length, "pretrain": train_key(pretrain), "data": self.data_fp()}
+                "n_positions": self.cfg.max_length, "pretrain": train_key(pretrain, teacher=False), "data": self.data_fp()}
 
         def build(folder: Path):
             model = M.build_preset_model(name, tok, self.cfg.max_length, seed=pretrain.seed)
@@ -219,7 +219,7 @@ class Stages(DataStages):
 
     def _sft_stage(self, role: str, base: tuple[str, str], train: TrainConfig,
                    track_name: str = "teacher/sft", student: str | None = None) -> tuple[str, str]:
-        spec = {"role": role, "base": base[1], "train": train_key(train), "data": self.data_fp(), "method": "sft"}
+        spec = {"role": role, "base": base[1], "train": train_key(train, teacher=False), "data": self.data_fp(), "method": "sft"}
         select = self.selection_spec() if role == "student" else None
         if select:
             spec["select"] = select
@@ -285,7 +285,8 @@ class Stages(DataStages):
                             unlabeled_fn=self.unlabeled_samples if teacher is not None else None,
                             unlabeled_prompts=self.tasks.unlabeled_examples() if teacher is not None else (),
                             device=self.cfg.device, dtype=self.cfg.dtype, method_name=f"{method_name} ({label})",
-                            progress=self.progress, teacher_tokenizer=self.tokenizer() if cross else None)
+                            progress=self.progress, teacher_tokenizer=self.tokenizer() if cross else None,
+                            teacher_cache_fn=self.teacher_cache_stage if teacher is not None else None)
         ctx.vocab_size = len(tok)  # logits are cut to the real vocabulary (padded embeddings)
         if cross:
             ctx.teacher_vocab_size = len(self.tokenizer())

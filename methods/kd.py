@@ -4,17 +4,17 @@ MiniLLM's `--type kd` with kd_ratio r = 0.5 and no temperature. Upstream uses th
 cross-entropy -sum p log q, which differs from forward KL by the teacher entropy (a constant for
 the student), so gradients are identical; we log the true KL.
 
-`teacher_cache: topk` reads the teacher from a top-k cache built once over the training set
-(kdbench/teacher_cache.py: k log-probs + the remaining mass, its error documented there) instead of
-a teacher forward per step: cheaper when the run covers the training set more than about once.
+The teacher cache (train.teacher_cache: topk, kdbench/teacher_store.py) serves the teacher's
+distributions on these fixed responses from a stage built once. The method-level
+`teacher_cache: topk` / `topk: k` still work but are deprecated: they turn the same cache on for this
+method only (train.teacher_cache / train.teacher_cache_k, or method_train.kd, is the setting).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from kdbench.method import (forward_kl, METHODS, Method, MethodConfig, MethodContext, check_choice, check_range,
-                            LazyLogits, LossOutput)
+                            LossOutput)
 
 
 
@@ -22,8 +22,8 @@ from kdbench.method import (forward_kl, METHODS, Method, MethodConfig, MethodCon
 class KDConfig(MethodConfig):
     kd_ratio: float = 0.5  # MiniLLM scripts: --kd-ratio 0.5
     temperature: float = 1.0  # MiniLLM uses none (1.0); Hinton-style T scales the loss by T^2
-    teacher_cache: str = "none"  # none: teacher forward every step | topk: cached top-k distributions
-    topk: int = 64  # k of the top-k cache
+    teacher_cache: str = "none"  # deprecated (use train.teacher_cache): topk turns the cache on for kd
+    topk: int = 64  # deprecated (use train.teacher_cache_k): k of that cache
 
     def __post_init__(self) -> None:
         check_range("kd_ratio", self.kd_ratio, 0.0, 1.0, "kd")
@@ -40,30 +40,17 @@ class KD(Method):
 
     def train(self, ctx: MethodContext) -> None:
         r, T = self.config.kd_ratio, self.config.temperature
-
-        # gold train responses, plus the teacher's samples on prompts without gold (if the run has them)
-        data = ctx.guided_examples()
-        cache = ctx.teacher_topk_cache(self.config.topk, data) if self.config.teacher_cache == "topk" else None
-
-        def teacher(batch):
-            if cache is None:
-                return ctx.teacher_outputs(batch)
-            ids = [data[i].id for i in batch.extras["example_index"].tolist()]
-            return LazyLogits.dense(cache.teacher_logp(batch, ids).to(ctx.device))  # log-probs act as logits
-
-        def cached_batches():
-            # the same example order as gold_batches(), with each row's index for the cache lookup
-            pos = {id(ex): i for i, ex in enumerate(data)}
-            for exs in ctx.example_batches(data):
-                b = ctx.encode(exs)
-                b.extras["example_index"] = torch.tensor([pos[id(ex)] for ex in exs])
-                yield b
+        if self.config.teacher_cache == "topk":
+            ctx.log.warning("method_config.kd.teacher_cache is deprecated: set train.teacher_cache=topk and "
+                            "train.teacher_cache_k (e.g. method_train.kd) instead; using k=%d", self.config.topk)
+            ctx.enable_teacher_cache(self.config.topk)
 
         def loss_fn(batch):
             s = ctx.outputs(ctx.student, batch)
-            t = teacher(batch)
+            t = ctx.teacher_outputs(batch)  # the teacher cache's, when it is on
             ce = ctx.cross_entropy(s, batch.labels)
             kl = ctx.divergence(forward_kl, s, t, batch.loss_mask, temperature=T) * (T * T)
             return LossOutput((1 - r) * ce + r * kl, {"ce": float(ce.detach()), "fkl": float(kl.detach())})
 
-        ctx.fit(loss_fn, cached_batches() if cache is not None else ctx.gold_batches(data))
+        # gold train responses, plus the teacher's samples on prompts without gold (if the run has them)
+        ctx.fit(loss_fn, ctx.gold_batches(ctx.guided_examples()))
