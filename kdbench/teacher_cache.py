@@ -58,14 +58,16 @@ def topk_expand(vals: torch.Tensor, idx: torch.Tensor, tail: torch.Tensor, vocab
     return torch.log_softmax(out, -1)
 
 
-def topk_error(logits: torch.Tensor, mask: torch.Tensor, k: int, student_logits: torch.Tensor | None = None) -> dict:
+def topk_error(logits: torch.Tensor, mask: torch.Tensor, k: int, student_logits: torch.Tensor | None = None,
+               dtype: torch.dtype = torch.float16) -> dict:
     """What the cache loses at this k over masked-in positions: KL(p || p_hat) and the tail mass; with
     student logits also the forward-KL loss change |KL(p_hat||q) - KL(p||q)| (token mean, and relative)
-    and the relative L2 error of its gradient wrt the student logits (the gradient is q - p per row)."""
+    and the relative L2 error of its gradient wrt the student logits (the gradient is q - p per row).
+    `dtype`: the stored log-probs' (float16 as the cache keeps them; float32 isolates the top-k cut)."""
     keep = mask.reshape(-1) > 0
     flat = logits.reshape(-1, logits.shape[-1])[keep].float()
     p_logp = torch.log_softmax(flat, -1)
-    v, i, t = topk_compress(flat, k)
+    v, i, t = topk_compress(flat, k, dtype)
     q_logp = topk_expand(v, i, t, flat.shape[-1])
     kl = (p_logp.exp() * (p_logp - q_logp)).sum(-1)
     out = {"k": k, "kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "tail_mass_mean": float(t.exp().mean()),

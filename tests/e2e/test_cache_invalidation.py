@@ -78,6 +78,7 @@ DISTILLED = {"train:sft", "train:kd", "train:seqkd", "eval:sft", "eval:kd", "eva
 SEQKD = {"teacher-samples", "train:seqkd", "eval:seqkd"}  # SeqKD's samples use the eval decoding
 # the teacher's labels on the prompts without gold (eval decoding too), read by teacher-guided methods
 GUIDED = {"teacher-samples-unlabeled", "train:kd", "eval:kd"}
+TEACHER_READERS = {"train:kd", "eval:kd", "train:seqkd", "eval:seqkd"}
 EVERYTHING = TEACHER_CHAIN | ALL_EVALS | DISTILLED | SEQKD | GUIDED
 
 
@@ -102,6 +103,8 @@ EVERYTHING = TEACHER_CHAIN | ALL_EVALS | DISTILLED | SEQKD | GUIDED
     (["--set", "eval.seeds=[10,20]"], {e + "@20" for e in ALL_EVALS}),
     # the training data: everything trained on it (the test prompts are the same, the models not)
     (["--set", "task_options.toy.n_train=40"], EVERYTHING),
+    # the teacher cache on: its stage, and the methods that read a teacher (not the SFT student)
+    (["--set", "distill.teacher_cache=topk"], {"teacher-topk"} | TEACHER_READERS),
     # half precision: the teacher (and, on GPU, every training) computes in it
     (["--dtype", "bfloat16"], EVERYTHING),
 ])
@@ -120,3 +123,24 @@ def test_unchanged_rerun_rebuilds_nothing(base, tmp_path):
     shutil.copytree(src, out)
     assert main(ARGS + ["--out", str(out)]) == 0
     assert done_keys(out) == before
+
+
+def test_teacher_cache_stage_follows_k_and_the_teacher(base, tmp_path):
+    """With the cache on: another k or another teacher rebuilds the cache stage and retrains its
+    readers; the train cell records the stage it read, and that stage is the one on disk."""
+    src, _ = base
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    on = ["--set", "distill.teacher_cache=topk", "--set", "distill.teacher_cache_k=16"]
+    assert main(ARGS + ["--out", str(out)] + on) == 0
+    before = done_keys(out)
+    stages = sorted(p.name for p in (out / "cache").glob("teacher-topk-*"))
+    assert len(stages) == 1  # kd's guided examples (seqkd, kd_ratio 0, never asks the teacher)
+    kd_done = json.loads(next(out.glob("train/*/kd/DONE")).read_text())
+    assert kd_done["depends"]["teacher-cache"] == [stages[0].removeprefix("teacher-topk-")]
+    assert main(ARGS + ["--out", str(out)] + on[:2] + ["--set", "distill.teacher_cache_k=8"]) == 0
+    after_k = done_keys(out)
+    assert kinds(rebuilt(before, after_k)) == {"teacher-topk"} | TEACHER_READERS
+    assert main(ARGS + ["--out", str(out)] + on + ["--set", "teacher_sft.steps=5"]) == 0
+    got = kinds(rebuilt(after_k, done_keys(out)))
+    assert {"teacher-sft", "teacher-topk", "train:kd"} <= got and "student-sft" not in got
