@@ -136,7 +136,7 @@ def test_teacher_cache_stage_follows_k_and_the_teacher(base, tmp_path):
     before = done_keys(out)
     stages = sorted(p.name for p in (out / "cache").glob("teacher-topk-*"))
     assert len(stages) == 1  # kd's guided examples (seqkd, kd_ratio 0, never asks the teacher)
-    kd_done = json.loads(next(out.glob("train/*/kd/DONE")).read_text())
+    kd_done = json.loads(next(out.rglob("train/*/kd/DONE")).read_text())
     assert kd_done["depends"]["teacher-cache"] == [stages[0].removeprefix("teacher-topk-")]
     assert main(ARGS + ["--out", str(out)] + on[:2] + ["--set", "distill.teacher_cache_k=8"]) == 0
     after_k = done_keys(out)
