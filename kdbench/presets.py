@@ -146,6 +146,12 @@ _ON_POLICY_FORK = {
 }
 
 
+# Real vocabularies: the teacher on fixed responses from its top-256 cache, built once per (teacher,
+# example set) and shared by every method, epoch and seed (TrainConfig.teacher_cache; error measured
+# on SmolLM2 / Dolly: benchmarks/results/topk_error.md). The toy presets keep the exact teacher.
+_REAL_TEACHER_CACHE = {"teacher_cache": "topk", "teacher_cache_k": 256}
+
+
 def _gpt2_students(students: list[str], lr: float, epochs: int, size: str = "120m") -> dict:
     # sft_{base,medium,large}.sh and kd_*.sh share lr and epochs per student size; kd-ratio 0.5 is
     # the kd method's default (methods/kd.py)
@@ -153,7 +159,7 @@ def _gpt2_students(students: list[str], lr: float, epochs: int, size: str = "120
     return {**_GPT2_COMMON, "students": students,
             "distill": {"steps": epochs * _GPT2_EPOCH_STEPS, "batch_size": 32, "lr": lr, "min_lr": 1e-7,
                         "warmup_steps": 0, "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0,
-                        "seed": 10, "log_every": 50, "checkpoint_every": 100},
+                        "seed": 10, "log_every": 50, "checkpoint_every": 100, **_REAL_TEACHER_CACHE},
             # MiniLLM and every method of the on_policy / ranking classes without its own entry below
             "budget_train": {"on_policy": dict(_MINILLM_RL), "ranking": dict(_MINILLM_RANKING)},
             "method_train": {**fork, "js": dict(fork["gkd"]), "tvd": dict(fork["gkd"])}}
@@ -216,7 +222,7 @@ PRESETS.add("smol", {
     "teacher_sft": {"steps": 0},  # already instruction-tuned: distil from it as it is
     "distill": {"steps": 40, "batch_size": 8, "lr": 1e-4, "min_lr": 1e-6, "warmup_steps": 4,
                 "schedule": "cosine", "weight_decay": 1e-2, "clip_grad": 1.0, "seed": 10,
-                "log_every": 5, "checkpoint_every": 10},
+                "log_every": 5, "checkpoint_every": 10, **_REAL_TEACHER_CACHE},
     "method_train": {"minillm": {"steps": 32}},
     "eval": {"seeds": [10, 20, 30], "max_new_tokens": 64, "max_prompt_tokens": 192, "max_examples": 100,
              "batch_size": 25, "exposure_prompts": 8},
