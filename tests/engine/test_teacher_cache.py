@@ -229,3 +229,22 @@ def test_cache_settings_are_validated_and_in_the_key_only_when_on():
     on = TrainConfig(teacher_cache="topk", teacher_cache_k=32)
     assert train_key(on)["teacher_cache_k"] == 32
     assert train_key(on, teacher=False) == train_key(TrainConfig())  # an SFT student is the same without it
+
+
+# every method that reads the teacher on fixed responses reads the cache (no code of its own); the
+# on-policy ones never do
+OFF_POLICY = [("kd", None), ("fkl", None), ("rkl", None), ("abkd", None), ("akl", None), ("taid", None),
+              ("js", {"data": "gold"}), ("tvd", {"data": "teacher"}), ("seqkd", {"kd_ratio": 0.5}),
+              ("gkd", {"lmbda": 0.0}), ("distillm", {"dev_size": 4, "init_threshold": 0.0})]
+ON_POLICY = [("js", None), ("single_step", None), ("minillm", {"lm_coef": 0.0})]
+
+
+@pytest.mark.parametrize("name, overrides", OFF_POLICY + ON_POLICY,
+                         ids=[f"{n}-{'off' if (n, o) in OFF_POLICY else 'on'}" for n, o in OFF_POLICY + ON_POLICY])
+def test_every_off_policy_method_reads_the_cache_and_no_on_policy_one(world, tmp_path, name, overrides):
+    ctx = _ctx(world, tmp_path, tmp_path / "stages", steps=2, teacher_cache="topk", teacher_cache_k=16)
+    samples = [ex.__class__(**{**ex.__dict__, "meta": {**ex.meta, "target": world.exs[-1 - i].target}})
+               for i, ex in enumerate(world.exs)]  # "teacher samples": other examples' answers
+    ctx._teacher_samples_fn = lambda: samples
+    make_method(name, overrides).train(ctx)
+    assert (ctx.counters.get("teacher_cache_tokens", 0) > 0) == ((name, overrides) in OFF_POLICY)
