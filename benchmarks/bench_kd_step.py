@@ -11,7 +11,7 @@ tokens. Three rows, alternated over --rounds so a change in the machine's load h
 A step is the time between two batches the trainer asks for (forward, loss, backward, optimizer);
 the first step of each run is dropped (allocation, kernel choice).
 
-    python benchmarks/bench_kd_step.py --data-dir /work/shared/data [--steps 4 --rounds 2 --k 64]
+    python benchmarks/bench_kd_step.py --data-dir DATA [--steps 4 --rounds 2 --k 64]
 
 Writes benchmarks/results/kd_step.{json,md}.
 """

