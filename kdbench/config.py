@@ -48,19 +48,14 @@ class TrainConfig:
     # rows per chunk: ~8 fp32 [chunk, V] temporaries live at once, 1 GB at V = 128k; Liger's fused linear
     # losses size chunks the same way (rows ~ B*T / ceil(V / H)), torchtune cuts the sequence in 8
     loss_chunk_tokens: int = 256
-    # The teacher on fixed responses (gold, cached teacher samples) read from a stage built once per
-    # (teacher, example set, k) and shared by every method, epoch and training seed
-    # (kdbench/teacher_store.py); never for on-policy samples. none: the exact full-vocabulary teacher
-    # every step (the toy world's default). topk: the k most likely tokens' log-probs + the tail mass,
-    # its error in kdbench/teacher_cache.py and benchmarks/results/topk_error.md (real-model presets).
+    # The teacher on fixed responses from a top-k stage shared by every method, epoch and seed, never
+    # on rollouts (docs/teacher_cache.md). none: the exact teacher every step (toy default). k = 256:
+    # kd loss 0.44 %, gradient 0.12 % off the exact teacher on SmolLM2 (benchmarks/bench_topk_error.py)
     teacher_cache: str = "none"  # none | topk
-    # 256: on SmolLM2 / Dolly the kd loss moves 0.44 % and its gradient 0.12 % (relative) against the
-    # exact teacher, at 1.5 kB per position instead of 197 kB (benchmarks/bench_topk_error.py)
     teacher_cache_k: int = 256
 
     def __post_init__(self) -> None:
-        _check(self.teacher_cache in ("none", "topk"), "teacher_cache",
-               f"'{self.teacher_cache}' is not one of none, topk")
+        _check(self.teacher_cache in ("none", "topk"), "teacher_cache", f"'{self.teacher_cache}' is not one of none, topk")
         _check(self.teacher_cache_k >= 1, "teacher_cache_k", f"must be >= 1, got {self.teacher_cache_k}")
         _check(self.chunked_loss in ("auto", "on", "off"), "chunked_loss",
                f"'{self.chunked_loss}' is not one of auto, on, off")
@@ -360,16 +355,14 @@ _NEW_TRAIN_DEFAULTS = {"chunked_loss": "auto", "loss_chunk_tokens": 256}
 
 
 def train_key(train: "TrainConfig", teacher: bool = True) -> dict[str, Any]:
-    """A TrainConfig as it enters cache keys (to_dict minus new settings left at their default). The
-    teacher cache's settings enter only when the cache is on and the stage reads a teacher (`teacher`):
-    an SFT student or a pretrained base is the same with or without it."""
+    """A TrainConfig as it enters cache keys (to_dict minus new settings left at their default); the
+    teacher cache's settings only when it is on and the stage reads a teacher (not SFT, pretraining)."""
     d = to_dict(train)
     for k, v in _NEW_TRAIN_DEFAULTS.items():
         if d.get(k) == v:
             d.pop(k)
     if not teacher or d.get("teacher_cache") == "none":
-        d.pop("teacher_cache", None)
-        d.pop("teacher_cache_k", None)
+        d = {k: v for k, v in d.items() if k not in ("teacher_cache", "teacher_cache_k")}
     return d
 
 
