@@ -25,6 +25,7 @@ DIV_T = ["tests/methods/test_divergences.py", "tests/methods/test_gradients.py",
 ADV_T = ["tests/methods/test_advantages.py", "tests/methods/test_gradients.py", "tests/methods/test_step_one.py"]
 SAMPLE_T = ["tests/engine/test_sampling_filters.py", "tests/engine/test_sampling.py"]
 CACHE_T = ["tests/e2e/test_cache_invalidation.py"]
+TCACHE_T = ["tests/engine/test_teacher_cache.py"]
 METRIC_T = ["tests/metrics"]
 
 # (id, file, [(old, new), ...], tests)
@@ -142,6 +143,16 @@ MUTANTS = [
      [("return all(key == self.stages.teacher_samples_key() for name", "return all(True or key == 0 for name")], CACHE_T),
     ("key-eval-with-all-seeds", "kdbench/cells.py",
      [('protocol = {k: v for k, v in to_dict(c.eval).items() if k != "seeds"}', "protocol = to_dict(c.eval)")], CACHE_T),
+    # --- the teacher cache (kdbench/teacher_cache.py, teacher_store.py)
+    ("tcache-reads-rollouts", "kdbench/teacher_store.py",
+     [("        if not is_fixed(batch):\n            return None\n", "")], TCACHE_T),
+    ("tcache-k-not-in-stage-key", "kdbench/teacher_store.py", [('"k": self.k, "vocab"', '"vocab"')], TCACHE_T),
+    ("tcache-teacher-not-in-stage-key", "kdbench/stage_data.py", [('"teacher": self.teacher_model()[1], ', "")],
+     CACHE_T),
+    ("tcache-tail-mass-dropped", "kdbench/teacher_cache.py",
+     [("other = tail.float() - math.log(max(vocab - k, 1))", "other = tail.float() - float('inf')")], TCACHE_T),
+    ("tcache-sft-key-reads-the-cache", "kdbench/stages.py",
+     [('"train": train_key(train, teacher=False), "data"', '"train": train_key(train), "data"')], CACHE_T),
 ]
 
 
