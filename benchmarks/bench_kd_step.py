@@ -11,7 +11,7 @@ tokens. Three rows, alternated over --rounds so a change in the machine's load h
 A step is the time between two batches the trainer asks for (forward, loss, backward, optimizer);
 the first step of each run is dropped (allocation, kernel choice).
 
-    python benchmarks/bench_kd_step.py --data-dir DATA [--steps 4 --rounds 2 --k 64]
+    python benchmarks/bench_kd_step.py --data-dir DATA [--steps 4 --rounds 2 --k 256]
 
 Writes benchmarks/results/kd_step.{json,md}.
 """
@@ -63,7 +63,7 @@ def dolly_examples(tok, data_dir: str, n: int, max_prompt: int) -> list[Example]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", required=True, help="folder with dolly/minillm/dev.jsonl")
+    ap.add_argument("--data-dir", help="folder with dolly/minillm/dev.jsonl")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--max-prompt", type=int, default=192)
@@ -72,7 +72,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--from-json", help="rewrite the table from a saved kd_step.json's step times (no timing)")
     args = ap.parse_args()
+    if args.from_json:
+        d = json.loads(Path(args.from_json).read_text())
+        write(d["machine"], argparse.Namespace(**d["args"]), d["cache_build_s"], d["step_times_s"],
+              d.get("examples", d["args"]["examples"]))
+        return
+    if not args.data_dir:
+        ap.error("--data-dir is required (a folder with dolly/minillm/dev.jsonl)")
     machine = machine_info()
     print("machine:", machine, flush=True)
     torch.set_num_threads(args.threads)
@@ -127,18 +135,36 @@ def main() -> None:
             if cache:
                 assert ctx.counters.get("teacher_forward_tokens", 0) == 0, "the cached run called the teacher"
             print(f"round {rnd + 1} {row}: " + ", ".join(f"{s:.2f}" for s in steps) + " s/step", flush=True)
+    write(machine, args, build_s, times, len(exs))
+
+
+def ratio_ci(a: list[float], b: list[float], n: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval of mean(a) / mean(b), steps resampled within each row."""
+    import random
+
+    rng = random.Random(seed)
+    rs = sorted(statistics.mean(rng.choices(a, k=len(a))) / statistics.mean(rng.choices(b, k=len(b)))
+                for _ in range(n))
+    return rs[int(0.025 * n)], rs[int(0.975 * n) - 1]
+
+
+def write(machine: dict, args, build_s: float, times: dict[str, list[float]], n_exs: int) -> None:
     sft = statistics.mean(times["sft"])
-    table = [{"row": r, "steps": len(v), "mean_step_s": statistics.mean(v), "min_step_s": min(v),
-              "max_step_s": max(v), "vs_sft": statistics.mean(v) / sft} for r, v in times.items()]
+    table = []
+    for r, v in times.items():
+        lo, hi = ratio_ci(v, times["sft"])
+        table.append({"row": r, "steps": len(v), "mean_step_s": statistics.mean(v), "min_step_s": min(v),
+                      "max_step_s": max(v), "vs_sft": statistics.mean(v) / sft, "vs_sft_ci95": f"[{lo:.2f}, {hi:.2f}]"})
     payload = {"machine": machine, "args": vars(args), "cache_build_s": build_s, "step_times_s": times,
-               "rows": table}
-    notes = (f"SmolLM2-135M-Instruct teacher, prune:drop=5-19 student, {len(exs)} Dolly records (chat-rendered, "
+               "examples": n_exs, "rows": table}
+    notes = (f"SmolLM2-135M-Instruct teacher, prune:drop=5-19 student, {n_exs} Dolly records (chat-rendered, "
              f"prompts <= {args.max_prompt} tokens, sequences <= {args.length}), batch {args.batch}, {args.threads} "
              f"threads, {args.rounds} alternating rounds of {args.steps} steps (first dropped). Teacher cache: top-{args.k}, "
-             f"its stage built once in {build_s:.1f} s before the timing (a teacher forward over the {len(exs)} "
-             "sequences, read by every later method, epoch and seed).")
-    write_results("kd_step", payload, table, ["row", "steps", "mean_step_s", "min_step_s", "max_step_s", "vs_sft"],
-                  notes)
+             f"its stage built once in {build_s:.1f} s before the timing (a teacher forward over the {n_exs} "
+             f"sequences, read by every later method, epoch and seed). vs_sft: mean step / sft's mean step, "
+             "with a 95 % bootstrap interval over the steps.")
+    write_results("kd_step", payload, table,
+                  ["row", "steps", "mean_step_s", "min_step_s", "max_step_s", "vs_sft", "vs_sft_ci95"], notes)
 
 
 if __name__ == "__main__":
