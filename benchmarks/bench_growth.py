@@ -234,8 +234,11 @@ def main(argv=None) -> int:
              f"{args.methods} --batch {args.batch} --steps {args.steps} --device {args.device}"
              + (f" --chunk-tokens {args.chunk_tokens}" if args.chunk_tokens else "")
              + (f" --chunk-elements {args.chunk_elements}" if args.chunk_elements else ""))
+    load_end = list(os.getloadavg())  # the load can rise during a long run: both ends are recorded
+    print(f"load average at the end: {load_end}", flush=True)
+    notes += f"\n\nLoad average at the end: {[round(x, 2) for x in load_end]}."
     payload = {"machine": machine, "args": {k: v for k, v in vars(args).items() if k != "one"}, "rows": rows,
-               "wall_s": time.time() - t_start}
+               "wall_s": time.time() - t_start, "loadavg_end": load_end}
     table = _table(rows)
     write_results("growth", payload, table, list(table[0]), notes, out_dir)
     plot(rows, out_dir / "growth.png")
