@@ -3,7 +3,8 @@
 At a real vocabulary (32k-256k) the [N, V] logits of student and teacher, their log-softmaxes and
 the divergence's temporaries dominate a KD step's memory. Here a model's output is kept as
 `LazyLogits` (final hidden states + the lm_head), and a loss takes only the masked-in rows, then for
-each chunk of `chunk` rows: lm_head, loss, and (when a gradient is needed) that chunk's gradient
+each chunk of `chunk` rows (sized by `rows_per_chunk` to an element budget, so that a chunk's memory
+does not grow with V): lm_head, loss, and (when a gradient is needed) that chunk's gradient
 with respect to the hidden rows and the head's weight, before the next chunk. So no more than
 [chunk, V] logits exist at once, and nothing vocabulary-sized is saved for backward (the idea of
 Liger-Kernel's fused linear JSD and torchtune's chunked output loss, in plain torch).
@@ -140,6 +141,17 @@ def _row_sum(chunk_value: Callable[[torch.Tensor, int, int], torch.Tensor], s: L
                 total = total + chunk_value(s.chunk(i, min(i + chunk, n)), i, min(i + chunk, n))
         return total
     return _FusedChunks.apply(s.hidden, s.weight, s.bias, chunk_value, s, chunk)
+
+
+def rows_per_chunk(vocab: int, max_rows: int, budget_elements: int) -> int:
+    """Rows per lm_head chunk at vocabulary ``vocab``: as many as fit ``budget_elements`` elements in one
+    [rows, vocab] tensor, at most ``max_rows``, at least 1. A chunk's ~8 fp32 temporaries then hold at
+    most 8 x budget elements whatever V (TrainConfig.loss_chunk_tokens / loss_chunk_elements)."""
+    vocab, max_rows, budget_elements = int(vocab), int(max_rows), int(budget_elements)
+    if vocab < 1 or max_rows < 1 or budget_elements < 1:
+        raise ValueError(f"rows_per_chunk needs vocab, max_rows and budget_elements >= 1, got {vocab}, {max_rows}, "
+                         f"{budget_elements}")
+    return max(1, min(max_rows, budget_elements // vocab))
 
 
 def _check_chunk(chunk: int) -> int:

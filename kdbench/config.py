@@ -45,9 +45,12 @@ class TrainConfig:
     # every key. auto: on from a vocabulary of 8192 (real tokenizers), off for the toy world, whose
     # tiny logits gain nothing and whose teacher was tuned on the unchunked rounding.
     chunked_loss: str = "auto"  # auto | on | off
-    # rows per chunk: ~8 fp32 [chunk, V] temporaries live at once, 1 GB at V = 128k; Liger's fused linear
-    # losses size chunks the same way (rows ~ B*T / ceil(V / H)), torchtune cuts the sequence in 8
+    # rows per chunk = min(loss_chunk_tokens, loss_chunk_elements // V, >= 1) (chunked.rows_per_chunk): ~8 fp32
+    # [rows, V] temporaries live at once, so an element budget keeps loss memory flat in V (256 rows: 1 GB at
+    # 128k). Default: 256 rows at V = 32,768 (32 MiB a temporary), the old 256-row chunks for any V <= 32,768.
+    # Liger's fused linear losses shrink rows as V grows too (~ B*T / ceil(V / H)); torchtune cuts T in 8.
     loss_chunk_tokens: int = 256
+    loss_chunk_elements: int = 256 * 32768
     # The teacher on fixed responses from a top-k stage shared by every method, epoch and seed, never
     # on rollouts (docs/teacher_cache.md). none: the exact teacher every step (toy default). k = 256:
     # kd loss 0.44 %, gradient 0.12 % off the exact teacher on SmolLM2 (benchmarks/bench_topk_error.py)
@@ -60,6 +63,8 @@ class TrainConfig:
         _check(self.chunked_loss in ("auto", "on", "off"), "chunked_loss",
                f"'{self.chunked_loss}' is not one of auto, on, off")
         _check(self.loss_chunk_tokens >= 1, "loss_chunk_tokens", f"must be >= 1, got {self.loss_chunk_tokens}")
+        _check(self.loss_chunk_elements >= 1, "loss_chunk_elements",
+               f"must be >= 1 (elements of one [rows, vocabulary] chunk), got {self.loss_chunk_elements}")
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
@@ -351,7 +356,7 @@ def _coerce(tp, value, key):
 
 # TrainConfig settings added after cache keys existed: in a key only when set off their default, so
 # cached stages and cells of earlier runs stay valid (chunked_loss "auto" is off for the toy world).
-_NEW_TRAIN_DEFAULTS = {"chunked_loss": "auto", "loss_chunk_tokens": 256}
+_NEW_TRAIN_DEFAULTS = {"chunked_loss": "auto", "loss_chunk_tokens": 256, "loss_chunk_elements": 256 * 32768}
 
 
 def train_key(train: "TrainConfig", teacher: bool = True) -> dict[str, Any]:

@@ -46,7 +46,8 @@ from .registry import Registry
 from .sampling import Rollout, SamplingConfig, sample
 from .schema import Example
 from .trainer import LossOutput, ResumableBatches, Trainer
-from .chunked import LazyLogits, chunked_cross_entropy, chunked_logprobs, chunked_token_loss, token_fn_of
+from .chunked import (LazyLogits, chunked_cross_entropy, chunked_logprobs, chunked_token_loss, rows_per_chunk,
+                      token_fn_of)
 from .hidden import lazy_forward
 from .teacher_cache import TopKLogits
 from .teacher_store import TeacherCacheReader, local_stage, mark_fixed
@@ -306,9 +307,12 @@ class MethodContext:
     # -- losses from (lazy) logits: what methods call, so every method gets the chunked path -------
     @property
     def loss_chunk(self) -> int:
-        """Rows per lm_head chunk, 0 when losses take the whole logits (TrainConfig.chunked_loss)."""
-        mode, vocab = self.train_cfg.chunked_loss, self.vocab_size or len(self.tokenizer)
-        return self.train_cfg.loss_chunk_tokens if mode == "on" or (mode == "auto" and vocab >= 8192) else 0
+        """Rows per lm_head chunk, 0 when losses take the whole logits (TrainConfig.chunked_loss); sized so
+        a [rows, V] chunk stays within train.loss_chunk_elements at the larger of the two vocabularies."""
+        cfg, vocab = self.train_cfg, self.vocab_size or len(self.tokenizer)
+        if not (cfg.chunked_loss == "on" or (cfg.chunked_loss == "auto" and vocab >= 8192)):
+            return 0
+        return rows_per_chunk(max(vocab, self.teacher_vocab_size or 0), cfg.loss_chunk_tokens, cfg.loss_chunk_elements)
 
     def outputs(self, model, batch: Batch) -> LazyLogits:
         """The model's logits aligned with batch.labels, computed by the loss that takes them

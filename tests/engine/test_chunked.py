@@ -1,7 +1,7 @@
 """Chunked logit losses (kdbench/chunked.py): values and gradients equal the unchunked losses for
 every divergence, cross-entropy and per-token log-probs (padding, a padded vocabulary, a bias,
 temperature, non-default hyperparameters), only masked-in rows in chunks of at most `chunk` ever
-reach a loss, the teacher gets no gradient, and every method through MethodContext trains to the
+reach a loss, chunks hold an element budget whatever the vocabulary, the teacher gets no gradient, and every method through MethodContext trains to the
 same weights with the chunked path on and off."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from kdbench import divergences as D
 from kdbench.chunked import (LazyLogits, chunked_cross_entropy, chunked_logprobs, chunked_token_loss,
-                             token_fn_of)
+                             rows_per_chunk, token_fn_of)
 from kdbench.config import TrainConfig
 from kdbench.errors import ConfigError
 from kdbench.method import MethodContext, cross_entropy, gather_logprobs, make_method
@@ -142,6 +142,21 @@ def test_config_validates_chunk_settings():
         TrainConfig(chunked_loss="yes")
     with pytest.raises(ConfigError, match="loss_chunk_tokens"):
         TrainConfig(loss_chunk_tokens=0)
+    with pytest.raises(ConfigError, match="loss_chunk_elements"):
+        TrainConfig(loss_chunk_elements=0)
+
+
+def test_rows_per_chunk_holds_an_element_budget():
+    budget = 256 * 32768  # TrainConfig's default
+    assert TrainConfig().loss_chunk_elements == budget and TrainConfig().loss_chunk_tokens == 256
+    assert rows_per_chunk(8000, 256, budget) == 256  # the row cap: chunks as before at small vocabularies
+    assert rows_per_chunk(32000, 256, budget) == 256 and rows_per_chunk(32768, 256, budget) == 256
+    assert rows_per_chunk(49152, 256, budget) == 170  # 8,388,608 / 49,152 = 170.7
+    assert rows_per_chunk(128000, 256, budget) == 65  # 8,388,608 / 128,000 = 65.5
+    assert rows_per_chunk(10 ** 8, 256, budget) == 1  # at least one row
+    assert rows_per_chunk(100, 7, 1000) == 7 and rows_per_chunk(100, 70, 1000) == 10
+    with pytest.raises(ValueError, match="budget_elements"):
+        rows_per_chunk(100, 7, 0)
 
 
 # --------------------------------------------------------------------------- through MethodContext
@@ -161,11 +176,11 @@ def _gpt2(tok, seed, std):
                                       pad_token_id=tok.pad_token_id))
 
 
-def _first_step(world, name, mode, overrides=None):
+def _first_step(world, name, mode, overrides=None, **train):
     """(loss, logs, gradient per parameter) of the method's first batch: one loss_fn call, no optimizer
     (AdamW would turn rounding-level differences of zero gradients into whole steps)."""
     cfg = TrainConfig(steps=2, batch_size=4, lr=1e-2, schedule="constant", log_every=1, seed=0, chunked_loss=mode,
-                      loss_chunk_tokens=7)
+                      **{"loss_chunk_tokens": 7, **train})
     ctx = MethodContext(student=_gpt2(world.tok, 1, 0.3), teacher=_gpt2(world.tok, 7, 0.5).eval(), tokenizer=world.tok,
                         train_examples=world.exs, train_cfg=cfg, max_length=40, max_prompt_length=20, run_dir=None,
                         sampling=SamplingConfig(max_new_tokens=4), teacher_samples_fn=lambda: world.exs,
@@ -203,5 +218,32 @@ def test_every_method_same_loss_and_gradient_chunked_or_not(world, name, overrid
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     assert a["logs"] == pytest.approx(b["logs"], rel=1e-5, abs=1e-7)
     assert a["grads"].keys() == b["grads"].keys() and a["grads"]
+    for k in a["grads"]:
+        assert _rel(a["grads"][k], b["grads"][k]) <= 1e-5, k
+
+
+@pytest.mark.parametrize("name", ["sft", "kd", "gkd"])
+def test_context_sizes_chunks_by_the_element_budget(world, name):
+    """train.loss_chunk_elements sets the rows per chunk from the vocabulary (the larger of student and
+    teacher), under the loss_chunk_tokens cap; every [rows, V] a loss sees holds the budget, and the
+    loss and gradients still equal the unchunked ones."""
+    V = len(world.tok)
+    budget = 3 * V + 2  # 3 rows per chunk, below the cap of 7
+    seen = []
+    ctx, a = _first_step(world, name, "on", loss_chunk_elements=budget)
+    _, b = _first_step(world, name, "off")
+    assert ctx.loss_chunk == 3
+    ctx.teacher_vocab_size = 2 * V  # a wider teacher vocabulary (cross-tokenizer) sizes the chunks
+    assert ctx.loss_chunk == 1
+    ctx.teacher_vocab_size = None
+
+    def spy(s_logits, t_logits):
+        seen.append(tuple(s_logits.shape))
+        return D.token_forward_kl(s_logits, t_logits)
+    spy.is_token_fn = True
+    batch = ctx.encode(world.exs[:4])
+    ctx.divergence(spy, ctx.outputs(ctx.student, batch), ctx.teacher_outputs(batch), batch.loss_mask)
+    assert seen and all(n * v <= budget and v == V for n, v in seen)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     for k in a["grads"]:
         assert _rel(a["grads"][k], b["grads"][k]) <= 1e-5, k

@@ -116,10 +116,11 @@ def test_peft_and_report_to_flags_reach_the_config():
 
 
 def test_new_train_settings_enter_cache_keys_only_off_their_default():
-    """chunked_loss / loss_chunk_tokens came after keys existed: at their defaults the keys of cached
+    """chunked_loss / loss_chunk_tokens / loss_chunk_elements came after keys existed: at their defaults the keys of cached
     stages and cells stay as they were; set otherwise, they are part of the key."""
     from kdbench.config import TrainConfig, train_key
 
-    assert not {"chunked_loss", "loss_chunk_tokens"} & set(train_key(TrainConfig()))
+    assert not {"chunked_loss", "loss_chunk_tokens", "loss_chunk_elements"} & set(train_key(TrainConfig()))
     assert train_key(TrainConfig(chunked_loss="on"))["chunked_loss"] == "on"
     assert train_key(TrainConfig(loss_chunk_tokens=64))["loss_chunk_tokens"] == 64
+    assert train_key(TrainConfig(loss_chunk_elements=10 ** 6))["loss_chunk_elements"] == 10 ** 6
