@@ -164,8 +164,8 @@ def sum_counts(counts: dict, per_run: frozenset = frozenset()) -> dict:
     total: dict = {}
     for r, d in enumerate(gather(dict(counts))):
         for k, v in d.items():
-            if k in per_run:
-                total[k] = total[k] if r else v
+            if k in per_run:  # rank 0's, which comes first
+                total.setdefault(k, v)
             else:
                 total[k] = total.get(k, 0) + v
     return total
