@@ -7,10 +7,7 @@ largest leaderboard difference.
 Runs, each with a fresh output folder and stage cache:
   1. python run_bench.py --preset ci --methods M --out <tmp>/one
   2. torchrun --standalone --nproc_per_node 2 run_bench.py --preset ci --methods M --out <tmp>/two
-and then, not timed, one process again with minillm's micro-batches split as two ranks split them
-(method_train.minillm.grad_accum=2, stages read from run 1's cache): minillm's L_PT term is a mean
-over its own rows weighted by response tokens, so its update depends on that split
-(docs/scaling.md). Every process gets OMP_NUM_THREADS=1 (the ci preset's threads=1), so 2 processes
+Every process gets OMP_NUM_THREADS=1 (the ci preset's threads=1), so 2 processes
 use 2 cores where 1 process uses one. Writes benchmarks/results/bench_ranks.{json,md}.
 """
 from __future__ import annotations
@@ -82,22 +79,16 @@ def main(argv=None) -> int:
     print(f"load average at the start: {machine.get('loadavg_1_5_15')}")
     tmp = Path(tempfile.mkdtemp(prefix="bench_ranks_"))
     common = ["run_bench.py", "--preset", args.preset, "--methods", args.methods, "--no-progress"]
-    one, two, split = tmp / "one", tmp / "two", tmp / "one-split"
+    one, two = tmp / "one", tmp / "two"
     wall_one = _timed([python(), *common, "--out", str(one)], tmp / "one.log")
     wall_two = _timed([python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common,
                        "--out", str(two)], tmp / "two.log")
     diff = max_diff(one, two)
     gens = same_generations(one, two)
-    split_diff = None
-    if "minillm" in args.methods.split(","):
-        _timed([python(), *common, "--out", str(split), "--cache-dir", str(one / "cache"),
-                "--set", "method_train.minillm.grad_accum=2"], tmp / "one-split.log")
-        split_diff = max_diff(split, two)["minillm"]
     rows = [{"processes": 1, "wall_s": round(wall_one, 1)},
             {"processes": 2, "wall_s": round(wall_two, 1), "speedup": round(wall_one / wall_two, 2)}]
     payload = {"machine": machine, "preset": args.preset, "methods": args.methods, "wall_s_1": wall_one,
                "wall_s_2": wall_two, "max_abs_diff_by_row": diff, "generations_identical": list(gens),
-               "minillm_max_abs_diff_vs_1proc_grad_accum_2": split_diff,
                "commands": {"1": " ".join([python(), *common, "--out", "DIR"]),
                             "2": " ".join(["torchrun --standalone --nproc_per_node 2", *common, "--out", "DIR"])}}
     by_row = ", ".join(f"{m} {d:.3g}" for m, d in diff.items())
@@ -105,9 +96,6 @@ def main(argv=None) -> int:
              f"OMP_NUM_THREADS=1 per process. Largest |difference| of any mean or CI bound, per row: {by_row} "
              f"(rows {', '.join(REFERENCE_ROWS)} are built by rank 0 alone and must be 0). Eval generations "
              f"identical in {gens[0]} of {gens[1]} cells.")
-    if split_diff is not None:
-        notes += (f" minillm against one process with grad_accum 2 (the micro-batch split two ranks make): "
-                  f"{split_diff:.3g}.")
     write_results("bench_ranks", payload, rows, ["processes", "wall_s", "speedup"], notes)
     if args.keep:
         print(f"run folders: {tmp}")

@@ -13,9 +13,8 @@ What "the same leaderboard" means here (docs/scaling.md):
     samples it does not matter; the models' weights agree closely enough that no token flips);
   - trained rows (kd, minillm): equal up to float summation order (gradients summed over ranks,
     amplified by Adam), |diff| <= 1e-4 * max(1, |value|) for every mean and CI bound.
-minillm's L_PT term is a mean over its own rows that the trainer weights by response tokens, so
-its update depends on how a batch is split into micro-batches; two ranks split the batch as
-`grad_accum = 2` does in one process, which is what the reference uses for minillm.
+Both with the defaults (grad_accum 1): two ranks split each batch as grad_accum 2 would, which
+changes nothing for token-mean losses and, since `pt_share` (methods/minillm.py), for L_PT.
 """
 import json
 import os
@@ -52,8 +51,7 @@ def runs(tmp_path_factory):
     ckpt_left = (two / "cells" / "train" / "gpt2-toy-xs" / "minillm" / "checkpoint.pt").exists()
     stage_done = {p: p.stat().st_mtime_ns for p in (two / "cache").glob("*/DONE")}
     resumed = _run([*TORCHRUN, micro, "none", "--", *ARGS, "--out", str(two)])
-    ref = _run([sys.executable, micro, "none", "--", *ARGS, "--set", "method_train.minillm.grad_accum=2",
-                "--out", str(one)])
+    ref = _run([sys.executable, micro, "none", "--", *ARGS, "--out", str(one)])
     return {"two": two, "one": one, "killed": killed, "resumed": resumed, "ref": ref, "ckpt_left": ckpt_left,
             "stage_done": stage_done}
 
