@@ -32,7 +32,9 @@ Choices recorded (upstream LMOps code vs ours):
   (`pt_kd_ratio` = 0.5 reproduces that). L_PT reads config `pt_corpus` (a cached stage), else the train
   task's text stream; with neither the term is skipped and every report labels the row
   `minillm (no L_PT)`, the paper's "w/o L_PT" ablation;
-- the student is PPOModel-style dropout-free (upstream keeps the policy in eval mode).
+- the student is PPOModel-style dropout-free (upstream keeps the policy in eval mode);
+- L_PT is the mean over the step's L_PT tokens however the step is split into micro-batches or
+  across ranks (`pt_share`), so grad_accum and the number of processes do not change the update.
 Learning rate, betas and schedule (paper: 5e-6, betas (0.9, 0.95), constant with 100 warm-up steps)
 live in the TrainConfig of the preset, like every method's budget.
 """

@@ -17,7 +17,6 @@ Both with the defaults (grad_accum 1): two ranks split each batch as grad_accum 
 changes nothing for token-mean losses and, since `pt_share` (methods/minillm.py), for L_PT.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
