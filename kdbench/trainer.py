@@ -302,7 +302,9 @@ class Trainer:
                 failed = e
             if failed is not None and world == 1:
                 raise failed from None
-            if world > 1:  # a loss that failed on one rank's rows (non-finite...) stops every rank
+            # a loss that failed on one rank's rows (non-finite...) stops every rank: one flag
+            # all-reduced per step, the messages gathered only then
+            if world > 1 and ranks.any_true(failed is not None):
                 ranks.raise_agreed(ranks.gather(None if failed is None else f"{type(failed).__name__}: {failed}"),
                                    failed, f"{self.desc}: step {step + 1}")
             if manual_ddp:
