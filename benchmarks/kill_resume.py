@@ -169,15 +169,37 @@ def run_to_end(out: Path, threads: int, log: Path) -> int:
                               cwd=ROOT).returncode
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
 def run_and_kill(out: Path, threads: int, trigger: Callable[[Path], bool], log: Path, poll: float) -> bool:
     """Start the benchmark, SIGKILL it when `trigger(out)` holds; False if it finished first."""
     with open(log, "w") as f:
-        # its own session: the kill takes the launcher and every rank at once, as a crash would
         proc = subprocess.Popen(bench_cmd(out, threads), env=bench_env(threads), stdout=f, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)
+                                cwd=ROOT)
         while proc.poll() is None:
             if out.exists() and trigger(out):
-                os.killpg(proc.pid, signal.SIGKILL)
+                # the launcher and every rank at once, as a crash would (torchrun starts each rank
+                # in its own session, so a process group would miss them)
+                for pid in process_tree(proc.pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 proc.wait()
                 return True
             time.sleep(poll)

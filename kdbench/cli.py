@@ -304,7 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(out)
         t0 = time.time()
         logging.getLogger("kdbench").info("benchmark '%s' -> %s", cfg.preset, out)
-        bench.run()
+        from .ranks import close
+
+        try:
+            bench.run()
+        except BaseException:
+            close(wait=False)
+            raise
+        close()  # several processes: all finished, then the process group ends
         logging.getLogger("kdbench").info("finished in %.1fs", time.time() - t0)
         if bench.failures:
             from .ranks import launched_rank

@@ -169,3 +169,14 @@ def sum_counts(counts: dict, per_run: frozenset = frozenset()) -> dict:
             else:
                 total[k] = total.get(k, 0) + v
     return total
+
+
+def close(wait: bool = True) -> None:
+    """End the process group (after a barrier when `wait`): a process that exits while gloo's
+    threads still run can abort at exit ("terminate called without an active exception")."""
+    d = _dist()
+    if d is None:
+        return
+    if wait and launched_world() > 1:
+        d.barrier()
+    d.destroy_process_group()
