@@ -240,7 +240,8 @@ class Cells:
         # the cell's own seed is in the key, the list of seeds is not: adding a seed keeps the others
         protocol = {k: v for k, v in to_dict(ev).items() if k != "seeds"}
         spec = {"model": model_key, "task": task.fingerprint(), "eval": protocol, "seed": seed,
-                **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length}
+                **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length,
+                "sampler": SAMPLER}  # how the generations are drawn (a generator per prompt)
         spec = with_dtype(spec, c.dtype)
         key = stable_hash(spec)
         what = f"eval {model_label} on {task_name} seed {seed}"

@@ -19,7 +19,7 @@ from .config import EvalConfig
 from .data import encode_pair
 from .models import vocab_size_of
 from .metrics.base import METRICS, EvalContext, EvalSession, default_session
-from .row_sampling import SAMPLER, sample_rows
+from .row_sampling import sample_rows
 from .sampling import Rollout, SamplingConfig, decode_response, sample
 from .schema import Example
 
@@ -52,8 +52,7 @@ def eval_cache_spec(metrics: Sequence[str], settings: Mapping[str, Any] | None) 
     """What the eval cell's cache key needs from its metrics: {"metrics": {name: version}} plus,
     under a metric's name, whatever else changes its numbers (e.g. "judge": backend, model, ...)."""
     settings = settings or {}
-    spec: dict[str, Any] = {"metrics": {m: METRICS.get(m, "eval.metrics").version for m in metrics},
-                            "sampler": SAMPLER}  # how the generations are drawn (per-row seeds)
+    spec: dict[str, Any] = {"metrics": {m: METRICS.get(m, "eval.metrics").version for m in metrics}}
     for m in metrics:
         extra = METRICS.get(m).cache_key(settings)
         if extra is not None:
