@@ -286,7 +286,10 @@ class Trainer:
                         out = loss_fn(m)
                     if not torch.isfinite(out.loss):
                         raise NonFiniteLossError(self._non_finite_message(step + 1, out))
-                    self.accelerator.backward(out.loss * (w / total))
+                    if alone:  # no engine was prepared (DeepSpeed's backward would need one)
+                        (out.loss * (w / total)).backward()
+                    else:
+                        self.accelerator.backward(out.loss * (w / total))
                     for k, v in {"loss": float(out.loss.detach()), **out.logs}.items():
                         step_logs[k] = step_logs.get(k, 0.0) + float(v) * w / total
             except torch.cuda.OutOfMemoryError as e:
