@@ -3,6 +3,7 @@ finishes with exactly the results of an uninterrupted run.
 
     python benchmarks/kill_resume.py            # about 5-10 minutes on 2 CPU cores
     python benchmarks/kill_resume.py --keep     # keep the run folders (printed at the end)
+    python benchmarks/kill_resume.py --nproc 2  # every run under torchrun, 2 processes (gloo)
 
 Each scenario uses its own --out (and so its own stage cache, <out>/cache): nothing is shared with
 the uninterrupted reference, so every stage the killed run had not finished is really rebuilt or
@@ -37,8 +38,13 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 
 
+NPROC = [1]  # processes per run (--nproc): several run under torchrun
+
+
 def bench_cmd(out: Path, threads: int) -> list[str]:
-    return [sys.executable, str(ROOT / "run_bench.py"), "--preset", "ci", "--out", str(out), "--no-progress",
+    launch = [sys.executable] if NPROC[0] == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                     "--nproc_per_node", str(NPROC[0])]
+    return [*launch, str(ROOT / "run_bench.py"), "--preset", "ci", "--out", str(out), "--no-progress",
             "--set", f"threads={threads}"]
 
 
@@ -163,6 +169,23 @@ def run_to_end(out: Path, threads: int, log: Path) -> int:
                               cwd=ROOT).returncode
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
 def run_and_kill(out: Path, threads: int, trigger: Callable[[Path], bool], log: Path, poll: float) -> bool:
     """Start the benchmark, SIGKILL it when `trigger(out)` holds; False if it finished first."""
     with open(log, "w") as f:
@@ -170,7 +193,13 @@ def run_and_kill(out: Path, threads: int, trigger: Callable[[Path], bool], log: 
                                 cwd=ROOT)
         while proc.poll() is None:
             if out.exists() and trigger(out):
-                proc.send_signal(signal.SIGKILL)
+                # the launcher and every rank at once, as a crash would (torchrun starts each rank
+                # in its own session, so a process group would miss them)
+                for pid in process_tree(proc.pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 proc.wait()
                 return True
             time.sleep(poll)
@@ -184,7 +213,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     ap.add_argument("--poll", type=float, default=0.02, help="seconds between looks at the run folder")
     ap.add_argument("--only", type=int, nargs="*", help="scenario numbers to run (1-5; default all)")
+    ap.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun; default 1)")
     args = ap.parse_args()
+    NPROC[0] = args.nproc
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kdbench-kill-resume-"))
     work.mkdir(parents=True, exist_ok=True)

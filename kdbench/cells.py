@@ -13,14 +13,15 @@ import time
 import traceback
 from pathlib import Path
 
-from . import adapters, tracking
+from . import adapters, ranks, tracking
 from . import models as M
 from .config import BenchConfig, stable_hash, to_dict, train_key
 from .errors import ConfigError
-from .evaluation import eval_cache_spec, evaluate, task_eval_config
+from .evaluation import eval_cache_spec, evaluate, generate, task_eval_config
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
 from .layout import EvalRecord, RunLayout, TrainResult, label_of
 from .method import METHODS, make_method
+from .row_sampling import SAMPLER
 from .metrics.base import METRICS, EvalSession
 from .stages import Stages, with_dtype
 from .taskset import TaskSet
@@ -75,12 +76,42 @@ class Cells:
             frozen["select"] = select
         if c.peft.enabled:  # likewise: full fine-tuning keys are unchanged
             frozen["peft"] = c.peft.spec()
+        if cls.budget != "offline":  # methods that sample: rollouts drawn with per-row generators
+            frozen["sampler"] = SAMPLER
         frozen = with_dtype(frozen, c.dtype)
         key = stable_hash(frozen)
         name = f"{label_of(student)}/{method_name}" + (f"/train-seed{train_seed}" if train_seed is not None else "")
-        if is_done(cell) and read_json(cell / "DONE").get("key") == key and self._deps_current(cell):
+        # Several ranks: rank 0 reads and writes the cell's files; all ranks train it together.
+        if ranks.on_main(lambda: is_done(cell) and read_json(cell / "DONE").get("key") == key
+                         and self._deps_current(cell), f"train {name}"):
             log.info("train %s: done, skipping", name)
             return read_json(cell / "result.json")
+        ranks.on_main(lambda: self._open_train_cell(cell, key, frozen), f"train {name}")
+        t0 = time.time()
+        log.info("train %s: starting (init=%s)", name, method.student_init)
+
+        def setup():
+            model = M.load_model(init[0])
+            if c.peft.enabled:
+                model = adapters.wrap(model, c.peft, train.seed)
+            teacher = M.load_model(teacher_path, c.dtype) if teacher_path else None  # frozen: loaded in --dtype
+            if teacher is not None:
+                self.stages.place_teacher(teacher)
+            ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student), student)
+            ctx.selector = self.stages.selector(student) if select else None
+            return ctx
+
+        ctx = ranks.all_ok(setup, f"train {name}")  # a rank that cannot start stops them all, not a hang
+        deps = self._record_deps(ctx)
+        track = tracking.run_name(label_of(student), method_name, train_seed)
+        with self.stages.tracked(ctx, track + (f"/{point_label(point)}" if point else ""), frozen):
+            method.train(ctx)
+        counters = ranks.sum_counts(ctx.counters, ctx.counters.PER_RUN)  # each rank counted its own work
+        return ranks.on_main(lambda: self._close_train_cell(ctx, cell, key, deps, init, method_name, student, train,
+                                                            train_seed, t0, counters), f"train {name}")
+
+    @staticmethod
+    def _open_train_cell(cell: Path, key: str, frozen: dict) -> None:
         cell.mkdir(parents=True, exist_ok=True)
         (cell / "error.json").unlink(missing_ok=True)
         (cell / "DONE").unlink(missing_ok=True)  # another config's marker must not vouch for the model being replaced
@@ -88,20 +119,13 @@ class Cells:
         if ckpt.exists() and (not (cell / "config.json").exists() or stable_hash(read_json(cell / "config.json")) != key):
             ckpt.unlink()  # left by a run with another configuration: resuming it would mix the two
         atomic_write_json(cell / "config.json", frozen)
-        t0 = time.time()
-        log.info("train %s: starting (init=%s)", name, method.student_init)
-        model = M.load_model(init[0])
-        if c.peft.enabled:
-            model = adapters.wrap(model, c.peft, train.seed)
-        teacher = M.load_model(teacher_path, c.dtype) if teacher_path else None  # frozen: loaded in --dtype
-        if teacher is not None:
-            self.stages.place_teacher(teacher)
-        ctx = self.stages.method_context(model, teacher, train, cell, method_name, label_of(student), student)
-        ctx.selector = self.stages.selector(student) if select else None
-        deps = self._record_deps(ctx)
-        track = tracking.run_name(label_of(student), method_name, train_seed)
-        with self.stages.tracked(ctx, track + (f"/{point_label(point)}" if point else ""), frozen):
-            method.train(ctx)
+
+    def _close_train_cell(self, ctx, cell: Path, key: str, deps: dict, init, method_name: str, student: str, train,
+                          train_seed, t0: float, counters: dict) -> TrainResult:
+        """Save the trained model and the cell's records (rank 0)."""
+        c = self.cfg
+        cls = METHODS.get(method_name)
+        method = make_method(method_name, c.method_config.get(method_name))
         model = ctx.trainer.accelerator.unwrap_model(ctx.student)
         params = adapters.parameter_counts(model)
         if c.peft.enabled:
@@ -113,7 +137,7 @@ class Cells:
         # the model's key for its eval cells: the cell's key, plus what it read (unchanged when nothing)
         model_key = stable_hash({"cell": key, "depends": deps}) if deps else key
         res: TrainResult = {"model_path": str(model_path), "key": model_key, "method": method_name, "student": student,
-                            "wall_time_s": round(time.time() - t0, 2), "counters": dict(ctx.counters),
+                            "wall_time_s": round(time.time() - t0, 2), "counters": counters,
                             "params": params}
         if train_seed is not None:
             res["train_seed"] = train_seed
@@ -164,6 +188,11 @@ class Cells:
         """A method whose student is a cached stage (sft): the cell records and points at it."""
         t0 = time.time()
         path, key = self.stages.student_sft(student, train_seed, point)
+        return ranks.on_main(lambda: self._record_stage_cell(cell, student, method_name, train, train_seed, t0, path,
+                                                             key), f"train {method_name}")
+
+    def _record_stage_cell(self, cell: Path, student: str, method_name: str, train, train_seed, t0: float, path: str,
+                           key: str) -> TrainResult:
         if is_done(cell) and read_json(cell / "DONE").get("key") == key:  # finished: leave it as it is
             return {**read_json(cell / "result.json"), "model_path": path}
         res: TrainResult = {"model_path": path, "key": key, "method": method_name, "student": student,
@@ -193,12 +222,16 @@ class Cells:
         """The trained model's dev score (tuning), cached in the cell next to its result."""
         score_fn, name, _ = self.stages.dev_scorer(metric, student=res.get("student"))
         f = cell / "dev_score.json"
-        if f.exists():
-            rec = read_json(f)
-            if rec.get("key") == res["key"] and rec.get("metric") == name:
-                return float(rec["score"])
-        value = float(score_fn(self._load_cached(res["model_path"])))
-        atomic_write_json(f, {"key": res["key"], "metric": name, "score": value})
+
+        def cached():
+            rec = read_json(f) if f.exists() else {}
+            return float(rec["score"]) if rec.get("key") == res["key"] and rec.get("metric") == name else None
+
+        value = ranks.on_main(cached, "dev score")
+        if value is not None:
+            return value
+        value = float(score_fn(ranks.all_ok(lambda: self._load_cached(res["model_path"]), "dev score")))
+        ranks.on_main(lambda: atomic_write_json(f, {"key": res["key"], "metric": name, "score": value}), "dev score")
         return value
 
     # ------------------------------------------------------------------------------------------
@@ -216,22 +249,38 @@ class Cells:
         # the cell's own seed is in the key, the list of seeds is not: adding a seed keeps the others
         protocol = {k: v for k, v in to_dict(ev).items() if k != "seeds"}
         spec = {"model": model_key, "task": task.fingerprint(), "eval": protocol, "seed": seed,
-                **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length}
+                **eval_cache_spec(metrics, settings), "max_prompt_length": c.max_prompt_length,
+                "sampler": SAMPLER}  # how the generations are drawn (a generator per prompt)
         spec = with_dtype(spec, c.dtype)
         key = stable_hash(spec)
-        if is_done(cell) and read_json(cell / "DONE").get("key") == key:
+        what = f"eval {model_label} on {task_name} seed {seed}"
+        if ranks.on_main(lambda: is_done(cell) and read_json(cell / "DONE").get("key") == key, what):
             return read_json(cell / "metrics.json")
-        cell.mkdir(parents=True, exist_ok=True)
-        (cell / "error.json").unlink(missing_ok=True)
-        model = self._load_cached(model_path)
+
+        def open_cell():
+            cell.mkdir(parents=True, exist_ok=True)
+            (cell / "error.json").unlink(missing_ok=True)
+
+        ranks.on_main(open_cell, what)
         exs = self.tasks.test_examples(task_name)
         t0 = time.time()
         tok = self.stages.tokenizer_for_group(group)
+        model = ranks.all_ok(lambda: self._load_cached(model_path), what)
+        # every rank samples its share of the prompts; rank 0 computes the metrics and writes the cell
+        roll = generate(model, tok, exs, seed, ev, c.max_prompt_length)
+        return ranks.on_main(lambda: self._score_eval_cell(cell, key, spec, group, model_label, model, tok, task, exs,
+                                                           seed, ev, metrics, settings, roll, t0, train_seed, task_name),
+                                  what)
+
+    def _score_eval_cell(self, cell: Path, key: str, spec: dict, group: str, model_label: str, model, tok, task, exs,
+                         seed: int, ev, metrics: list, settings: dict, roll, t0: float, train_seed, task_name: str
+                         ) -> EvalRecord:
+        c = self.cfg
         # the teacher as a metric's oracle (exposure bias) scores the model's tokens: only with one vocabulary
         teacher_fn = self._eval_teacher if tok is self.stages.tokenizer() else (lambda: None)
         res = evaluate(model, tok, task, exs, seed, ev, metrics,
                        max_prompt_length=c.max_prompt_length, model_label=model_label, teacher_fn=teacher_fn,
-                       settings=settings, run_dir=self.layout.out, session=self.session)
+                       settings=settings, run_dir=self.layout.out, session=self.session, rollout=roll)
         atomic_write_jsonl(cell / "generations.jsonl", res.generations)
         atomic_write_jsonl(cell / "per_example.jsonl", res.per_example)  # what the statistics resample
         out: EvalRecord = {"group": group, "model": model_label, "task": task_name, "seed": seed,
@@ -267,10 +316,13 @@ class Cells:
     # failures
 
     def record_failure(self, kind: str, name: str, student: str | None, err: Exception, cell: Path, **extra) -> None:
-        cell.mkdir(parents=True, exist_ok=True)
+        """Every rank keeps the failure (the run's exit status); rank 0 writes error.json. Several
+        ranks fail a cell together (kdbench.ranks), so no rank goes on while another waits."""
         rec = {"kind": kind, "name": name, "student": student, "error": f"{type(err).__name__}: {err}",
                "traceback": traceback.format_exc(), **extra}
-        atomic_write_json(cell / "error.json", rec)
+        if ranks.is_main():
+            cell.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cell / "error.json", rec)
         log.error("%s %s%s failed: %s (details: %s)", kind, name, f" [{student}]" if student else "", rec["error"],
                   cell / "error.json")
         self.failures.append({k: v for k, v in rec.items() if k != "traceback"})

@@ -217,13 +217,18 @@ def apply_limit(cfg, n: int) -> None:
 
 def setup_logging(out: Path | None) -> None:
     logger = logging.getLogger("kdbench")
+    from .ranks import launched_rank
+
     logger.setLevel(logging.INFO)
     for h in list(logger.handlers):
         logger.removeHandler(h)
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("[kdbench] %(message)s"))
+    rank = launched_rank()
+    console.setFormatter(logging.Formatter(f"[kdbench{f' rank {rank}' if rank else ''}] %(message)s"))
     logger.addHandler(console)
-    if out is not None:
+    if rank:  # several processes: rank 0 logs the run (run.log); the others only their warnings
+        logger.setLevel(logging.WARNING)
+    elif out is not None:
         out.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(out / "run.log", encoding="utf-8")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -299,9 +304,20 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(out)
         t0 = time.time()
         logging.getLogger("kdbench").info("benchmark '%s' -> %s", cfg.preset, out)
-        bench.run()
+        from .ranks import close
+
+        try:
+            bench.run()
+        except BaseException:
+            close(wait=False)
+            raise
+        close()  # several processes: all finished, then the process group ends
         logging.getLogger("kdbench").info("finished in %.1fs", time.time() - t0)
         if bench.failures:
+            from .ranks import launched_rank
+
+            if launched_rank():  # rank 0 lists them; every rank exits with the same status
+                return 1
             print(f"\n{len(bench.failures)} cell(s) failed:", file=sys.stderr)
             for f in bench.failures:
                 print(f"  {f['kind']} {f['name']}: {f['error']}", file=sys.stderr)

@@ -19,10 +19,12 @@ from .config import EvalConfig
 from .data import encode_pair
 from .models import vocab_size_of
 from .metrics.base import METRICS, EvalContext, EvalSession, default_session
-from .sampling import SamplingConfig, decode_response, sample
+from .row_sampling import sample_rows
+from .sampling import Rollout, SamplingConfig, decode_response, sample
 from .schema import Example
 
-__all__ = ["EvalResult", "EvalSession", "eval_cache_spec", "evaluate", "sampling_config", "task_eval_config"]
+__all__ = ["EvalResult", "EvalSession", "eval_cache_spec", "evaluate", "generate", "sampling_config",
+           "task_eval_config"]
 
 
 def task_eval_config(ev: EvalConfig, task) -> EvalConfig:
@@ -58,18 +60,34 @@ def eval_cache_spec(metrics: Sequence[str], settings: Mapping[str, Any] | None) 
     return spec
 
 
-def evaluate(model, tokenizer, task, examples: Sequence[Example], seed: int, ev: EvalConfig, metrics: Sequence[str],
-             teacher=None, max_prompt_length: int = 256, model_label: str = "", teacher_fn=None,
-             settings: dict | None = None, run_dir=None, session: EvalSession | None = None) -> EvalResult:
-    """Sample, then compute `metrics` in order. `session` holds state shared by the cells of one
-    benchmark run (None: a process-wide default session); `run_dir` defaults to the session's."""
-    session = session if session is not None else default_session()
-    run_dir = run_dir if run_dir is not None else session.run_dir
-    model.eval()
+def _eval_sampling(ev: EvalConfig, tokenizer) -> SamplingConfig:
     scfg = sampling_config(ev)
     scfg.vocab_size = vocab_size_of(tokenizer)  # a padded embedding's extra rows are not tokens
+    return scfg
+
+
+def generate(model, tokenizer, examples: Sequence[Example], seed: int, ev: EvalConfig,
+             max_prompt_length: int = 256) -> Rollout:
+    """One sampled response per example, example i from its own generator seeded from (seed, i);
+    under several ranks each samples its share and every rank gets all (kdbench/row_sampling.py)."""
+    model.eval()
     prompts = [encode_pair(tokenizer, ex.prompt, None, 10**9, max_prompt_length)[0] for ex in examples]
-    roll = sample(model, prompts, scfg, tokenizer.eos_token_id, tokenizer.pad_token_id, seed, batch_size=ev.batch_size)
+    return sample_rows(model, prompts, _eval_sampling(ev, tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id,
+                       seed, batch_size=ev.batch_size)[0]
+
+
+def evaluate(model, tokenizer, task, examples: Sequence[Example], seed: int, ev: EvalConfig, metrics: Sequence[str],
+             teacher=None, max_prompt_length: int = 256, model_label: str = "", teacher_fn=None,
+             settings: dict | None = None, run_dir=None, session: EvalSession | None = None,
+             rollout: Rollout | None = None) -> EvalResult:
+    """Sample (`generate`, unless its `rollout` is given), then compute `metrics` in order. `session`
+    holds state shared by the cells of one benchmark run (None: a process-wide default session);
+    `run_dir` defaults to the session's."""
+    session = session if session is not None else default_session()
+    run_dir = run_dir if run_dir is not None else session.run_dir
+    roll = rollout if rollout is not None else generate(model, tokenizer, examples, seed, ev, max_prompt_length)
+    model.eval()
+    scfg = _eval_sampling(ev, tokenizer)
     preds = roll.texts(tokenizer)
 
     def sample_fn(exs: Sequence[Example], n: int, s: int) -> list[list[str]]:

@@ -43,7 +43,8 @@ from .data import Batch, collate, encode_pair, infinite_batches, lm_batch
 from .errors import ConfigError
 from .models import slice_vocab
 from .registry import Registry
-from .sampling import Rollout, SamplingConfig, sample
+from .row_sampling import sample_rows
+from .sampling import Rollout, SamplingConfig
 from .schema import Example
 from .trainer import LossOutput, ResumableBatches, Trainer
 from .chunked import (LazyLogits, chunked_cross_entropy, chunked_logprobs, chunked_token_loss, rows_per_chunk,
@@ -123,7 +124,11 @@ def make_method(name: str, overrides: dict | None = None) -> Method:
 
 
 class Counters(dict):
-    """Cost accounting for the leaderboard's cost table."""
+    """Cost accounting for the leaderboard's cost table. Under several ranks each rank counts the
+    work it did and the train cell sums them, except the counts in `PER_RUN`: facts about the
+    global batch every rank sees whole (the number of rollouts), taken from rank 0."""
+
+    PER_RUN = frozenset({"rollouts"})
 
     def add(self, key: str, n: int) -> None:
         self[key] = self.get(key, 0) + int(n)
@@ -377,12 +382,14 @@ class MethodContext:
         speculative-KD sampling (the teacher replaces proposals outside its top-K)."""
         cfg = cfg or self.sampling
         two = mix_alpha > 0 or skd_topk > 0
-        r = sample(model, self.prompt_ids(examples), cfg, self.eos_id, self.pad_id, seed,
-                   batch_size=max(len(examples), 1), mix_model=self.teacher if two else None,
-                   mix_alpha=mix_alpha, skd_topk=skd_topk)
-        self.counters.add("generated_tokens", r.n_generated)
+        # every row from its own seeded generator: under several ranks each samples its share of the
+        # rows and all get the rollout one process draws (kdbench/row_sampling.py)
+        r, mine = sample_rows(model, self.prompt_ids(examples), cfg, self.eos_id, self.pad_id, seed,
+                              batch_size=max(len(examples), 1), mix_model=self.teacher if two else None,
+                              mix_alpha=mix_alpha, skd_topk=skd_topk)
+        self.counters.add("generated_tokens", mine)  # this rank's share: the runner sums over ranks
         if two:
-            self.counters.add("teacher_forward_tokens", r.n_generated)
+            self.counters.add("teacher_forward_tokens", mine)
         return r
 
     def rollout_batch(self, rollout: Rollout, token_extras: dict[str, list[list[float]]] | None = None) -> Batch:

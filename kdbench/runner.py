@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from . import models as M
-from . import tracking
+from . import ranks, tracking
 from .cells import Cells
 from .config import BenchConfig, to_dict
 from .errors import ConfigError, KdbenchError
@@ -36,6 +36,10 @@ log = logging.getLogger("kdbench")
 class Benchmark:
     def __init__(self, cfg: BenchConfig, out_dir: Path, cache_dir: Path | None = None, progress: bool = True):
         load_plugins()
+        if ranks.launched_world() > 1:  # several processes (torchrun): start the process group now
+            from .trainer import get_accelerator
+
+            get_accelerator(cfg.device, cfg.dtype)
         self.cfg = cfg
         self.layout = RunLayout(out_dir, cache_dir)
         self.out = self.layout.out
@@ -139,6 +143,8 @@ class Benchmark:
             if bs > n_train:
                 log.warning("%s: batch_size %d is larger than the %d train examples of '%s': every batch repeats "
                             "examples", m, bs, n_train, cfg.train_task)
+        if not ranks.is_main():  # rank 0 alone writes the run folder
+            return
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-test"
@@ -175,11 +181,16 @@ class Benchmark:
         from .lock import FolderLock
 
         self.validate()
-        locks = [FolderLock(self.out).acquire()]
-        try:
+        locks: list = []
+
+        def lock() -> None:  # rank 0 holds the locks for all the ranks of its run
+            locks.append(FolderLock(self.out).acquire())
             cache, out = self.layout.cache.resolve(), self.out.resolve()
             if cache != out and not str(cache).startswith(str(out)):
                 locks.append(FolderLock(self.layout.cache, "stage cache").acquire())
+
+        try:
+            ranks.on_main(lock, "locking the output folder")
             return self._run()
         finally:
             for lk in locks:
@@ -189,7 +200,7 @@ class Benchmark:
         c = self.cfg
         cells = self.cells
         t_start = time.time()
-        atomic_write_json(self.layout.config, to_dict(c))
+        ranks.on_main(lambda: atomic_write_json(self.layout.config, to_dict(c)), "writing config.json")
         self.stages.tokenizer()
         self.tasks.train_examples()  # the prompt-length filter: a task left with no prompt fails before training
         for t in c.tasks:
@@ -220,8 +231,12 @@ class Benchmark:
             self._evaluate_all(models)
         finally:
             self.cells.session.close()  # judge clients and caches of this run
+        # rank 0 writes the run's records and reports; every rank returns the leaderboard rows
+        return ranks.on_main(lambda: self._summarize(t_start), "summarize")
+
+    def _summarize(self, t_start: float) -> list[dict]:
         atomic_write_json(self.layout.run_info, {"wall_time_s": round(time.time() - t_start, 2),
-                                                 "failures": self.failures})
+                                                 "processes": ranks.launched_world(), "failures": self.failures})
         from .report import summarize
 
         marker = self.layout.summary_marker
@@ -264,12 +279,12 @@ class Benchmark:
                     self.cells.record_failure("train", m, student, e, cell, train_seed=ts)
         _, metric, hib = self.stages.dev_scorer(c.tune_metric)
         best = select(scores, hib)
-        atomic_write_json(self.layout.tuning(student, m), {
+        ranks.on_main(lambda: atomic_write_json(self.layout.tuning(student, m), {
             "student": student, "method": m, "metric": metric, "higher_is_better": hib, "selected": best,
             "grid": [{"point": p, "label": point_label(p), "dev": scores[point_label(p)],
                       "dev_mean": (sum(scores[point_label(p)]) / len(scores[point_label(p)])
                                    if scores[point_label(p)] else None)} for p in grid],
-            "wall_time_s": round(time.time() - t0, 2)})
+            "wall_time_s": round(time.time() - t0, 2)}), "tuning record")
         log.info("tune %s/%s: selected %s on dev %s", label_of(student), m, best, metric)
         return runs[best]
 
@@ -285,7 +300,8 @@ class Benchmark:
 
         c = self.cfg
         jobs = [(m, t, s) for m in models for t in c.tasks for s in c.eval.seeds]
-        bar = tqdm(total=len(jobs), desc="evaluate", leave=False, disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(total=len(jobs), desc="evaluate", leave=False, disable=not self.progress or not ranks.is_main(),
+                   dynamic_ncols=True)
         done: dict[tuple, list[dict]] = {}  # trained model -> its eval records (for --report-to)
         for (group, label, path, key, ts), task_name, seed in jobs:
             try:
@@ -296,7 +312,7 @@ class Benchmark:
                 self.cells.record_failure("eval", label, group, e, cell, task=task_name, seed=seed, train_seed=ts)
             bar.update(1)
         bar.close()
-        if c.report_to != "none":
+        if c.report_to != "none" and ranks.is_main():
             for (group, label, ts), recs in done.items():
                 if label in METHODS and not c.tune:  # trained students (a tuned run's cells carry a point)
                     steps = c.train_config_for(label, ts, METHODS.get(label).budget).steps

@@ -126,9 +126,17 @@ class _Stepper:
         self.next_pos = self.next_pos + 1
 
 
+def _draw(probs: torch.Tensor, generator, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row [B]: from one generator, or from one generator per row (an object with
+    `draw(probs, rows)`, kdbench.row_sampling.RowGenerators) drawing only the `rows` asked for."""
+    if isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return generator.draw(probs, rows)
+
+
 @torch.no_grad()
 def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, eos_id: int, pad_id: int,
-                 generator: torch.Generator, mix_model=None, mix_alpha: float = 0.0, skd_topk: int = 0) -> Rollout:
+                 generator, mix_model=None, mix_alpha: float = 0.0, skd_topk: int = 0) -> Rollout:
     """Sample one response per prompt. With `mix_model` (the teacher) and alpha > 0, each token is
     drawn from (1 - alpha) * q + alpha * p and the per-token log-probs of q, p and the mixture
     are returned (importance weight w_t = q(y_t) / mix(y_t)).
@@ -174,11 +182,11 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
             p_logp = torch.log_softmax(filter_logits(t_logits, cfg), -1)
             kth = torch.topk(t_logits.float(), min(skd_topk, t_logits.shape[-1]), dim=-1).values[:, -1:]
             in_top = t_logits.float() >= kth
-            draft = torch.multinomial(q_logp.exp(), 1, generator=generator).squeeze(1)
+            draft = _draw(q_logp.exp(), generator)
             replaced = ~in_top.gather(1, draft[:, None]).squeeze(1)
             tok = draft
             if bool(replaced.any()):
-                tok = torch.where(replaced, torch.multinomial(p_logp.exp(), 1, generator=generator).squeeze(1), draft)
+                tok = torch.where(replaced, _draw(p_logp.exp(), generator, replaced), draft)
             q = q_logp.exp()
             mix = (q * in_top + (q * ~in_top).sum(-1, keepdim=True) * p_logp.exp()).log()
         elif teacher is not None:
@@ -189,7 +197,7 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
         else:
             mix = q_logp
         if replaced is None:
-            tok = torch.multinomial(mix.exp(), 1, generator=generator).squeeze(1)
+            tok = _draw(mix.exp(), generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         for b in range(B):
             if not done[b]:

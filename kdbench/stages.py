@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from . import adapters, tracking
+from . import adapters, ranks, tracking
 from . import models as M
 from . import vocab
 from .config import BenchConfig, TrainConfig, stable_hash, train_key
@@ -51,23 +51,39 @@ class Stages(DataStages):
         self.progress = progress
         self._tokenizer = None
         self._tok_key = ""
-        self._models: dict[str, tuple[str, str]] = {}  # memo: stage name -> (path, key)
-        self._student_toks: dict[str, tuple] = {}  # memo: student -> (tokenizer, key)
+        # memos: stage name -> (path, key); student -> (tokenizer, key). Rank 0 building a stage
+        # alone (ranks.solo) keeps its own: a stage found in a memo skips the collective of
+        # stage(), so the memo all ranks use may only hold what all ranks asked for.
+        self._memos: dict[bool, tuple[dict, dict]] = {False: ({}, {}), True: ({}, {})}
+
+    @property
+    def _models(self) -> dict[str, tuple[str, str]]:
+        return self._memos[ranks.world() < ranks.launched_world()][0]
+
+    @property
+    def _student_toks(self) -> dict[str, tuple]:
+        return self._memos[ranks.world() < ranks.launched_world()][1]
 
     def stage(self, kind: str, spec: dict, build: Callable[[Path], dict | None]) -> tuple[Path, str]:
+        """The stage's folder and key, built first when not cached. Under several ranks rank 0 builds
+        it alone, exactly as one process (training included), while the others wait; then all read it."""
         spec = with_dtype(spec, self.cfg.dtype)
         key = stable_hash(spec)
         folder = self.layout.stage(kind, key)
+        ranks.on_main(lambda: self._build(kind, spec, key, folder, build), f"stage {kind}")
+        return folder, key
+
+    def _build(self, kind: str, spec: dict, key: str, folder: Path, build: Callable[[Path], dict | None]) -> None:
         if is_done(folder):
             log.info("stage %s: cached (%s)", kind, folder)
-            return folder, key
+            return
         if folder.exists():
             shutil.rmtree(folder)  # no DONE marker: never trust partial output
         tmp = self.layout.stage_partial(kind, key)
         if is_done(tmp):  # finished, but interrupted before the rename: don't rebuild
             tmp.rename(folder)
             log.info("stage %s: cached (%s)", kind, folder)
-            return folder, key
+            return
         tmp.mkdir(parents=True, exist_ok=True)
         atomic_write_json(tmp / "stage.json", {"kind": kind, "key": key, "spec": spec})
         t0 = time.time()
@@ -77,7 +93,6 @@ class Stages(DataStages):
         mark_done(tmp, info)
         tmp.rename(folder)
         log.info("stage %s: done in %.1fs", kind, info["wall_time_s"])
-        return folder, key
 
     def data_fp(self) -> dict:
         c = self.cfg

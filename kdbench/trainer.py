@@ -36,6 +36,8 @@ from .data import Batch
 from .errors import KdbenchError
 from .io import atomic_torch_save, remove_stale_temps
 from .launch import warn_if_not_sharded
+from . import ranks
+from .resumable import ResumableBatches, is_resumable as _is_resumable  # noqa: F401 (ResumableBatches: re-exported)
 
 log = logging.getLogger("kdbench")
 
@@ -69,7 +71,15 @@ def get_accelerator(device: str = "auto", dtype: str = "float32"):
         mp = "no"
         if not cpu and dtype in ("bfloat16", "float16"):
             mp = "bf16" if dtype == "bfloat16" else "fp16"
-        _ACCELERATOR = Accelerator(cpu=cpu, mixed_precision=mp)
+        # Rank 0 builds the stages alone (kdbench.ranks.on_main) while the other ranks wait in a
+        # collective: the default 30 min timeout would end a run whose teacher SFT takes longer.
+        # A rank that dies still ends the run at once (torchrun stops the others).
+        from datetime import timedelta
+
+        from accelerate.utils import InitProcessGroupKwargs
+
+        _ACCELERATOR = Accelerator(cpu=cpu, mixed_precision=mp,
+                                   kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=48))])
         warn_if_not_sharded(_ACCELERATOR)
     return _ACCELERATOR
 
@@ -114,10 +124,6 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _is_resumable(it: Any) -> bool:
-    return callable(getattr(it, "state_dict", None)) and callable(getattr(it, "load_state_dict", None))
-
-
 def _get_state(obj: Any) -> Any:
     return obj.state_dict() if _is_resumable(obj) else dict(obj)
 
@@ -128,56 +134,6 @@ def _put_state(obj: Any, saved: Any) -> None:
     else:  # a dict (e.g. cost counters): updated in place, since the caller holds a reference
         obj.clear()
         obj.update(saved)
-
-
-class ResumableBatches:
-    """One batch per optimizer step from `step_fn(k, rb)`, resumable exactly.
-
-    The trainer resumes a plain generator by replaying it to the checkpoint's step. That is exact
-    only when batch k depends on nothing but k and the model at step k (gold data, or a fresh
-    seeded rollout per step). Data that carries over between steps and was made by an earlier model
-    (a rollout round used for several PPO steps, a replay buffer, an adaptive threshold computed
-    from dev losses) would be regenerated with the restored, later model. Methods with such data
-    keep it in `rb.state` (a dict of picklable values: tensors, Batches, lists, deques,
-    random.Random, generator states), and draw model-independent inputs with `rb.draw(name)` from
-    the deterministic `streams`; checkpoint.pt then holds the state and the number of items drawn
-    per stream, and a resumed run continues from exactly there (streams are re-created by the
-    method and fast-forwarded, which is cheap and exact for seeded example streams).
-    """
-
-    def __init__(self, step_fn: Callable[[int, "ResumableBatches"], Batch], **streams: Iterator):
-        self.step_fn = step_fn
-        self.state: dict[str, Any] = {}
-        self.k = 0  # batches produced so far
-        self._streams = streams
-        self._drawn = {name: 0 for name in streams}
-
-    def draw(self, name: str):
-        self._drawn[name] += 1
-        return next(self._streams[name])
-
-    def __iter__(self) -> "ResumableBatches":
-        return self
-
-    def __next__(self) -> Batch:
-        batch = self.step_fn(self.k, self)
-        self.k += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"k": self.k, "state": self.state, "drawn": dict(self._drawn)}
-
-    def load_state_dict(self, saved: dict) -> None:
-        missing = set(saved["drawn"]) - set(self._streams)
-        if missing:
-            raise KdbenchError(f"checkpoint data state names streams {sorted(missing)} that this method no longer "
-                               f"draws from (it has {sorted(self._streams)}); delete the checkpoint to restart")
-        for name, n in saved["drawn"].items():
-            for _ in range(n - self._drawn[name]):
-                next(self._streams[name])
-            self._drawn[name] = n
-        self.k = saved["k"]
-        self.state = saved["state"]
 
 
 class Trainer:
@@ -205,12 +161,12 @@ class Trainer:
         reducer does not support, and one all-reduce per step also serves gradient accumulation."""
         from accelerate.utils import DistributedType
 
-        return self.accelerator.num_processes > 1 and self.accelerator.distributed_type in (
+        return ranks.world() > 1 and self.accelerator.distributed_type in (
             DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 
     def _shard(self, batch: Batch) -> Batch:
         """This rank's contiguous share of the global batch's rows."""
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        world, rank = ranks.world(), ranks.rank()
         if batch.size < world:
             raise KdbenchError(f"{self.desc}: a batch of {batch.size} rows cannot be shared by {world} processes; "
                                f"set batch_size >= {world} (a multiple of it balances the work)")
@@ -263,15 +219,20 @@ class Trainer:
         opt = make_optimizer(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
         manual_ddp = self._manual_ddp()
+        world = ranks.world()
+        # one process of several training alone (a stage rank 0 builds: kdbench.ranks.solo): plain
+        # torch, since accelerate's wrappers would wait for the other processes
+        alone = world == 1 and ranks.launched_world() > 1
         if manual_ddp:
             model.to(self.device)
             opt = self.accelerator.prepare(opt)
             self._broadcast_params(model)
+        elif alone:
+            model.to(self.device)
         else:
             model, opt = self.accelerator.prepare(model, opt)
-            if self.accelerator.num_processes > 1:
+            if world > 1:
                 self.forward_model = model  # FSDP / DeepSpeed engine
-        world = self.accelerator.num_processes
         start = 0
         acc: dict[str, float] = {}
         n_acc = 0
@@ -295,11 +256,14 @@ class Trainer:
             else:
                 for _ in range(start):  # deterministic data order: replay the iterator
                     next(batches)
+            # each rank's own counters and random state (several ranks: saved per rank)
+            own = saved.get("ranks", [])
+            mine = own[ranks.rank()] if len(own) == world else {"extra": saved.get("extra", {}), "rng": saved["rng"]}
             for name, obj in extra.items():
-                if name in saved.get("extra", {}):
-                    _put_state(obj, saved["extra"][name])
+                if name in mine["extra"]:
+                    _put_state(obj, mine["extra"][name])
             # last: replaying the iterator may have drawn random numbers (dropout during sampling)
-            _set_rng_state(saved["rng"])
+            _set_rng_state(mine["rng"])
             log.info("%s: resumed from step %d", self.desc, start)
         bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, leave=False,
                    disable=not self.progress or not self.accelerator.is_main_process,
@@ -314,6 +278,7 @@ class Trainer:
             if world > 1:  # normalise by the global batch's tokens, so summed gradients are its token-mean
                 total = self._all_reduce_sum([total])[0]
             step_logs: dict[str, float] = {}
+            failed: Exception | None = None
             try:
                 for m, w in zip(micro, weights):
                     m = m.to(self.device)
@@ -321,23 +286,38 @@ class Trainer:
                         out = loss_fn(m)
                     if not torch.isfinite(out.loss):
                         raise NonFiniteLossError(self._non_finite_message(step + 1, out))
-                    self.accelerator.backward(out.loss * (w / total))
+                    if alone:  # no engine was prepared (DeepSpeed's backward would need one)
+                        (out.loss * (w / total)).backward()
+                    else:
+                        self.accelerator.backward(out.loss * (w / total))
                     for k, v in {"loss": float(out.loss.detach()), **out.logs}.items():
                         step_logs[k] = step_logs.get(k, 0.0) + float(v) * w / total
             except torch.cuda.OutOfMemoryError as e:
                 opt.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()  # so the benchmark's next cells can still run
-                raise TrainingOutOfMemoryError(
+                failed = TrainingOutOfMemoryError(
                     f"{self.desc}: out of device memory at step {step + 1} (batch_size {cfg.batch_size}, "
                     f"grad_accum {cfg.grad_accum}); raise grad_accum (micro-batches of batch_size / grad_accum) "
-                    f"or lower batch_size. {str(e).splitlines()[0] if str(e) else ''}".rstrip()) from None
+                    f"or lower batch_size. {str(e).splitlines()[0] if str(e) else ''}".rstrip())
+            except Exception as e:  # noqa: BLE001 - several ranks: raised below on every rank
+                if world == 1:
+                    raise
+                failed = e
+            if failed is not None and world == 1:
+                raise failed from None
+            # a loss that failed on one rank's rows (non-finite...) stops every rank: one flag
+            # all-reduced per step, the messages gathered only then
+            if world > 1 and ranks.any_true(failed is not None):
+                ranks.raise_agreed(ranks.gather(None if failed is None else f"{type(failed).__name__}: {failed}"),
+                                   failed, f"{self.desc}: step {step + 1}")
             if manual_ddp:
                 self._sync_grads(model)
             if world > 1:  # logs: token-weighted over the global batch, identical on every rank
                 keys = sorted(step_logs)
                 step_logs = dict(zip(keys, self._all_reduce_sum([step_logs[k] for k in keys])))
             if cfg.clip_grad > 0:
-                gn = self.accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                clip = torch.nn.utils.clip_grad_norm_ if alone else self.accelerator.clip_grad_norm_
+                gn = clip(model.parameters(), cfg.clip_grad)
                 step_logs["grad_norm"] = float(gn)
             opt.step()
             sched.step()
@@ -359,13 +339,18 @@ class Trainer:
                 acc, n_acc = {}, 0
             bar.update(1)
             if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                    and step + 1 < cfg.steps and self.accelerator.is_main_process:
+                    and step + 1 < cfg.steps:
+                # counters and random states differ per rank (each counts and draws for its rows)
+                per_rank = ranks.gather({"extra": {name: _get_state(obj) for name, obj in extra.items()},
+                                         "rng": _rng_state()}) if world > 1 else []
+                if not ranks.is_main():
+                    continue
                 atomic_torch_save({"model": checkpoint_state(self.accelerator.unwrap_model(model)),
                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                    "rng": _rng_state(), "step": step + 1, "history": self.history,
                                    "data": batches.state_dict() if _is_resumable(batches) else None,
                                    "extra": {name: _get_state(obj) for name, obj in extra.items()},
-                                   "log_acc": acc, "log_n": n_acc,
+                                   "ranks": per_rank, "log_acc": acc, "log_n": n_acc,
                                    "scaler": scaler.state_dict() if scaler is not None else None,
                                    "train_config": to_dict(cfg)}, ckpt)
         bar.close()

@@ -32,7 +32,9 @@ Choices recorded (upstream LMOps code vs ours):
   (`pt_kd_ratio` = 0.5 reproduces that). L_PT reads config `pt_corpus` (a cached stage), else the train
   task's text stream; with neither the term is skipped and every report labels the row
   `minillm (no L_PT)`, the paper's "w/o L_PT" ablation;
-- the student is PPOModel-style dropout-free (upstream keeps the policy in eval mode).
+- the student is PPOModel-style dropout-free (upstream keeps the policy in eval mode);
+- L_PT is the mean over the step's L_PT tokens however the step is split into micro-batches or
+  across ranks (`pt_share`), so grad_accum and the number of processes do not change the update.
 Learning rate, betas and schedule (paper: 5e-6, betas (0.9, 0.95), constant with 100 warm-up steps)
 live in the TrainConfig of the preset, like every method's budget.
 """
@@ -162,7 +164,19 @@ class MiniLLM(Method):
                 pt = rb.draw("pt")
                 mb.extras["pt_input_ids"] = pt.input_ids[: mb.size]
                 mb.extras["pt_labels"] = pt.labels[: mb.size]
+                # the step's response tokens per L_PT token, for `pt_share` (per row: splitting keeps it)
+                ratio = (mb.n_tokens or mb.size) / max(1, int((mb.extras["pt_labels"] >= 0).sum()))
+                mb.extras["pt_ratio"] = torch.full((mb.size,), ratio, dtype=torch.float64)
             return mb
+
+        def pt_share(batch: Batch) -> float:
+            """The trainer weights a micro-batch's (or a rank's share's) loss by its share of the step's
+            response tokens; L_PT is a mean over its own tokens, so its share's mean is rescaled by
+            (its L_PT tokens / its response tokens) x (the step's response / L_PT tokens): the
+            weighted sum is then the step's L_PT mean whatever the split (grad_accum, ranks). 1 for
+            one micro-batch."""
+            pt_tokens = int((batch.extras["pt_labels"] >= 0).sum())
+            return float(batch.extras["pt_ratio"][0]) * pt_tokens / (batch.n_tokens or batch.size)
 
         def loss_fn(batch: Batch) -> LossOutput:
             mask = batch.loss_mask
@@ -184,6 +198,7 @@ class MiniLLM(Method):
                 if cfg.pt_kd_ratio > 0:
                     pt = (1 - cfg.pt_kd_ratio) * pt + cfg.pt_kd_ratio * ctx.divergence(
                         forward_kl, lm_out, ctx.teacher_outputs(lm), lm.loss_mask)
+                pt = pt * pt_share(batch)
                 loss = loss + cfg.lm_coef * pt
                 logs["pt"] = pt.item()
             return LossOutput(loss, logs)

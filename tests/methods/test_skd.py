@@ -101,7 +101,8 @@ def test_step_one_loss_uses_the_configured_divergence_and_k(tmp_path):
 
     from kdbench.data import collate
     from kdbench.divergences import token_reverse_kl
-    from kdbench.sampling import SamplingConfig, sample
+    from kdbench.row_sampling import sample_rows
+    from kdbench.sampling import SamplingConfig
     from toy_kd import NEW
 
     w = toy_world()
@@ -111,8 +112,8 @@ def test_step_one_loss_uses_the_configured_divergence_and_k(tmp_path):
     ctx = make_ctx(w.tok, w.exs, teacher, tmp_path, steps=1, lr=1e-9, student=student)
     exs = next(ctx.example_batches())
     make_method("skd", {"topk": 5, "divergence": "rkl"}).train(ctx)
-    ro = sample(s0, ctx.prompt_ids(exs), SamplingConfig(max_new_tokens=NEW), w.tok.eos_token_id, w.tok.pad_token_id,
-                seed=ctx.step_seed(0), batch_size=len(exs), mix_model=teacher, skd_topk=5)
+    ro, _ = sample_rows(s0, ctx.prompt_ids(exs), SamplingConfig(max_new_tokens=NEW), w.tok.eos_token_id,
+                        w.tok.pad_token_id, seed=ctx.step_seed(0), batch_size=len(exs), mix_model=teacher, skd_topk=5)
     b = collate(list(zip(ro.prompt_ids, ro.response_ids)), w.tok.pad_token_id)
     with torch.no_grad():
         expected = sequence_mean_divergence(token_reverse_kl, s0(input_ids=b.input_ids, attention_mask=b.attention_mask).logits,

@@ -1,0 +1,73 @@
+"""Per-row seeded sampling (kdbench/row_sampling.py): a row's tokens depend on its own seed only,
+not on the rows sampled with it (what lets ranks split the rows), and the draws follow the model's
+distribution. The same sampler under two real processes: tests/e2e/test_ranks.py and test_ranks_worker."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from kdbench.row_sampling import RowGenerators, _sample_rows, row_seed, sample_rows
+from kdbench.sampling import SamplingConfig
+
+from test_sampling import EOS, PAD, V, FixedLM  # noqa: E402 (tests/engine on sys.path: rootdir conftest)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _gpt2(seed=0):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=12, n_positions=40, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0,
+                                      embd_pdrop=0, attn_pdrop=0, bos_token_id=EOS, eos_token_id=EOS,
+                                      pad_token_id=PAD)).eval()
+
+
+PROMPTS = [[2 + (i * 3 + j) % 9 for j in range(1 + i % 4)] for i in range(10)]  # lengths 1..4
+
+
+def test_a_rows_tokens_do_not_depend_on_the_rows_sampled_with_it():
+    model, cfg = _gpt2(), SamplingConfig(max_new_tokens=8)
+    whole, n = sample_rows(model, PROMPTS, cfg, EOS, PAD, seed=5, batch_size=4)
+    assert n == whole.n_generated
+    # the rows split as two ranks split them, each half in other batches and with other padding
+    for rows in ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [9, 2, 7]):
+        part = _sample_rows(model, PROMPTS, rows, cfg, EOS, PAD, 5, 3)
+        assert part.response_ids == [whole.response_ids[i] for i in rows]
+        assert part.prompt_ids == [PROMPTS[i] for i in rows]
+    # the seed matters, and so does the row: two equal prompts draw differently
+    other, _ = sample_rows(model, PROMPTS, cfg, EOS, PAD, seed=6, batch_size=4)
+    assert other.response_ids != whole.response_ids
+    same = sample_rows(model, [PROMPTS[0]] * 6, cfg, EOS, PAD, seed=5, batch_size=6)[0].response_ids
+    assert len({tuple(r) for r in same}) > 1
+
+
+def test_row_seeds_never_share_a_stream():
+    seeds = {row_seed(s, r) for s in range(50) for r in range(50)}
+    assert len(seeds) == 2500  # seed + row would collide: (s, r + 1) and (s + 1, r)
+    assert row_seed(3, 4) == row_seed(3, 4) and 0 <= row_seed(3, 4) < 2 ** 63
+
+
+def test_row_draws_follow_the_distribution_and_only_the_rows_asked():
+    probs = torch.tensor([0.0, 0.0, 0.5, 0.25, 0.125, 0.125]).expand(4000, V)
+    gens = RowGenerators([row_seed(0, i) for i in range(4000)])
+    toks = gens.draw(probs)
+    freq = torch.bincount(toks, minlength=V).float() / 4000
+    # 4000 draws: std of a frequency <= 0.008; 4 std
+    assert torch.allclose(freq, probs[0], atol=0.032), freq
+    # a masked draw leaves the other rows' generators untouched (SKD draws the teacher only on rejects)
+    a, b = RowGenerators([1, 2]), RowGenerators([1, 2])
+    a.draw(probs[:2], torch.tensor([True, False]))
+    b.draw(probs[:2], torch.tensor([True, True]))
+    assert a.gens[1].get_state().equal(RowGenerators([2]).gens[0].get_state())
+    assert not b.gens[1].get_state().equal(RowGenerators([2]).gens[0].get_state())
+    assert torch.equal(a.draw(probs[:2])[:1], b.draw(probs[:2])[:1])
+
+
+def test_teacher_mixed_rows_are_independent_of_their_batch_too():
+    q, p = FixedLM([0.7, 0.1, 0.1, 0.1]), FixedLM([0.1, 0.1, 0.1, 0.7])
+    cfg = SamplingConfig(max_new_tokens=6)
+    prompts = [[2, 3]] * 8
+    whole, _ = sample_rows(q, prompts, cfg, EOS, PAD, 1, batch_size=8, mix_model=p, mix_alpha=0.5)
+    part = _sample_rows(q, prompts, [6, 7], cfg, EOS, PAD, 1, 2, mix_model=p, mix_alpha=0.5)
+    assert part.response_ids == whole.response_ids[6:]
+    assert part.mix_logp == whole.mix_logp[6:] and len(part.mix_logp[0]) == 6
