@@ -153,6 +153,52 @@ TRL_WORKER = textwrap.dedent('''
 ''')
 
 
+# TRL's current distillation trainer (trl/trainer/distillation_trainer.py, TRL 1.16): always on-policy (lmbda 1),
+# generalized JSD over a chunked lm_head, generation through transformers' `generate` (use_vllm off). Its
+# `temperature` shapes both generation and the loss, where GKD (and kdbench's gkd) uses it for generation only:
+# the config keeps temperature 1 for the loss and sets 0.9 for generation through generation_kwargs, so both sides
+# sample and score the same way. TRL 1.16 defaults changed here: gradient_checkpointing (on) and bf16 (on) off,
+# as kdbench runs fp32 without checkpointing.
+DISTILL_WORKER = textwrap.dedent('''
+    import json, sys, time, warnings
+    warnings.filterwarnings("ignore")
+    import torch
+    torch.set_num_threads(1)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DistillationConfig, DistillationTrainer
+
+    work, steps, S = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    tok = AutoTokenizer.from_pretrained(work + "/tok")
+    tok.padding_side = "left"
+    rows = [json.loads(l) for l in open(work + "/data.jsonl")]
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows])
+    student = AutoModelForCausalLM.from_pretrained(work + "/student")
+    teacher = AutoModelForCausalLM.from_pretrained(work + "/teacher")
+
+    class Timer(TrainerCallback):
+        t = []
+        def on_step_end(self, args, state, control, **kw):
+            self.t.append(time.perf_counter())
+
+    args = DistillationConfig(output_dir=work + "/trl-distill-out", per_device_train_batch_size=S["batch_size"],
+                              gradient_accumulation_steps=1, max_steps=steps, learning_rate=S["lr"], beta=S["beta"],
+                              temperature=1.0, generation_kwargs={"temperature": S["temperature"]}, top_k=0, top_p=1.0,
+                              max_completion_length=S["max_new_tokens"], seed=S["seed"], logging_steps=10**6,
+                              save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0,
+                              bf16=False, fp16=False, gradient_checkpointing=False, disable_dropout=True,
+                              warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="linear",
+                              disable_tqdm=True, use_vllm=False)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
+                                  processing_class=tok, callbacks=[Timer()])
+    t0 = time.perf_counter()
+    trainer.train()
+    t = Timer.t
+    print(json.dumps({"side": "trl-distill", "steps": steps, "steps_per_s": (len(t) - 1) / (t[-1] - t[0]),
+                      "total_s": time.perf_counter() - t0}))
+''')
+
+
 def ensure_trl_venv(venv: Path) -> Path:
     py = venv / "bin" / "python"
     if py.exists():
