@@ -8,6 +8,13 @@ through the same loop so every number comes from one code path.
 
 Prompts are left-padded; position ids come from the attention mask so left padding does not
 shift positions (GPT-2 and Llama-style models both accept `position_ids`).
+
+Speed (issue 17; benchmarks/bench_sampling.py measures it against the old loop and HF `generate`): the
+prompt forward keeps only the last position's logits; transformers models decode on a StaticCache and
+get the decode mask ready-made (no per-step concatenation of cache or mask, no mask rebuilt per step);
+tokens and log-probs go into [B, max_new] tensors, not per-row Python appends; the n-gram ban is kept
+incrementally. The same seed draws the same tokens as before; log-probs agree to float rounding (~1e-6:
+attention over the static cache's masked slots sums in another order).
 """
 from __future__ import annotations
 
