@@ -23,7 +23,8 @@ from _common import RESULTS, ROOT, machine_info
 METHODS_T = ["tests/methods/test_step_one.py", "tests/methods/test_methods.py"]
 DIV_T = ["tests/methods/test_divergences.py", "tests/methods/test_gradients.py", "tests/methods/test_step_one.py"]
 ADV_T = ["tests/methods/test_advantages.py", "tests/methods/test_gradients.py", "tests/methods/test_step_one.py"]
-SAMPLE_T = ["tests/engine/test_sampling_filters.py", "tests/engine/test_sampling.py"]
+SAMPLE_T = ["tests/engine/test_sampling_filters.py", "tests/engine/test_sampling.py",
+            "tests/engine/test_sampling_fast.py"]
 CACHE_T = ["tests/e2e/test_cache_invalidation.py"]
 TCACHE_T = ["tests/engine/test_teacher_cache.py"]
 METRIC_T = ["tests/metrics"]
@@ -123,6 +124,11 @@ MUTANTS = [
     ("sample-mixture-weights-swapped", "kdbench/sampling.py",
      [("q_logp + torch.log1p(torch.tensor(-mix_alpha)), p_logp + torch.log(torch.tensor(mix_alpha))",
        "q_logp + torch.log(torch.tensor(mix_alpha)), p_logp + torch.log1p(torch.tensor(-mix_alpha))")], SAMPLE_T),
+    ("sample-decode-mask-not-extended", "kdbench/sampling.py",
+     [("            self.mask4[:, 0, 0, self.n] = True\n", "            pass\n")], SAMPLE_T),
+    ("sample-ngram-ban-wrong-prefix", "kdbench/sampling.py",
+     [("seen.setdefault(tuple(seq[len(seq) - n: -1]), set()).add(y)",
+       "seen.setdefault(tuple(seq[len(seq) - n + 1:]), set()).add(y)")], SAMPLE_T),
     # --- metrics
     ("rouge-min-over-references", "kdbench/metrics/rouge.py",
      [('return max(scorer.score(ref, prediction)["rougeL"].fmeasure', 'return min(scorer.score(ref, prediction)["rougeL"].fmeasure')],

@@ -8,6 +8,13 @@ through the same loop so every number comes from one code path.
 
 Prompts are left-padded; position ids come from the attention mask so left padding does not
 shift positions (GPT-2 and Llama-style models both accept `position_ids`).
+
+Speed (issue 17; benchmarks/bench_sampling.py measures it against the old loop and HF `generate`): the
+prompt forward keeps only the last position's logits; transformers models decode on a StaticCache and
+get the decode mask ready-made (no per-step concatenation of cache or mask, no mask rebuilt per step);
+tokens and log-probs go into [B, max_new] tensors, not per-row Python appends; the n-gram ban is kept
+incrementally. The same seed draws the same tokens as before; log-probs agree to float rounding (~1e-6:
+attention over the static cache's masked slots sums in another order).
 """
 from __future__ import annotations
 
@@ -56,7 +63,10 @@ def decode_response(tokenizer, ids: Sequence[int]) -> str:
 
 def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """Temperature, top-k (0 = off), top-p (1 = off). Returns fp32 logits with -inf filtered."""
-    logits = logits.float() / cfg.temperature
+    if cfg.temperature != 1.0:  # dividing by 1 is exact: skip the [B, V] copy
+        logits = logits.float() / cfg.temperature
+    else:
+        logits = logits.float()
     if cfg.top_k and cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -69,17 +79,46 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return logits
 
 
-def _ban_repeated_ngrams(logits: torch.Tensor, seqs: list[list[int]], n: int) -> torch.Tensor:
-    """A copy of `logits` with -inf on every token that would complete an n-gram already in `seq`
-    (a copy: the input may be a model's cached output or an expanded view)."""
+class _NgramBan:
+    """No-repeat n-gram blocking kept incrementally: per row, a map from each (n-1)-gram of its sequence
+    (prompt + response) to the tokens that followed it. Each step adds one n-gram per live row, so the
+    per-step work is O(batch), not O(batch x length) as rescanning every sequence would be."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]], n: int):
+        self.n = n
+        self.seqs = [list(p) for p in prompts]
+        self.seen: list[dict[tuple, set[int]]] = [{} for _ in prompts]
+        for seq, seen in zip(self.seqs, self.seen):
+            for i in range(len(seq) - n + 1):
+                seen.setdefault(tuple(seq[i: i + n - 1]), set()).add(seq[i + n - 1])
+
+    def banned(self) -> tuple[list[int], list[int]]:
+        """(rows, token ids) that would complete an n-gram already in their row."""
+        rows: list[int] = []
+        cols: list[int] = []
+        k = self.n - 1
+        for b, (seq, seen) in enumerate(zip(self.seqs, self.seen)):
+            hit = seen.get(tuple(seq[len(seq) - k:]) if k else ())
+            if hit:
+                rows += [b] * len(hit)
+                cols += hit
+        return rows, cols
+
+    def push(self, tokens: list[int], alive: list[bool]) -> None:
+        n = self.n
+        for seq, seen, y, a in zip(self.seqs, self.seen, tokens, alive):
+            if a:
+                seq.append(y)
+                if len(seq) >= n:
+                    seen.setdefault(tuple(seq[len(seq) - n: -1]), set()).add(y)
+
+
+def _apply_ban(logits: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+    """A copy of `logits` with -inf at (rows, cols) (a copy: the input may be a model's cached output)."""
+    if not rows:
+        return logits
     logits = logits.clone()
-    for b, seq in enumerate(seqs):
-        if len(seq) < n:
-            continue
-        prefix = tuple(seq[-(n - 1):]) if n > 1 else ()
-        banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i: i + n - 1]) == prefix}
-        if banned:
-            logits[b, list(banned)] = float("-inf")
+    logits[rows, cols] = float("-inf")
     return logits
 
 
@@ -94,34 +133,78 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
     return ids, att
 
 
-def _cache_kwarg(model) -> str:
-    """transformers renamed `past_key_values` to `cache` (5.x); support both."""
+def _inner(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper: its model
+
+
+def _forward_params(model):
     import inspect
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper: its model's
-    params = inspect.signature(type(inner).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    return inspect.signature(type(_inner(model)).forward).parameters
+
+
+def _static_cache(model, max_len: int):
+    """transformers' StaticCache (preallocated keys/values, written in place) for a decoder whose layers all
+    attend over the full sequence; None otherwise, and the model grows its own cache (a concatenation per
+    step, O(length^2) copying over a generation)."""
+    try:
+        from transformers import PreTrainedModel, StaticCache
+    except ImportError:
+        return None
+    inner = _inner(model)
+    cfg = getattr(inner, "config", None)
+    if not isinstance(inner, PreTrainedModel) or cfg is None or getattr(cfg, "is_encoder_decoder", False):
+        return None
+    try:
+        cache = StaticCache(config=cfg, max_cache_len=max_len)
+    except Exception:  # an architecture without a static layout: fall back to the model's own cache
+        return None
+    if any(getattr(cache, "is_sliding", [])) or any(getattr(cache, "is_linear", [])):
+        return None
+    return cache
 
 
 class _Stepper:
-    """Runs one model token by token with its KV cache."""
+    """Runs one model token by token: a preallocated attention mask (one column switched on per step instead
+    of a concatenation), a static KV cache where the model has one, and only the last position's logits from
+    the prompt's forward."""
 
-    def __init__(self, model, ids, att):
+    def __init__(self, model, ids, att, max_new: int):
         self.model = model
-        self.kw = _cache_kwarg(model)
+        params = _forward_params(model)
+        self.kw = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renamed it
         self.device = next(model.parameters()).device
-        self.att = att.to(self.device)
-        pos = (self.att.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids.to(self.device), attention_mask=self.att, position_ids=pos, use_cache=True)
-        self.past = out[self.kw]
+        B, L = ids.shape
+        self.n = L  # columns of the mask in use
+        self.mask = torch.zeros((B, L + max_new), dtype=torch.long, device=self.device)
+        self.mask[:, :L] = att.to(self.device)
+        att = self.mask[:, :L]
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        self.cache = _static_cache(model, L + max_new)
+        kwargs = {self.kw: self.cache} if self.cache is not None else {}
+        if "logits_to_keep" in params:  # the prompt's other positions' logits are never read
+            kwargs["logits_to_keep"] = 1
+        out = model(input_ids=ids.to(self.device), attention_mask=att, position_ids=pos, use_cache=True, **kwargs)
+        self.past = out[self.kw] if self.cache is None else self.cache
         self.logits = out.logits[:, -1, :].float()
         self.next_pos = pos[:, -1:] + 1
+        # With sdpa and a static cache the mask sdpa needs at a decode step is the 2-D mask itself, [B, 1, 1, max
+        # length] over the cache's slots: passed ready-made, transformers skips building it every step.
+        sdpa = getattr(getattr(_inner(model), "config", None), "_attn_implementation", None) == "sdpa"
+        self.mask4 = self.mask.bool()[:, None, None, :] if (self.cache is not None and sdpa) else None
 
     def step(self, tokens: torch.Tensor) -> None:
-        self.att = torch.cat([self.att, torch.ones_like(self.att[:, :1])], dim=1)
-        out = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=self.att,
+        self.mask[:, self.n] = 1
+        if self.mask4 is not None:
+            self.mask4[:, 0, 0, self.n] = True
+            att = self.mask4
+        else:
+            att = self.mask[:, : self.n + 1]
+        self.n += 1
+        out = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=att,
                          position_ids=self.next_pos, use_cache=True, **{self.kw: self.past})
-        self.past = out[self.kw]
+        if self.cache is None:
+            self.past = out[self.kw]
         self.logits = out.logits[:, -1, :].float()
         self.next_pos = self.next_pos + 1
 
@@ -146,20 +229,23 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
     the teacher's sample y ~ p replaces it. The token then has probability
     q(y) 1[y in TopK] + (sum of q outside TopK) p(y), returned as mix_logp, and `replaced` marks the
     replaced tokens. The teacher is drawn only when some row rejects, so K >= |V| reproduces plain
-    student sampling under the same generator."""
+    student sampling under the same generator.
+
+    Per step everything is batched tensor work: tokens and log-probs go into [B, max_new] buffers, turned
+    into lists once at the end."""
     was_training = model.training
     model.eval()
     ids, att = _left_pad(prompts, pad_id)
-    student = _Stepper(model, ids, att)
-    teacher = _Stepper(mix_model, ids, att) if mix_model is not None else None
-    B = len(prompts)
+    B, T = len(prompts), cfg.max_new_tokens
+    student = _Stepper(model, ids, att, T)
+    teacher = _Stepper(mix_model, ids, att, T) if mix_model is not None else None
     done = torch.zeros(B, dtype=torch.bool)
-    out: list[list[int]] = [[] for _ in range(B)]
-    s_lp: list[list[float]] = [[] for _ in range(B)]
-    t_lp: list[list[float]] = [[] for _ in range(B)]
-    m_lp: list[list[float]] = [[] for _ in range(B)]
-    rep: list[list[float]] = [[] for _ in range(B)]
-    for _ in range(cfg.max_new_tokens):
+    toks = torch.full((B, T), pad_id, dtype=torch.long)
+    lengths = torch.zeros(B, dtype=torch.long)  # steps each row was still generating
+    lps = torch.zeros((3, B, T)) if teacher is not None else None  # log q, log p, log mix of the drawn token
+    rep = torch.zeros((B, T)) if (teacher is not None and skd_topk > 0) else None
+    ban = _NgramBan(prompts, cfg.no_repeat_ngram_size) if cfg.no_repeat_ngram_size else None
+    for t in range(T):
         logits = student.logits.cpu()
         t_logits = teacher.logits.cpu() if teacher is not None else None
         if t_logits is not None and t_logits.shape[-1] != logits.shape[-1]:
@@ -169,13 +255,13 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
         if cfg.vocab_size is not None and logits.shape[-1] > cfg.vocab_size:
             logits = logits[..., :cfg.vocab_size]
             t_logits = t_logits[..., :cfg.vocab_size] if t_logits is not None else None
-        if cfg.no_repeat_ngram_size:
+        if ban is not None:
             # banned on both models, so the mixture never draws a banned token and every logged
             # log-prob (q, p, mix) is of the same filtered distributions
-            seqs = [list(p) + o for p, o in zip(prompts, out)]
-            logits = _ban_repeated_ngrams(logits, seqs, cfg.no_repeat_ngram_size)
+            rows, cols = ban.banned()
+            logits = _apply_ban(logits, rows, cols)
             if t_logits is not None:
-                t_logits = _ban_repeated_ngrams(t_logits, seqs, cfg.no_repeat_ngram_size)
+                t_logits = _apply_ban(t_logits, rows, cols)
         q_logp = torch.log_softmax(filter_logits(logits, cfg), -1)
         replaced = None
         if teacher is not None and skd_topk > 0:
@@ -198,17 +284,19 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
             mix = q_logp
         if replaced is None:
             tok = _draw(mix.exp(), generator)
+        alive = ~done
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        for b in range(B):
-            if not done[b]:
-                y = int(tok[b])
-                out[b].append(y)
-                if teacher is not None:
-                    s_lp[b].append(float(q_logp[b, y]))
-                    t_lp[b].append(float(p_logp[b, y]))
-                    m_lp[b].append(float(mix[b, y]))
-                if replaced is not None:
-                    rep[b].append(float(replaced[b]))
+        toks[:, t] = tok
+        lengths += alive
+        if lps is not None:
+            y = tok.clamp(0, q_logp.shape[-1] - 1)[:, None]  # finished rows hold pad: gathered, never returned
+            lps[0, :, t] = q_logp.gather(1, y)[:, 0]
+            lps[1, :, t] = p_logp.gather(1, y)[:, 0]
+            lps[2, :, t] = mix.gather(1, y)[:, 0]
+        if rep is not None:
+            rep[:, t] = replaced.float()
+        if ban is not None:
+            ban.push(tok.tolist(), alive.tolist())
         done = done | (tok == eos_id)
         if bool(done.all()):
             break
@@ -217,7 +305,12 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
             teacher.step(tok)
     if was_training:
         model.train()
-    return Rollout([list(p) for p in prompts], out, s_lp, t_lp, m_lp, rep if skd_topk > 0 else [])
+    lens = lengths.tolist()
+    cut = lambda x: [row[:n] for row, n in zip(x.tolist(), lens)]  # noqa: E731
+    empty = lambda: [[] for _ in range(B)]  # noqa: E731  (no log-probs: one empty list per row, as before)
+    s_lp, t_lp, m_lp = (cut(lps[0]), cut(lps[1]), cut(lps[2])) if lps is not None else (empty(), empty(), empty())
+    rep_out = (cut(rep) if rep is not None else empty()) if skd_topk > 0 else []
+    return Rollout([list(p) for p in prompts], cut(toks), s_lp, t_lp, m_lp, rep_out)
 
 
 def sample(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, eos_id: int, pad_id: int, seed: int,
