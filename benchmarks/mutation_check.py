@@ -153,7 +153,7 @@ MUTANTS = [
     ("tcache-reads-rollouts", "kdbench/teacher_store.py",
      [("        if not is_fixed(batch):\n            return None\n", "")], TCACHE_T),
     ("tcache-k-not-in-stage-key", "kdbench/teacher_store.py", [('"k": self.k, "vocab"', '"vocab"')], TCACHE_T),
-    ("tcache-teacher-not-in-stage-key", "kdbench/stage_data.py", [('"teacher": self.teacher_model()[1], ', "")],
+    ("tcache-teacher-not-in-stage-key", "kdbench/stage_data.py", [('**spec, "teacher": self.teacher_model()[1], ', "**spec, ")],
      CACHE_T),
     ("tcache-tail-mass-dropped", "kdbench/teacher_cache.py",
      [("other = tail.float() - math.log(max(vocab - k, 1))", "other = tail.float() - float('inf')")], TCACHE_T),

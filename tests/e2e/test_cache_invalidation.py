@@ -141,6 +141,11 @@ def test_teacher_cache_stage_follows_k_and_the_teacher(base, tmp_path):
     assert main(ARGS + ["--out", str(out)] + on[:2] + ["--set", "distill.teacher_cache_k=8"]) == 0
     after_k = done_keys(out)
     assert kinds(rebuilt(before, after_k)) == {"teacher-topk"} | TEACHER_READERS
-    assert main(ARGS + ["--out", str(out)] + on + ["--set", "teacher_sft.steps=5"]) == 0
-    got = kinds(rebuilt(after_k, done_keys(out)))
+    # another teacher, on gold only (no unlabeled prompts, whose teacher samples would change the
+    # example set anyway): the stage key itself must hold the teacher
+    gold = on + ["--set", "use_unlabeled=false"]
+    assert main(ARGS + ["--out", str(out)] + gold) == 0
+    gold_keys = done_keys(out)
+    assert main(ARGS + ["--out", str(out)] + gold + ["--set", "teacher_sft.steps=5"]) == 0
+    got = kinds(rebuilt(gold_keys, done_keys(out)))
     assert {"teacher-sft", "teacher-topk", "train:kd"} <= got and "student-sft" not in got
