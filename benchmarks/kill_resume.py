@@ -216,6 +216,7 @@ def main() -> int:
     ap.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun; default 1)")
     args = ap.parse_args()
     NPROC[0] = args.nproc
+    print(f"load average at the start: {list(os.getloadavg())}; {args.nproc} process(es) per run", flush=True)
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kdbench-kill-resume-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -38,17 +38,25 @@ def row_seed(seed: int, row: int) -> int:
 
 class RowGenerators:
     """One generator per row; `draw` takes one token per row (only for `rows` when given, the others
-    0), each from its own row's generator."""
+    0), each from its own row's generator: one uniform u per row, and the token is the first whose
+    cumulative probability exceeds u x the row's total (inverse CDF, in float64; a token of zero
+    probability is never drawn). One Python call per row and step, the rest batched."""
 
     def __init__(self, seeds: Sequence[int]):
         self.gens = [torch.Generator().manual_seed(s) for s in seeds]
 
     def draw(self, probs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        out = torch.zeros(probs.shape[0], dtype=torch.long)
-        for b, g in enumerate(self.gens):
-            if rows is None or bool(rows[b]):
-                out[b] = torch.multinomial(probs[b], 1, generator=g)[0]
-        return out
+        take = [rows is None or bool(rows[b]) for b in range(len(self.gens))]
+        u = torch.tensor([float(torch.rand((), dtype=torch.float64, generator=g)) if t else 0.0
+                          for g, t in zip(self.gens, take)], dtype=torch.float64)
+        cdf = probs.to(torch.float64).cumsum(-1)
+        if not bool(torch.isfinite(cdf[:, -1]).all()) or bool((probs < 0).any()):
+            raise ValueError("probability tensor contains either inf, nan or element < 0")  # as torch.multinomial
+        tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+        # u x total can round up to the total: the last token of positive probability then
+        last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1)
+        tok = torch.minimum(tok, last)
+        return torch.where(torch.tensor(take), tok, torch.zeros_like(tok))
 
 
 def _sample_rows(model, prompts, rows: list[int], cfg, eos_id, pad_id, seed, batch_size, **kw) -> Rollout:

@@ -54,6 +54,13 @@ def test_row_draws_follow_the_distribution_and_only_the_rows_asked():
     freq = torch.bincount(toks, minlength=V).float() / 4000
     # 4000 draws: std of a frequency <= 0.008; 4 std
     assert torch.allclose(freq, probs[0], atol=0.032), freq
+    # tokens of zero probability (filtered by top-k / top-p, banned n-grams) are never drawn, also
+    # around and after the others
+    holes = torch.tensor([0.0, 0.3, 0.0, 0.0, 0.7, 0.0]).expand(4000, V)
+    toks = RowGenerators([row_seed(1, i) for i in range(4000)]).draw(holes)
+    assert set(toks.tolist()) == {1, 4}
+    with pytest.raises(ValueError, match="nan"):
+        RowGenerators([0]).draw(torch.tensor([[float("nan"), 1.0, 0, 0, 0, 0]]))
     # a masked draw leaves the other rows' generators untouched (SKD draws the teacher only on rejects)
     a, b = RowGenerators([1, 2]), RowGenerators([1, 2])
     a.draw(probs[:2], torch.tensor([True, False]))
