@@ -216,6 +216,20 @@ def ensure_trl_venv(venv: Path) -> Path:
     return py
 
 
+def _ratio_ci(per_round: list[float]) -> list[float]:
+    """Geometric mean of the per-round ratios with a 95% t-interval on their logs (rounds are the units)."""
+    import math
+
+    from scipy import stats
+
+    logs = [math.log(r) for r in per_round]
+    m = statistics.fmean(logs)
+    if len(logs) < 2:
+        return [math.exp(m)] * 3
+    h = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return [math.exp(m), math.exp(m - h), math.exp(m + h)]
+
+
 def _last_json(p: subprocess.CompletedProcess, what: str) -> dict:
     if p.returncode != 0:
         raise RuntimeError(f"{what} failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -266,7 +280,8 @@ def main() -> int:
     for other in [s for s in sides if s != "kdbench"]:
         per_round = [k["steps_per_s"] / o["steps_per_s"] for k, o in
                      zip([x for x in runs if x["side"] == "kdbench"], [x for x in runs if x["side"] == other])]
-        ratios[other] = {"median_ratio": med["kdbench"] / med[other], "per_round": per_round}
+        ratios[other] = {"median_ratio": med["kdbench"] / med[other], "per_round": per_round,
+                         "geomean_ratio_ci95": _ratio_ci(per_round)}
     bar = ratios.get("trl-distill", {}).get("median_ratio")
     payload = {"setting": SETTING, "steps": args.steps, "rounds": args.rounds, "machine": machine,
                "trl_env": dict(zip(["trl", "transformers", "torch"], trl_ver)), "runs": runs,
@@ -277,8 +292,10 @@ def main() -> int:
             for s in sides]
     for other, r in ratios.items():
         goal = f" (goal >= 2: {'met' if r['median_ratio'] >= 2 else 'NOT met'})" if other == "trl-distill" else ""
+        g, lo, hi = r["geomean_ratio_ci95"]
         rows.append({"side": f"ratio kdbench / {other}", "median_steps_per_s": r["median_ratio"],
-                     "runs_steps_per_s": "per round " + ", ".join(f"{x:.2f}" for x in r["per_round"]) + goal})
+                     "runs_steps_per_s": "per round " + ", ".join(f"{x:.2f}" for x in r["per_round"])
+                     + f"; geometric mean {g:.2f} [95% CI {lo:.2f}, {hi:.2f}]" + goal})
     write_results("bench_vs_trl", payload, rows, ["side", "median_steps_per_s", "runs_steps_per_s"],
                   notes=f"On-policy distillation (lmbda 1, beta 0.5 JSD), batch {SETTING['batch_size']}, "
                         f"{SETTING['max_new_tokens']} new tokens at temperature {SETTING['temperature']}, "
