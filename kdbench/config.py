@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+from .dotted import deep_update, set_dotted  # noqa: F401 (re-exported)
 from .registry import suggest
 from .selection import SelectConfig
 
@@ -373,30 +374,6 @@ def train_key(train: "TrainConfig", teacher: bool = True) -> dict[str, Any]:
 
 def to_dict(obj) -> dict[str, Any]:
     return dataclasses.asdict(obj)
-
-
-def deep_update(base: dict, override: dict) -> dict:
-    """A new dict: `override` merged into `base`; neither input is mutated or aliased."""
-    import copy
-
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_update(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def set_dotted(d: dict, dotted: str, value: Any) -> None:
-    """Apply `--set a.b.c=value` to a nested dict (values parsed as YAML scalars)."""
-    keys = dotted.split(".")
-    cur = d
-    for k in keys[:-1]:
-        cur = cur.setdefault(k, {})
-        if not isinstance(cur, dict):
-            raise ConfigError(f"--set {dotted}: '{k}' is not a section")
-    cur[keys[-1]] = value
 
 
 def stable_hash(obj: Any, n: int = 12) -> str:
