@@ -77,3 +77,9 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float | None = No
 
 def python() -> str:
     return sys.executable
+
+
+def portable(path) -> str | None:
+    """A path as results record it: relative to the repository (../shared/data), never this machine's
+    absolute path, so a results file reads the same on every machine."""
+    return None if path is None else os.path.relpath(Path(path).resolve(), ROOT)

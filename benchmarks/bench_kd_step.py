@@ -36,7 +36,7 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from _common import machine_info, write_results  # noqa: E402
+from _common import machine_info, portable, write_results  # noqa: E402
 from kdbench.config import TrainConfig  # noqa: E402
 from kdbench.method import MethodContext, make_method  # noqa: E402
 from kdbench.models import load_model, load_tokenizer, resolve_model_name  # noqa: E402
@@ -165,7 +165,7 @@ def write(machine: dict, args, build_s: float, times: dict[str, list[float]], n_
             row.update(cpu_step_s=statistics.mean(cpu[r]), cpu_vs_sft=statistics.mean(cpu[r]) / statistics.mean(cpu["sft"]),
                        cpu_vs_sft_ci95=f"[{lo:.2f}, {hi:.2f}]")
         table.append(row)
-    payload = {"machine": machine, "args": vars(args), "cache_build_s": build_s, "step_times_s": times,
+    payload = {"machine": machine, "args": {**vars(args), "data_dir": portable(args.data_dir)}, "cache_build_s": build_s, "step_times_s": times,
                "step_cpu_s": cpu, "examples": n_exs, "rows": table}
     notes = (f"SmolLM2-135M-Instruct teacher, prune:drop=5-19 student, {n_exs} Dolly records (chat-rendered, "
              f"prompts <= {args.max_prompt} tokens, sequences <= {args.length}), batch {args.batch}, {args.threads} "

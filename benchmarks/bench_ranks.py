@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     best = {n: min(x["wall_s"] for x in rows if x["processes"] == n) for n in (1, 2)}
     payload = {"machine": machine, "preset": args.preset, "methods": args.methods, "runs": rows,
                "best_wall_s": best, "max_abs_diff_by_row": diff, "generations_identical": gens,
-               "commands": {"1": " ".join([python(), *common, "--out", "DIR"]),
+               "commands": {"1": " ".join(["python", *common, "--out", "DIR"]),
                             "2": " ".join(["torchrun --standalone --nproc_per_node 2", *common, "--out", "DIR"])}}
     by_row = ", ".join(f"{m} {d:.3g}" for m, d in diff.items())
     notes = (f"`{args.preset}` preset, methods {args.methods}, fresh output folder and stage cache for each run, "

@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from _common import machine_info, write_results  # noqa: E402
+from _common import machine_info, portable, write_results  # noqa: E402
 from kdbench.data import collate  # noqa: E402
 from kdbench.models import load_model, load_tokenizer, resolve_model_name  # noqa: E402
 from kdbench.pruning import parse_prune_spec, prune_model  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> None:
             "kd_grad_rel_err": 0.5 * (a["g_err2"] / a["g_kd2"]) ** 0.5})
         print(table[-1], flush=True)
     wall = time.perf_counter() - t0
-    payload = {"machine": machine, "args": vars(args), "vocab": V, "sequences": len(seqs), "positions": rows,
+    payload = {"machine": machine, "args": {**vars(args), "data_dir": portable(args.data_dir)}, "vocab": V, "sequences": len(seqs), "positions": rows,
                "wall_s": wall, "rows": table}
     notes = (f"SmolLM2-135M-Instruct teacher, student prune:drop=5-19 (as initialised, before any training: "
              f"the student a kd run starts from), {len(seqs)} Dolly records (dev.jsonl, chat-rendered, <= "
