@@ -21,6 +21,7 @@ from .evaluation import eval_cache_spec, evaluate, generate, task_eval_config
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
 from .layout import EvalRecord, RunLayout, TrainResult, label_of
 from .method import METHODS, make_method
+from .resources import peak_note
 from .row_sampling import SAMPLER
 from .metrics.base import METRICS, EvalSession
 from .stages import Stages, with_dtype
@@ -107,6 +108,7 @@ class Cells:
         with self.stages.tracked(ctx, track + (f"/{point_label(point)}" if point else ""), frozen):
             method.train(ctx)
         counters = ranks.sum_counts(ctx.counters, ctx.counters.PER_RUN)  # each rank counted its own work
+        log.info("train %s: trained in %.1fs%s", name, time.time() - t0, peak_note())
         return ranks.on_main(lambda: self._close_train_cell(ctx, cell, key, deps, init, method_name, student, train,
                                                             train_seed, t0, counters), f"train {name}")
 
@@ -293,6 +295,7 @@ class Cells:
         atomic_write_json(cell / "config.json", spec)
         atomic_write_json(cell / "metrics.json", out)
         mark_done(cell, {"key": key})
+        log.info("eval %s on %s seed %s: done in %.1fs%s", model_label, task_name, seed, out["wall_time_s"], peak_note())
         return out
 
     def _eval_teacher(self):

@@ -131,7 +131,8 @@ def _row_sum(chunk_value: Callable[[torch.Tensor, int, int], torch.Tensor], s: L
     """sum over chunks of chunk_value(student logits of rows i:j, i, j), a scalar with a graph."""
     grad_on = torch.is_grad_enabled()
     if s.logits is not None:  # a dense student: only the row selection and the chunking apply
-        parts = [chunk_value(s.logits[i:j], i, j) for i in range(0, n, chunk)]
+        spans = [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+        parts = [chunk_value(s.logits[i:j], i, j) for i, j in spans]
         return torch.stack(parts).sum() if parts else s.logits.sum() * 0
     tracked = grad_on and any(t is not None and t.requires_grad for t in (s.hidden, s.weight, s.bias))
     if not tracked:
@@ -226,3 +227,50 @@ def chunked_logprobs(student: LazyLogits, labels: torch.Tensor, chunk: int = 102
     flat = torch.cat(parts) if parts else src.new_zeros(0, dtype=torch.float32)
     out = torch.zeros(labels.shape, dtype=torch.float32, device=flat.device)
     return out.masked_scatter(keep, flat) if n else out + flat.sum() * 0
+
+
+def chunked_ce_and_token_loss(token_fn: Callable, student: LazyLogits, teacher: LazyLogits, labels: torch.Tensor,
+                              mask: torch.Tensor, *args, ce_weight: float, div_weight: float,
+                              temperature: float = 1.0, chunk: int = 1024, **kwargs
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ce_weight * CE + div_weight * D, CE, D) with one lm_head pass: CE as `chunked_cross_entropy`
+    on `labels`, D as `chunked_token_loss` on `mask`, both from the same chunk of student logits.
+
+    Computed as two separate losses, every chunk's lm_head product and its gradient would be done
+    twice; at a 49k vocabulary that product is about a third of a small student's step (the head
+    of SmolLM2's pruned student against its 15 layers), which is most of what a cached-teacher KD
+    step costs over SFT. The CE and D returned are detached (for logging); the loss carries the graph."""
+    chunk = _check_chunk(chunk)
+    if tuple(mask.shape) != student.shape_bt or tuple(labels.shape) != student.shape_bt \
+            or tuple(mask.shape) != teacher.shape_bt:
+        raise ValueError(f"labels {tuple(labels.shape)}, mask {tuple(mask.shape)}, student {student.shape_bt} and "
+                         f"teacher {teacher.shape_bt} positions must agree")
+    keep = (labels >= 0) | (mask > 0)
+    s, t = student.rows(keep), teacher.rows(keep)
+    y = labels[keep]
+    has_y = y >= 0
+    y = torch.where(has_y, y, torch.zeros_like(y))  # rows the divergence needs but CE does not: weight 0
+    n_y = max(int(has_y.sum()), 1)
+    w = mask[keep].float()
+    w_sum = float(w.sum())
+    w_d = w / (w_sum if w_sum > 0 else 1.0)
+    w_ce = has_y.float() / n_y
+    T = float(temperature)
+    parts = {"ce": [], "div": []}
+
+    def value(s_logits, i, j):
+        with torch.no_grad():
+            t_logits = t.chunk(i, j)
+        nll = -torch.log_softmax(s_logits.float(), -1).gather(-1, y[i:j, None]).squeeze(-1)
+        s_l, t_l = (s_logits, t_logits) if T == 1.0 else (s_logits / T, t_logits / T)
+        d = token_fn(s_l, t_l, *args, **kwargs)
+        ce_part, d_part = (nll * w_ce[i:j]).sum(), (d * w_d[i:j]).sum()
+        parts["ce"].append(ce_part.detach())
+        parts["div"].append(d_part.detach())
+        return ce_weight * ce_part + div_weight * d_part
+
+    loss = _row_sum(value, s, int(y.numel()), chunk)
+    zero = loss.detach().new_zeros(())
+    ce = torch.stack(parts["ce"]).sum() if parts["ce"] else zero
+    div = torch.stack(parts["div"]).sum() if parts["div"] else zero
+    return loss, ce, div

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .chunked import LazyLogits
+from .chunked import LazyLogits, rows_per_chunk
+from .config import TrainConfig
 
 # config attributes that post-process lm_head's output in some architectures (Gemma 2/3, Cohere, ...)
 _POSTPROCESS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
@@ -35,3 +36,32 @@ def lazy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     body, head = parts
     hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return LazyLogits(hidden, head.weight, head.bias, vocab_size)
+
+
+def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   vocab_size: int | None) -> LazyLogits:
+    """The model's logits as LazyLogits: split when it can be (hidden states + head), else the
+    dense logits cut to the real vocabulary. Scoring code then takes only the rows it needs, a
+    chunk at a time, whichever the model is."""
+    lazy = lazy_forward(model, input_ids, attention_mask, vocab_size)
+    if lazy is not None:
+        return lazy
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    if vocab_size is not None and logits.shape[-1] > vocab_size:  # padded embedding rows are not tokens
+        logits = logits[..., :vocab_size]
+    return LazyLogits.dense(logits)
+
+
+def eval_chunk_rows(vocab: int) -> int:
+    """Rows per lm_head chunk when scoring for a metric: the training default's element budget
+    (TrainConfig.loss_chunk_tokens x loss_chunk_elements), so an evaluation's [rows, V] temporaries
+    stay at tens of MB whatever the vocabulary and the batch."""
+    return rows_per_chunk(vocab, TrainConfig.loss_chunk_tokens, TrainConfig.loss_chunk_elements)
+
+
+def model_vocab(out: LazyLogits) -> int:
+    """The vocabulary width of `out`'s logits (its head's rows, cut to vocab_size)."""
+    if out.logits is not None:
+        return int(out.logits.shape[-1])
+    rows = int(out.weight.shape[0])
+    return min(rows, out.vocab_size) if out.vocab_size else rows

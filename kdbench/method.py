@@ -47,8 +47,8 @@ from .row_sampling import sample_rows
 from .sampling import Rollout, SamplingConfig
 from .schema import Example
 from .trainer import LossOutput, ResumableBatches, Trainer
-from .chunked import (LazyLogits, chunked_cross_entropy, chunked_logprobs, chunked_token_loss, rows_per_chunk,
-                      token_fn_of)
+from .chunked import (LazyLogits, chunked_ce_and_token_loss, chunked_cross_entropy, chunked_logprobs,
+                      chunked_token_loss, rows_per_chunk, token_fn_of)
 from .hidden import lazy_forward
 from .teacher_cache import TopKLogits
 from .teacher_store import TeacherCacheReader, local_stage, mark_fixed
@@ -300,6 +300,20 @@ class MethodContext:
             return masked_token_loss(functools.partial(token_fn, **kwargs) if kwargs else token_fn, s, t, mask, *args)
         return chunked_token_loss(token_fn, student, teacher, mask, *args, temperature=temperature,
                                   chunk=self.loss_chunk, **kwargs)
+
+    def ce_and_divergence(self, fn: Callable, student: LazyLogits, teacher: LazyLogits, labels: torch.Tensor,
+                          mask: torch.Tensor, *args, ce_weight: float, div_weight: float, temperature: float = 1.0,
+                          **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ce_weight * CE(labels) + div_weight * fn(student / T, teacher / T, mask), CE, D), CE and D
+        detached: the usual "CE plus a divergence" objective with the two terms computed from one
+        lm_head pass per chunk (chunked.chunked_ce_and_token_loss) instead of one pass each."""
+        if not self.loss_chunk:
+            ce = self.cross_entropy(student, labels)
+            d = self.divergence(fn, student, teacher, mask, *args, temperature=temperature, **kwargs)
+            return ce_weight * ce + div_weight * d, ce.detach(), d.detach()
+        return chunked_ce_and_token_loss(token_fn_of(fn), student, teacher, labels.to(self.device),
+                                         mask.to(self.device), *args, ce_weight=ce_weight, div_weight=div_weight,
+                                         temperature=temperature, chunk=self.loss_chunk, **kwargs)
 
     def cross_entropy(self, student: LazyLogits, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(self.device)

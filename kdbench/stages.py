@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .io import atomic_write_json, is_done, mark_done
 from .layout import RunLayout, label_of
 from .method import METHODS, MethodContext, cross_entropy, make_method
+from .resources import peak_note
 from .stage_data import DataStages, with_dtype  # noqa: F401 (with_dtype: re-exported for cells)
 from .taskset import TaskSet
 from .trainer import LossOutput, Trainer, get_accelerator
@@ -92,7 +93,7 @@ class Stages(DataStages):
         info["wall_time_s"] = round(time.time() - t0, 2)
         mark_done(tmp, info)
         tmp.rename(folder)
-        log.info("stage %s: done in %.1fs", kind, info["wall_time_s"])
+        log.info("stage %s: done in %.1fs%s", kind, info["wall_time_s"], peak_note())
 
     def data_fp(self) -> dict:
         c = self.cfg

@@ -44,10 +44,11 @@ class FKL(Method):
 
         def loss_fn(batch):
             s = ctx.outputs(ctx.student, batch)
-            d = ctx.divergence(self.divergence, s, ctx.teacher_outputs(batch), batch.loss_mask, **kw)
             if r == 1:
+                d = ctx.divergence(self.divergence, s, ctx.teacher_outputs(batch), batch.loss_mask, **kw)
                 return LossOutput(d, {term: d.item()})
-            ce = ctx.cross_entropy(s, batch.labels)
-            return LossOutput(r * d + (1 - r) * ce, {term: d.item(), "ce": ce.item()})
+            loss, ce, d = ctx.ce_and_divergence(self.divergence, s, ctx.teacher_outputs(batch), batch.labels,
+                                                batch.loss_mask, ce_weight=1 - r, div_weight=r, **kw)
+            return LossOutput(loss, {term: d.item(), "ce": ce.item()})
 
         ctx.fit(loss_fn, ctx.gold_batches())

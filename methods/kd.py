@@ -48,9 +48,10 @@ class KD(Method):
         def loss_fn(batch):
             s = ctx.outputs(ctx.student, batch)
             t = ctx.teacher_outputs(batch)  # the teacher cache's, when it is on
-            ce = ctx.cross_entropy(s, batch.labels)
-            kl = ctx.divergence(forward_kl, s, t, batch.loss_mask, temperature=T) * (T * T)
-            return LossOutput((1 - r) * ce + r * kl, {"ce": float(ce.detach()), "fkl": float(kl.detach())})
+            # Hinton's T^2 keeps the soft term's gradient scale; both terms from one lm_head pass
+            loss, ce, kl = ctx.ce_and_divergence(forward_kl, s, t, batch.labels, batch.loss_mask, ce_weight=1 - r,
+                                                 div_weight=r * T * T, temperature=T)
+            return LossOutput(loss, {"ce": float(ce), "fkl": float(kl) * T * T})
 
         # gold train responses, plus the teacher's samples on prompts without gold (if the run has them)
         ctx.fit(loss_fn, ctx.gold_batches(ctx.guided_examples()))

@@ -34,10 +34,11 @@ class SeqKD(Method):
 
         def loss_fn(batch):
             s = ctx.outputs(ctx.student, batch)
-            ce = ctx.cross_entropy(s, batch.labels)
             if r == 0.0:  # pure SeqKD: no teacher forward pass at all
+                ce = ctx.cross_entropy(s, batch.labels)
                 return LossOutput(ce, {"ce": ce.item()})
-            kl = ctx.divergence(forward_kl, s, ctx.teacher_outputs(batch), batch.loss_mask)
-            return LossOutput((1 - r) * ce + r * kl, {"ce": ce.item(), "fkl": kl.item()})
+            loss, ce, kl = ctx.ce_and_divergence(forward_kl, s, ctx.teacher_outputs(batch), batch.labels,
+                                                 batch.loss_mask, ce_weight=1 - r, div_weight=r)
+            return LossOutput(loss, {"ce": ce.item(), "fkl": kl.item()})
 
         ctx.fit(loss_fn, ctx.gold_batches(data))

@@ -43,6 +43,7 @@ import torch
 
 from ..data import collate, encode_pair
 from ..divergences import token_forward_kl
+from ..hidden import eval_chunk_rows, forward_logits, model_vocab
 from ..models import vocab_size_of
 from ..sampling import SamplingConfig, sample
 from .base import EvalContext, mean_values, register_metric
@@ -147,16 +148,21 @@ def sequence_errors(model, teacher, prompts: Sequence[Sequence[int]], responses:
         if any(not p for p, _ in pairs):
             raise ValueError("sequence_errors: empty prompt (the first generated token has no predicting position)")
         b = collate(pairs, pad_id)
-        q = model(input_ids=b.input_ids.to(dev_m), attention_mask=b.attention_mask.to(dev_m)).logits
-        p = teacher(input_ids=b.input_ids.to(dev_t), attention_mask=b.attention_mask.to(dev_t)).logits.to(dev_m)
-        v = min(q.shape[-1], p.shape[-1], vocab_size or q.shape[-1])
-        kl = token_forward_kl(q[..., :v], p[..., :v]).cpu()
         # collate's labels mark exactly the positions len(p)-1+t that predict response token t
         mask = b.labels != -100
-        for i, (_, r) in enumerate(pairs):
-            row = kl[i][mask[i]].double().numpy()
+        q = forward_logits(model, b.input_ids.to(dev_m), b.attention_mask.to(dev_m), vocab_size).rows(mask.to(dev_m))
+        p = forward_logits(teacher, b.input_ids.to(dev_t), b.attention_mask.to(dev_t), vocab_size).rows(mask.to(dev_t))
+        # the scored rows only, a chunk at a time: never two [B, L, V] logits and their log-softmaxes
+        n = int(mask.sum())
+        v = min(model_vocab(q), model_vocab(p), vocab_size or model_vocab(q))
+        step = eval_chunk_rows(v)
+        kl = torch.cat([token_forward_kl(q.chunk(i, min(i + step, n))[..., :v].float(),
+                                         p.chunk(i, min(i + step, n)).to(dev_m)[..., :v].float())
+                        for i in range(0, n, step)]).cpu() if n else torch.zeros(0)
+        lengths = mask.sum(dim=1).tolist()
+        for (_, r), row in zip(pairs, torch.split(kl, lengths)):
             assert len(row) == len(r), "label mask and response length disagree"
-            out.append(row)
+            out.append(row.double().numpy())
     return out
 
 

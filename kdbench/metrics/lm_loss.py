@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from ..data import IGNORE, collate, encode_pair
-from ..models import slice_vocab, vocab_size_of
+from ..chunked import chunked_logprobs
+from ..hidden import eval_chunk_rows, forward_logits, model_vocab
+from ..models import vocab_size_of
 from .base import EvalContext, register_metric
 
 
@@ -62,13 +64,14 @@ def score_pairs(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int
     tokens: list[int] = []
     for s in range(0, len(pairs), batch_size):
         batch = collate(pairs[s: s + batch_size], pad_id)
-        logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
-        logits = slice_vocab(logits, vocab_size).float().transpose(1, 2)
         labels = batch.labels.to(device)
+        # only the response rows' logits, a chunk at a time: never the batch's [B, L, V] (at V = 49k a
+        # batch of 25 x 256 tokens would be 1.3 GB, and its log-softmax as much again)
+        out = forward_logits(model, batch.input_ids.to(device), batch.attention_mask.to(device), vocab_size)
+        tok = -chunked_logprobs(out, labels, eval_chunk_rows(vocab_size or model_vocab(out)))  # [B, L], 0 off labels
         # fp32 and a sum (not a per-batch mean): the result must not depend on batch size or dtype
-        total += float(torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum"))
+        total += float(tok.sum())
         n += int((labels != IGNORE).sum())
-        tok = torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
         nll += tok.double().sum(dim=1).tolist()
         tokens += (labels != IGNORE).sum(dim=1).tolist()
     if n == 0:
