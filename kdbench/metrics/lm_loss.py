@@ -14,7 +14,8 @@ cell to the fp64 per-example sums would make it exact but moves existing numbers
 """
 from __future__ import annotations
 
-from typing import Sequence
+import weakref
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +80,27 @@ def score_pairs(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int
     return total / n, nll, tokens
 
 
+def weights_version(model) -> tuple:
+    """Changes whenever a parameter is modified in place (an optimiser step, load_state_dict): with the
+    model object it identifies the weights, so a memo never serves numbers of earlier weights."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+class ModelScores:
+    """Teacher-forced scores by (model object, inputs, weights): an EvalSession state, so the seeds of
+    one model's evaluation share one scoring pass."""
+
+    def __init__(self) -> None:
+        self._by_model: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+    def get(self, model, key, make):
+        memo = self._by_model.setdefault(model, {})
+        if key not in memo:
+            memo.clear()  # the same model with other weights or inputs: keep only the newest
+            memo[key] = make()
+        return memo[key]
+
+
 def token_mean(nll: Sequence[float], tokens: Sequence[float]) -> float:
     """sum(nll) / sum(tokens) over per-example rows."""
     n = sum(tokens)
@@ -121,13 +143,21 @@ def _lm_loss_metric(ctx: EvalContext):
     pairs = [encode_pair(ctx.tokenizer, ctx.examples[i].prompt, ctx.examples[i].references[0], max_total, max_prompt)
              for i in where]
     bs = int(getattr(ctx.eval_config, "batch_size", 32) or 32)
-    was_training = ctx.model.training
-    ctx.model.eval()
-    try:
-        value, nll, tokens = score_pairs(ctx.model, pairs, ctx.tokenizer.pad_token_id, bs, vocab_size_of(ctx.tokenizer))
-    finally:
-        if was_training:
-            ctx.model.train()
+    vocab = vocab_size_of(ctx.tokenizer)
+
+    def score():
+        was_training = ctx.model.training
+        ctx.model.eval()
+        try:
+            return score_pairs(ctx.model, pairs, ctx.tokenizer.pad_token_id, bs, vocab)
+        finally:
+            if was_training:
+                ctx.model.train()
+
+    # teacher-forced: the same for every evaluation seed, so scored once per model and weights
+    key = (tuple(map(tuple, (p + r for p, r in pairs))), tuple(len(p) for p, _ in pairs), ctx.tokenizer.pad_token_id,
+           bs, vocab, weights_version(ctx.model))
+    value, nll, tokens = ctx.session.state(ModelScores).get(ctx.model, key, score)
     ctx.record("lm_loss.nll", nll, where)
     ctx.record("lm_loss.tokens", tokens, where)
     return value

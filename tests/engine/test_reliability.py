@@ -369,3 +369,21 @@ def test_sigkill_at_four_moments_then_rerun_matches_an_uninterrupted_run(tmp_pat
     assert micro_run.eval_metrics(out) == micro_run.eval_metrics(ref_out)
     assert micro_run.trained_weights(out, out / "cache") == micro_run.trained_weights(ref_out, ref_cache)
     assert not list(out.glob("**/*.partial")) and not list(out.glob("**/checkpoint.pt"))
+
+
+def test_a_finished_training_releases_its_model_and_optimizer():
+    # The Accelerator lives for the whole process; if it kept what it prepared, every train cell's
+    # student, gradients and optimizer moments would stay in memory until the run ends.
+    import gc
+    import weakref
+
+    tok = build_word_tokenizer([f"w{i}" for i in range(24)])
+    m = gpt2(tok, 0)
+    Trainer(TrainConfig(steps=2, batch_size=4, lr=1e-2, warmup_steps=0), None, progress=False).fit(
+        m, lm_loss(m), tiny_lm_batches())
+    grads = [weakref.ref(p.grad) for p in m.parameters() if p.grad is not None]
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None, "the trained model is still referenced after fit (by the Accelerator?)"
+    assert all(g() is None for g in grads)

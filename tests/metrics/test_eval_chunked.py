@@ -108,3 +108,37 @@ def test_padded_rows_are_cut(models):
     cut = lm_loss.score_pairs(student, pairs, tok.pad_token_id, 4, vocab_size=v)[0]
     full = lm_loss.score_pairs(student, pairs, tok.pad_token_id, 4, vocab_size=v + 7)[0]
     assert abs(cut - full) > 1e-4
+
+
+def test_lm_loss_scored_once_per_model_and_weights(models, monkeypatch):
+    # teacher-forced LM loss does not depend on the evaluation seed: the seeds of one model share a
+    # scoring pass, and changed weights (an optimiser step on the same object) are scored again
+    from types import SimpleNamespace
+
+    from kdbench.config import EvalConfig
+    from kdbench.metrics.base import EvalContext, EvalSession
+    from kdbench.schema import Example
+
+    tok, student, _, _, _ = models
+    exs = [Example(id=str(i), instruction="", input="", prompt=f"w{i} w{i + 1}", references=[f"w{i + 2} w{i + 3}"])
+           for i in range(5)]
+    calls = []
+    real = lm_loss.score_pairs
+    monkeypatch.setattr(lm_loss, "score_pairs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    session = EvalSession()
+
+    def run(seed, model):
+        ctx = EvalContext(task=SimpleNamespace(), examples=exs, predictions=["" for _ in exs], seed=seed, model=model,
+                          tokenizer=tok, eval_config=EvalConfig(seeds=[seed], max_new_tokens=4, batch_size=2),
+                          max_prompt_length=16, session=session)
+        return lm_loss._lm_loss_metric(ctx), ctx.per_example_rows()
+
+    a, rows_a = run(1, student)
+    b, rows_b = run(2, student)
+    assert len(calls) == 1 and a == b and rows_a == rows_b
+    with torch.no_grad():
+        student.transformer.h[0].mlp.c_fc.weight.mul_(1.5)
+    c, _ = run(3, student)
+    assert len(calls) == 2 and c != a
+    run(4, student)
+    assert len(calls) == 2
