@@ -144,12 +144,23 @@ def main() -> None:
 
 
 def ratio_ci(a: list[float], b: list[float], n: int = 4000, seed: int = 0) -> tuple[float, float]:
-    """95 % bootstrap interval of mean(a) / mean(b), steps resampled within each row."""
+    """95 % bootstrap interval of mean(a) / mean(b). Every run trains on the same batches in the same
+    order (seed 10), so step i of one row and step i of another saw the same batch: the steps are
+    resampled as pairs, and the batch-to-batch spread of step time (sequence lengths) cancels. Rows of
+    unequal length (a saved file from another layout) are resampled independently."""
     import random
 
     rng = random.Random(seed)
-    rs = sorted(statistics.mean(rng.choices(a, k=len(a))) / statistics.mean(rng.choices(b, k=len(b)))
-                for _ in range(n))
+    if len(a) == len(b):
+        idx = range(len(a))
+        rs = []
+        for _ in range(n):
+            pick = rng.choices(idx, k=len(a))
+            rs.append(sum(a[i] for i in pick) / sum(b[i] for i in pick))
+    else:
+        rs = [statistics.mean(rng.choices(a, k=len(a))) / statistics.mean(rng.choices(b, k=len(b)))
+              for _ in range(n)]
+    rs.sort()
     return rs[int(0.025 * n)], rs[int(0.975 * n) - 1]
 
 
@@ -172,7 +183,7 @@ def write(machine: dict, args, build_s: float, times: dict[str, list[float]], n_
              f"threads, {args.rounds} alternating rounds of {args.steps} steps (first dropped). Teacher cache: top-{args.k}, "
              f"its stage built once in {build_s:.1f} s before the timing (a teacher forward over the {n_exs} "
              f"sequences, read by every later method, epoch and seed). vs_sft: mean step / sft's mean step, "
-             "with a 95 % bootstrap interval over the steps; cpu_*: the same in the process's CPU time (all its "
+             "with a 95 % bootstrap interval over the steps, resampled as pairs (every run sees the same batches in the same order); cpu_*: the same in the process's CPU time (all its "
              "threads), which other processes on a shared machine sway less than wall time.")
     write_results("kd_step", payload, table,
                   ["row", "steps", "mean_step_s", "min_step_s", "vs_sft", "vs_sft_ci95", "cpu_step_s", "cpu_vs_sft",
