@@ -99,7 +99,8 @@ class _FusedChunks(torch.autograd.Function):
         leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
                   for t in (hidden, weight, bias)]
         need = [t is not None and t.requires_grad for t in leaves]
-        grads = [torch.zeros_like(t) if n else None for t, n in zip(leaves, need)]
+        # summed in fp32 over the chunks and cast once in backward: bf16 sums would round at every chunk
+        grads = [torch.zeros_like(t, dtype=torch.float32) if n else None for t, n in zip(leaves, need)]
         total = hidden.new_zeros((), dtype=torch.float32)
         n = hidden.shape[0]
         with torch.enable_grad():
@@ -117,12 +118,13 @@ class _FusedChunks(torch.autograd.Function):
                 total = total + val.detach()
         actx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         actx.need = need
+        actx.dtypes = [t.dtype if t is not None else None for t in leaves]
         return total
 
     @staticmethod
     def backward(actx, grad_out):
         saved = actx.saved_tensors
-        out = [grad_out * g if flag else None for g, flag in zip(saved, actx.need)]
+        out = [(grad_out * g).to(dt) if flag else None for g, flag, dt in zip(saved, actx.need, actx.dtypes)]
         return out[0], out[1], out[2], None, None, None
 
 

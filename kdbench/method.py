@@ -30,10 +30,11 @@ and `fit` (the shared training loop). Methods never touch files, devices or cach
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -47,6 +48,7 @@ from .row_sampling import sample_rows
 from .sampling import Rollout, SamplingConfig
 from .schema import Example
 from .trainer import LossOutput, ResumableBatches, Trainer
+from . import ranks
 from .chunked import (LazyLogits, chunked_ce_and_token_loss, chunked_cross_entropy, chunked_logprobs,
                       chunked_token_loss, rows_per_chunk, token_fn_of)
 from .hidden import lazy_forward
@@ -283,7 +285,9 @@ class MethodContext:
         if self.teacher is None or not self.loss_chunk or next(self.teacher.parameters()).device != self.device:
             return LazyLogits.dense(self.teacher_logits(batch))
         batch = batch.to(self.device)
-        out = lazy_forward(self.teacher, batch.input_ids, batch.attention_mask, self.vocab_size)
+        same = self.teacher_tokenizer is self.tokenizer  # as teacher_logits: the teacher's own width otherwise
+        out = lazy_forward(self.teacher, batch.input_ids, batch.attention_mask,
+                           self.vocab_size if same else self.teacher_vocab_size)
         if out is not None:
             self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
         return out if out is not None else LazyLogits.dense(self.teacher_logits(batch))
@@ -333,6 +337,8 @@ class MethodContext:
         """Sample responses from `model`; with mix_alpha > 0, teacher-mixed sampling; with skd_topk = K > 0,
         speculative-KD sampling (the teacher replaces proposals outside its top-K)."""
         cfg = cfg or self.sampling
+        if cfg.vocab_size is None and self.vocab_size:  # a padded embedding's extra rows are not tokens
+            cfg = dataclasses.replace(cfg, vocab_size=self.vocab_size)
         two = mix_alpha > 0 or skd_topk > 0
         # every row from its own seeded generator: under several ranks each samples its share of the
         # rows and all get the rollout one process draws (kdbench/row_sampling.py)
@@ -343,6 +349,11 @@ class MethodContext:
         if two:
             self.counters.add("teacher_forward_tokens", mine)
         return r
+
+    def map_rows(self, n: int, fn: Callable[[list[int]], Any]) -> list:
+        """[fn(row indices)] per rank, in rank order: work on rows every rank needs whole (scoring a
+        rollout round) split across ranks instead of repeated on each (kdbench.ranks.map_rows)."""
+        return ranks.map_rows(n, fn)
 
     def rollout_batch(self, rollout: Rollout, token_extras: dict[str, list[list[float]]] | None = None) -> Batch:
         """A training Batch from a rollout; per-response-token extras aligned with labels."""

@@ -124,6 +124,22 @@ def all_ok(fn: Callable[[], T], what: str = "work") -> T:
     return out
 
 
+def agreed(fn: Callable[[], T], what: str = "work") -> T:
+    """`all_ok` for work done every step: a one-number all-reduce says whether any rank failed, and
+    only then are the messages gathered. One process: fn() as it is."""
+    if not _collective():
+        return fn()
+    err: BaseException | None = None
+    out = None
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+        err = e
+    if any_true(err is not None):
+        raise_agreed(gather(None if err is None else f"{type(err).__name__}: {err}"), err, what)
+    return out
+
+
 def on_main(fn: Callable[[], T], what: str = "work") -> T:
     """Run `fn` on rank 0 alone (as a single process: solo) while the other ranks wait; every rank
     returns its (picklable) result, or raises when it failed on rank 0."""
@@ -156,6 +172,25 @@ def any_true(flag: bool) -> bool:
         t = t.cuda()
     _dist().all_reduce(t)
     return bool(t.item() > 0)
+
+
+def map_rows(n: int, fn: Callable[[list[int]], T]) -> list[T]:
+    """Rows 0..n-1 split into contiguous shares, one per rank: each rank calls `fn(its row indices)`
+    and every rank gets all ranks' results in rank order (so rows in their order). An error on any
+    rank raises on all. One process: [fn(all rows)]."""
+    import torch
+
+    mine = torch.arange(n).tensor_split(world())[rank()].tolist()
+    if not _collective():
+        return [fn(mine)]
+    err, out = None, None
+    try:
+        out = fn(mine)
+    except Exception as e:  # noqa: BLE001 - every rank must still join the gather, then all raise
+        err = e
+    parts = gather((None, out) if err is None else (f"{type(err).__name__}: {err}", None))
+    raise_agreed([p[0] for p in parts], err, "scoring rows")
+    return [p[1] for p in parts]
 
 
 def sum_counts(counts: dict, per_run: frozenset = frozenset()) -> dict:

@@ -186,7 +186,7 @@ class Benchmark:
         def lock() -> None:  # rank 0 holds the locks for all the ranks of its run
             locks.append(FolderLock(self.out).acquire())
             cache, out = self.layout.cache.resolve(), self.out.resolve()
-            if cache != out and not str(cache).startswith(str(out)):
+            if cache != out and out not in cache.parents:  # a path prefix is not a parent (/d/run, /d/run-cache)
                 locks.append(FolderLock(self.layout.cache, "stage cache").acquire())
 
         try:

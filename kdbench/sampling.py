@@ -298,7 +298,7 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
         if ban is not None:
             ban.push(tok.tolist(), alive.tolist())
         done = done | (tok == eos_id)
-        if bool(done.all()):
+        if bool(done.all()) or t == T - 1:  # the last token's forward would never be read
             break
         student.step(tok)
         if teacher is not None:

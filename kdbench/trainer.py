@@ -38,6 +38,8 @@ from .io import atomic_torch_save, remove_stale_temps
 from .launch import warn_if_not_sharded
 from . import ranks
 from .resumable import ResumableBatches, is_resumable as _is_resumable  # noqa: F401 (ResumableBatches: re-exported)
+from .train_state import get_state as _get_state, put_state as _put_state, regroup, rng_state as _rng_state, \
+    set_rng_state as _set_rng_state
 
 log = logging.getLogger("kdbench")
 
@@ -108,32 +110,6 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog))
 
     return f
-
-
-def _rng_state() -> dict:
-    s = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _get_state(obj: Any) -> Any:
-    return obj.state_dict() if _is_resumable(obj) else dict(obj)
-
-
-def _put_state(obj: Any, saved: Any) -> None:
-    if _is_resumable(obj):
-        obj.load_state_dict(saved)
-    else:  # a dict (e.g. cost counters): updated in place, since the caller holds a reference
-        obj.clear()
-        obj.update(saved)
 
 
 class Trainer:
@@ -210,6 +186,16 @@ class Trainer:
         an object with state_dict/load_state_dict: cost counters, a PPO buffer). The data position:
         `batches.state_dict()` when the iterator has one (see ResumableBatches), else the step
         count, and resuming replays a plain iterator to it (exact for deterministic ones)."""
+        try:
+            return self._fit(model, loss_fn, batches, on_step, state)
+        finally:
+            self.forward_model = None
+            # The process-wide Accelerator keeps every model and optimizer it prepared: without this,
+            # each train cell's student, gradients and AdamW moments (~4x the weights) stayed alive for
+            # the rest of the run (the smol preset: 1.3 GB a cell, 10.5 GB peak), a failed cell's too.
+            self.accelerator.free_memory()
+
+    def _fit(self, model, loss_fn, batches, on_step, state) -> list[dict]:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -251,14 +237,21 @@ class Trainer:
             acc, n_acc = dict(saved.get("log_acc", {})), saved.get("log_n", 0)  # a log window cut by the checkpoint
             if scaler is not None and saved.get("scaler") is not None:
                 scaler.load_state_dict(saved["scaler"])
-            if saved.get("data") is not None and _is_resumable(batches):
-                batches.load_state_dict(saved["data"])
+            # each rank's own data position, counters and random state (several ranks: saved per rank;
+            # a method may keep per-rank sums in its data state, e.g. TAID's)
+            own = saved.get("ranks", [])
+            mine = own[ranks.rank()] if len(own) == world else {"extra": saved.get("extra", {}), "rng": saved["rng"]}
+            data = mine.get("data", saved.get("data"))
+            if data is not None and _is_resumable(batches):
+                batches.load_state_dict(data)
             else:
                 for _ in range(start):  # deterministic data order: replay the iterator
                     next(batches)
-            # each rank's own counters and random state (several ranks: saved per rank)
-            own = saved.get("ranks", [])
-            mine = own[ranks.rank()] if len(own) == world else {"extra": saved.get("extra", {}), "rng": saved["rng"]}
+            if len(own) != world and (own or world > 1):
+                log.warning("%s: checkpoint written by %d process(es), resumed on %d: counters are regrouped and "
+                            "random states taken from rank 0, so the run is not bit-identical to an uninterrupted "
+                            "one", self.desc, max(len(own), 1), world)
+                mine = regroup(own, saved, ranks.rank())
             for name, obj in extra.items():
                 if name in mine["extra"]:
                     _put_state(obj, mine["extra"][name])
@@ -269,7 +262,10 @@ class Trainer:
                    disable=not self.progress or not self.accelerator.is_main_process,
                    dynamic_ncols=True)
         for step in range(start, cfg.steps):
-            batch = next(batches)
+            # data (a rollout round, a dev loss), the step hook and the checkpoint write run outside the
+            # loss's failure flag: a failure there on one rank must stop every rank, not leave the others
+            # waiting in the next collective
+            batch = ranks.agreed(lambda: next(batches), f"{self.desc}: step {step + 1}, its batch")
             if world > 1:
                 batch = self._shard(batch)
             micro = batch.split(cfg.grad_accum)
@@ -335,30 +331,31 @@ class Trainer:
                 if not self.progress and (step + 1) % max(cfg.log_every, cfg.steps // 10 or 1) < cfg.log_every:
                     log.info("%s: step %d/%d loss %.4f", self.desc, step + 1, cfg.steps, rec["loss"])
                 if on_step:
-                    on_step(step + 1, rec)
+                    ranks.agreed(lambda: on_step(step + 1, rec), f"{self.desc}: step {step + 1}, after the step")
                 acc, n_acc = {}, 0
             bar.update(1)
             if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                     and step + 1 < cfg.steps:
                 # counters and random states differ per rank (each counts and draws for its rows)
                 per_rank = ranks.gather({"extra": {name: _get_state(obj) for name, obj in extra.items()},
-                                         "rng": _rng_state()}) if world > 1 else []
-                if not ranks.is_main():
-                    continue
-                atomic_torch_save({"model": checkpoint_state(self.accelerator.unwrap_model(model)),
-                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                   "rng": _rng_state(), "step": step + 1, "history": self.history,
-                                   "data": batches.state_dict() if _is_resumable(batches) else None,
-                                   "extra": {name: _get_state(obj) for name, obj in extra.items()},
-                                   "ranks": per_rank, "log_acc": acc, "log_n": n_acc,
-                                   "scaler": scaler.state_dict() if scaler is not None else None,
-                                   "train_config": to_dict(cfg)}, ckpt)
+                                         "rng": _rng_state(),
+                                         "data": batches.state_dict() if _is_resumable(batches) else None}
+                                        ) if world > 1 else []
+
+                def save() -> None:  # rank 0 writes; a failed write stops every rank
+                    if not ranks.is_main():
+                        return
+                    atomic_torch_save({"model": checkpoint_state(self.accelerator.unwrap_model(model)),
+                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                       "rng": _rng_state(), "step": step + 1, "history": self.history,
+                                       "data": batches.state_dict() if _is_resumable(batches) else None,
+                                       "extra": {name: _get_state(obj) for name, obj in extra.items()},
+                                       "ranks": per_rank, "log_acc": acc, "log_n": n_acc,
+                                       "scaler": scaler.state_dict() if scaler is not None else None,
+                                       "train_config": to_dict(cfg)}, ckpt)
+
+                ranks.agreed(save, f"{self.desc}: checkpoint at step {step + 1}")
         bar.close()
-        self.forward_model = None
-        # The process-wide Accelerator keeps every model and optimizer it prepared: without this, each
-        # train cell's student, gradients and AdamW moments (~4x the weights) stayed alive for the rest
-        # of the run (the smol preset: 1.3 GB per cell, 10.5 GB peak).
-        self.accelerator.free_memory()
         model.eval()
         return self.history
 

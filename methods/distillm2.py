@@ -173,7 +173,13 @@ class DistiLLM2(Method):
             if not st:  # gap sums of the running epoch, and the previous epoch's mean gap per role
                 st.update(sums=[0.0, 0.0], counts=[0, 0], mean=None)
             if k > 0 and k % per_epoch == 0 and cfg.update_alpha:
-                st["mean"] = [s / max(c, 1) for s, c in zip(st["sums"], st["counts"])]
+                sums, counts = list(st["sums"]), list(st["counts"])
+                acc = ctx.trainer.accelerator
+                if acc.num_processes > 1:  # each rank summed the gaps of its own rows
+                    v = acc.reduce(torch.tensor(sums + counts, dtype=torch.float64, device=ctx.device),
+                                   reduction="sum").tolist()
+                    sums, counts = v[:2], v[2:]
+                st["mean"] = [s / max(c, 1) for s, c in zip(sums, counts)]
                 st["sums"], st["counts"] = [0.0, 0.0], [0, 0]
             exs = rb.draw("examples")
             teacher_seqs = [encode_pair(ctx.tokenizer, ex.prompt, ex.target, ctx.max_length, ctx.max_prompt_length)

@@ -39,6 +39,9 @@ class FKL(Method):
         """The divergence's hyperparameters from the config (abkd: alpha, beta; akl: mu)."""
         return {}
 
+    def reads_teacher_cache(self) -> bool:
+        return self.divergence is forward_kl  # rkl, abkd, akl (subclasses) weight the tail by the student
+
     def train(self, ctx: MethodContext) -> None:
         r, term, kw = self.config.kd_ratio, self.term, self.divergence_kwargs()
 

@@ -38,9 +38,12 @@ class KD(Method):
     Config = KDConfig
     requires_teacher = True
 
+    def reads_teacher_cache(self) -> bool:
+        return self.config.temperature == 1.0  # a tempered top-k teacher would inflate its flat tail
+
     def train(self, ctx: MethodContext) -> None:
         r, T = self.config.kd_ratio, self.config.temperature
-        if self.config.teacher_cache == "topk":
+        if self.config.teacher_cache == "topk" and self.reads_teacher_cache():
             ctx.log.warning("method_config.kd.teacher_cache is deprecated: set train.teacher_cache=topk and "
                             "train.teacher_cache_k (e.g. method_train.kd) instead; using k=%d", self.config.topk)
             ctx.enable_teacher_cache(self.config.topk)

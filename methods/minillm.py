@@ -111,17 +111,26 @@ class MiniLLM(Method):
         store = ctx.rollout_batch(rollout, extras)
         # old (behaviour) and teacher log-probs from the same forward pass training uses, so (dropout
         # off) the PPO ratio is exactly 1 before the first update; in chunks: [N, L, V] may not fit
+        # Several ranks: each scores its share of the round's rows, and all get every row's scores.
         was_training = ctx.student.training
         ctx.student.eval()
-        old, teach = [], []
-        for idx in torch.arange(store.size).split(ctx.train_cfg.batch_size):
-            mb = store.select(idx)
-            labels = mb.labels.to(ctx.device)
-            old.append(ctx.logprobs(ctx.outputs(ctx.student, mb), labels).cpu())
-            teach.append(ctx.logprobs(ctx.teacher_outputs(mb), labels).cpu())
-        ctx.student.train(was_training)
+
+        def score(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            old, teach = [], []
+            for idx in torch.tensor(rows, dtype=torch.long).split(ctx.train_cfg.batch_size):
+                mb = store.select(idx)
+                labels = mb.labels.to(ctx.device)
+                old.append(ctx.logprobs(ctx.outputs(ctx.student, mb), labels).cpu())
+                teach.append(ctx.logprobs(ctx.teacher_outputs(mb), labels).cpu())
+            empty = torch.zeros(0, store.labels.shape[1])
+            return (torch.cat(old), torch.cat(teach)) if old else (empty, empty)
+
+        try:
+            parts = ctx.map_rows(store.size, score)
+        finally:
+            ctx.student.train(was_training)
         mask = store.loss_mask
-        old_lp, t_lp = torch.cat(old), torch.cat(teach)
+        old_lp, t_lp = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         rewards = sequence_rewards(t_lp, old_lp, mask)
         adv = whiten(long_range_advantages(rewards, mask, cfg.gamma, cfg.length_norm, cfg.advantage), mask)
         store.extras.update(old_logp=old_lp, reward=rewards, adv=adv)

@@ -28,6 +28,9 @@ class SeqKD(Method):
     Config = SeqKDConfig
     requires_teacher = True
 
+    def reads_teacher_cache(self) -> bool:
+        return True  # its word-level part is forward KL at temperature 1
+
     def train(self, ctx: MethodContext) -> None:
         r = self.config.kd_ratio
         data = ctx.teacher_samples()  # examples whose target is the teacher's sample
