@@ -205,14 +205,12 @@ PRESETS.add("tiny-real", {
 # kdbench/pruning.py), each Dolly instruction as the user turn of the teacher's chat template
 # (prompt_format chat; why: runner._prompt_wrapper). Train data: the Dolly train split found in
 # --data-dir; with only MiniLLM's dev.jsonl (the shared data folder) that is the dev-only fallback.
-# Sizing, from `python benchmarks/bench_smol.py` on the idle 2-core machine (torch's default 2
-# threads; 1 thread is 2-2.3x slower here, so threads stays 0): a student step on 8 x 256 tokens
-# 11.4 s, the teacher's forward 5.2 s, the kd loss over the 49k vocabulary 3.1 s; sampling at batch
-# 25: teacher 46-54, student 80-91 new tok/s. A first full run (2 seeds x 50 prompts, minillm 16
-# steps) measured: student SFT 459 s, kd 1003 s (before the losses skipped prompt rows), teacher
-# samples 101 s, seqkd 411 s, minillm 391 s, ~60 s of evaluation per model: 44 min in all. With
-# that headroom the preset evaluates 3 seeds x 100 prompts (MiniLLM: 5 x 500) and gives minillm two
-# rollout rounds (32 steps); the measured wall time of each stage is in README "A real teacher".
+# Sizing (idle 2-core machine, torch's default 2 threads; 1 thread is 2-2.3x slower here, so threads
+# stays 0): an sft step on 8 Dolly sequences of <= 256 tokens 5.7 s, kd 1.17x that with the teacher
+# cache and 1.68x with the live teacher (benchmarks/results/kd_step.md); sampling at batch 25 teacher
+# 64, pruned student 127 new tok/s (bench_sampling.md). The preset evaluates 3 seeds x 100 prompts
+# (MiniLLM: 5 x 500) and gives minillm two rollout rounds (32 steps); the measured wall time of each
+# stage is in README "A real teacher".
 # On a loaded machine several times that. Evaluation samples 50 prompts at a time (teacher 78 against
 # 64 new tok/s at 25, benchmarks/results/bench_sampling.md; every prompt has its own generator, so the
 # batch does not choose the samples). Dolly's metrics without ExAccErr: sampling 2 x 8 continuations
