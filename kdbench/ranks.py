@@ -112,15 +112,19 @@ def raise_agreed(errors: list, own: BaseException | None, what: str) -> None:
     raise RankFailedError(f"{what} failed on rank {r}: {msg}")
 
 
+def _attempt(fn: Callable[[], T]) -> tuple[T | None, BaseException | None, str | None]:
+    """(result, exception, its message): a rank keeps its error so that it can still join the
+    collective that tells every rank, and then raise."""
+    try:
+        return fn(), None, None
+    except Exception as e:  # noqa: BLE001 - re-raised by the caller, on every rank
+        return None, e, f"{type(e).__name__}: {e}"
+
+
 def all_ok(fn: Callable[[], T], what: str = "work") -> T:
     """Run `fn` on every rank; if it raised on any rank, raise on every rank (own error first)."""
-    err: BaseException | None = None
-    out = None
-    try:
-        out = fn()
-    except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
-        err = e
-    raise_agreed(gather(None if err is None else f"{type(err).__name__}: {err}"), err, what)
+    out, err, msg = _attempt(fn)
+    raise_agreed(gather(msg), err, what)
     return out
 
 
@@ -129,14 +133,9 @@ def agreed(fn: Callable[[], T], what: str = "work") -> T:
     only then are the messages gathered. One process: fn() as it is."""
     if not _collective():
         return fn()
-    err: BaseException | None = None
-    out = None
-    try:
-        out = fn()
-    except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
-        err = e
+    out, err, msg = _attempt(fn)
     if any_true(err is not None):
-        raise_agreed(gather(None if err is None else f"{type(err).__name__}: {err}"), err, what)
+        raise_agreed(gather(msg), err, what)
     return out
 
 
@@ -183,12 +182,8 @@ def map_rows(n: int, fn: Callable[[list[int]], T]) -> list[T]:
     mine = torch.arange(n).tensor_split(world())[rank()].tolist()
     if not _collective():
         return [fn(mine)]
-    err, out = None, None
-    try:
-        out = fn(mine)
-    except Exception as e:  # noqa: BLE001 - every rank must still join the gather, then all raise
-        err = e
-    parts = gather((None, out) if err is None else (f"{type(err).__name__}: {err}", None))
+    out, err, msg = _attempt(lambda: fn(mine))
+    parts = gather((msg, out))
     raise_agreed([p[0] for p in parts], err, "scoring rows")
     return [p[1] for p in parts]
 
