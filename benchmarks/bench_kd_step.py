@@ -99,7 +99,7 @@ def main() -> None:
         ctx = MethodContext(student=copy.deepcopy(base), teacher=teacher if with_teacher else None, tokenizer=tok,
                             train_examples=exs, train_cfg=train, max_length=args.length,
                             max_prompt_length=args.max_prompt, run_dir=None, device="cpu", progress=False,
-                            method_name="bench", teacher_cache_fn=local_stage(stage_root))
+                            method_name="bench", teacher_cache_fn=local_stage(stage_root, teacher))
         ctx.vocab_size = len(tok)
         return ctx
 

@@ -84,6 +84,26 @@ class _StepTimer:
         return (len(self.t) - 1) / (self.t[-1] - self.t[0])  # from the end of step 1 to the end of step N
 
 
+class _GenTimer:
+    """Seconds spent generating rollouts, counted over the timed steps only (those that begin after the
+    first step's end, as steps/s is)."""
+
+    def __init__(self, steps: _StepTimer):
+        self.steps, self.spent = steps, 0.0
+
+    def wrap(self, fn):
+        def timed(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            if self.steps.t:  # the first step has ended: this generation belongs to a timed step
+                self.spent += time.perf_counter() - t
+            return out
+        return timed
+
+    def per_step(self) -> float:
+        return self.spent / max(len(self.steps.t) - 1, 1)
+
+
 def run_kdbench(work: Path, steps: int) -> dict:
     import torch
 
@@ -108,12 +128,14 @@ def run_kdbench(work: Path, steps: int) -> dict:
     ctx.vocab_size = len(tok)
     timer = _StepTimer()
     ctx.fit = lambda loss_fn, batches: ctx.trainer.fit(ctx.student, loss_fn, batches, on_step=timer)  # noqa: E731
+    gen = _GenTimer(timer)
+    ctx.sample = gen.wrap(ctx.sample)
     method = make_method("gkd", {"lmbda": SETTING["lmbda"], "beta": SETTING["beta"],
                                  "temperature": SETTING["temperature"]})
     t0 = time.perf_counter()
     method.train(ctx)
     return {"side": "kdbench", "steps": steps, "steps_per_s": timer.steps_per_s(),
-            "total_s": time.perf_counter() - t0,
+            "generation_s_per_step": gen.per_step(), "total_s": time.perf_counter() - t0,
             "generated_tokens_per_step": ctx.counters.get("generated_tokens", 0) / steps}
 
 
@@ -185,6 +207,17 @@ DISTILL_WORKER = textwrap.dedent('''
         def on_step_end(self, args, state, control, **kw):
             self.t.append(time.perf_counter())
 
+    # generation time over the timed steps (after step 1 ends), as kdbench's worker counts it
+    gen_spent = [0.0]
+    real_generate = student.generate
+    def timed_generate(*a, **k):
+        t = time.perf_counter()
+        out = real_generate(*a, **k)
+        if Timer.t:
+            gen_spent[0] += time.perf_counter() - t
+        return out
+    student.generate = timed_generate
+
     args = DistillationConfig(output_dir=work + "/trl-distill-out", per_device_train_batch_size=S["batch_size"],
                               gradient_accumulation_steps=1, max_steps=steps, learning_rate=S["lr"], beta=S["beta"],
                               temperature=1.0, generation_kwargs={"temperature": S["temperature"]}, top_k=0, top_p=1.0,
@@ -199,7 +232,7 @@ DISTILL_WORKER = textwrap.dedent('''
     trainer.train()
     t = Timer.t
     print(json.dumps({"side": "trl-distill", "steps": steps, "steps_per_s": (len(t) - 1) / (t[-1] - t[0]),
-                      "total_s": time.perf_counter() - t0}))
+                      "generation_s_per_step": gen_spent[0] / max(len(t) - 1, 1), "total_s": time.perf_counter() - t0}))
 ''')
 
 
@@ -282,10 +315,22 @@ def main() -> int:
                      zip([x for x in runs if x["side"] == "kdbench"], [x for x in runs if x["side"] == other])]
         ratios[other] = {"median_ratio": med["kdbench"] / med[other], "per_round": per_round,
                          "geomean_ratio_ci95": _ratio_ci(per_round)}
+    # where a step's time goes (median over runs): generating the rollouts, and the rest (teacher and student
+    # forwards, loss, backward, optimizer). The rest is the same model work on both sides, so TRL's step time over
+    # kdbench's rest is the ratio kdbench would reach if its generation cost nothing.
+    split = {}
+    for s in sides:
+        gens = [x["generation_s_per_step"] for x in runs if x["side"] == s and "generation_s_per_step" in x]
+        if gens:
+            step_ms = 1000 / med[s]
+            gen_ms = 1000 * statistics.median(gens)
+            split[s] = {"step_ms": step_ms, "generation_ms": gen_ms, "rest_ms": step_ms - gen_ms}
+    if "kdbench" in split and "trl-distill" in split:
+        split["ceiling_ratio_if_generation_were_free"] = split["trl-distill"]["step_ms"] / split["kdbench"]["rest_ms"]
     bar = ratios.get("trl-distill", {}).get("median_ratio")
     payload = {"setting": SETTING, "steps": args.steps, "rounds": args.rounds, "machine": machine,
                "trl_env": dict(zip(["trl", "transformers", "torch"], trl_ver)), "runs": runs,
-               "median_steps_per_s": med, "ratios_kdbench_over": ratios,
+               "median_steps_per_s": med, "ratios_kdbench_over": ratios, "step_split": split,
                "goal": "kdbench >= 2x TRL DistillationTrainer", "meets_goal": bar is not None and bar >= 2.0}
     rows = [{"side": s, "median_steps_per_s": med[s],
              "runs_steps_per_s": ", ".join(f"{x['steps_per_s']:.3f}" for x in runs if x["side"] == s)}
@@ -296,6 +341,16 @@ def main() -> int:
         rows.append({"side": f"ratio kdbench / {other}", "median_steps_per_s": r["median_ratio"],
                      "runs_steps_per_s": "per round " + ", ".join(f"{x:.2f}" for x in r["per_round"])
                      + f"; geometric mean {g:.2f} [95% CI {lo:.2f}, {hi:.2f}]" + goal})
+    for s in sides:
+        if s in split:
+            sp = split[s]
+            rows.append({"side": f"{s}: ms per step", "median_steps_per_s": round(sp["step_ms"], 1),
+                         "runs_steps_per_s": f"generation {sp['generation_ms']:.1f} ms, the rest (forwards, loss, "
+                                             f"backward, optimizer) {sp['rest_ms']:.1f} ms"})
+    if "ceiling_ratio_if_generation_were_free" in split:
+        rows.append({"side": "ceiling: TRL-distill step / kdbench rest", "median_steps_per_s":
+                     round(split["ceiling_ratio_if_generation_were_free"], 2),
+                     "runs_steps_per_s": "the ratio kdbench would reach with generation at zero cost"})
     write_results("bench_vs_trl", payload, rows, ["side", "median_steps_per_s", "runs_steps_per_s"],
                   notes=f"On-policy distillation (lmbda 1, beta 0.5 JSD), batch {SETTING['batch_size']}, "
                         f"{SETTING['max_new_tokens']} new tokens at temperature {SETTING['temperature']}, "

@@ -53,8 +53,10 @@ class Cells:
         cls = METHODS.get(method_name)
         method = make_method(method_name, c.method_config.get(method_name))
         train = c.train_config_for(method_name, train_seed, cls.budget, point)
-        if train.teacher_cache != "none" and not method.reads_teacher_cache():
-            train = dataclasses.replace(train, teacher_cache="none")  # the live teacher; the key says so
+        if train.teacher_cache == "topk" and not method.reads_teacher_cache():
+            # a flattened top-k tail would distort its loss: the live teacher, and the key says so (the full
+            # cache is the exact distribution: every method reads it)
+            train = dataclasses.replace(train, teacher_cache="none")
         cell = self.layout.train_cell(student, method_name, train_seed, point_label(point) if point else None)
         if cls.shared_stage:  # the SFT student is a shared cached stage (MiniLLM's init too)
             return self._stage_cell(cell, student, method_name, train, train_seed, point)

@@ -23,6 +23,11 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config key '{key}': {msg}")
 
 
+TEACHER_CACHES = ("none", "full", "topk")
+# `full` stores V float32 log-probs a position: above this vocabulary use topk (49,152: 197 kB a position)
+FULL_CACHE_MAX_VOCAB = 8192
+
+
 @dataclass
 class TrainConfig:
     """One training stage's optimisation budget (defaults: MiniLLM's SFT/KD scripts)."""
@@ -52,14 +57,17 @@ class TrainConfig:
     # Liger's fused linear losses shrink rows as V grows too (~ B*T / ceil(V / H)); torchtune cuts T in 8.
     loss_chunk_tokens: int = 256
     loss_chunk_elements: int = 256 * 32768
-    # The teacher on fixed responses from a top-k stage shared by every method, epoch and seed, never
-    # on rollouts (docs/teacher_cache.md). none: the exact teacher every step (toy default). k = 256:
-    # kd loss 0.44 %, gradient 0.12 % off the exact teacher on SmolLM2 (benchmarks/bench_topk_error.py)
-    teacher_cache: str = "none"  # none | topk
-    teacher_cache_k: int = 256
+    # The teacher on fixed responses from a stage shared by every method, epoch and seed, never on
+    # rollouts (docs/teacher_cache.md). none: the live teacher every step. full: every token's log-prob
+    # in float32, exact (small vocabularies: V x 4 bytes a position; the toy presets). topk: the k most
+    # likely, the rest spread evenly; k = 256: kd loss 0.44 %, gradient 0.12 % off the exact teacher on
+    # SmolLM2 (benchmarks/bench_topk_error.py), read only by the methods that stay accurate with it
+    teacher_cache: str = "none"  # none | full | topk
+    teacher_cache_k: int = 256  # topk only
 
     def __post_init__(self) -> None:
-        _check(self.teacher_cache in ("none", "topk"), "teacher_cache", f"'{self.teacher_cache}' is not one of none, topk")
+        _check(self.teacher_cache in TEACHER_CACHES, "teacher_cache",
+               f"'{self.teacher_cache}' is not one of {', '.join(TEACHER_CACHES)}")
         _check(self.teacher_cache_k >= 1, "teacher_cache_k", f"must be >= 1, got {self.teacher_cache_k}")
         _check(self.chunked_loss in ("auto", "on", "off"), "chunked_loss",
                f"'{self.chunked_loss}' is not one of auto, on, off")
@@ -369,6 +377,8 @@ def train_key(train: "TrainConfig", teacher: bool = True) -> dict[str, Any]:
             d.pop(k)
     if not teacher or d.get("teacher_cache") == "none":
         d = {k: v for k, v in d.items() if k not in ("teacher_cache", "teacher_cache_k")}
+    elif d.get("teacher_cache") == "full":
+        d.pop("teacher_cache_k", None)  # no k: every token is kept
     return d
 
 

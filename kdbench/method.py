@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .config import TrainConfig
+from .config import FULL_CACHE_MAX_VOCAB, TrainConfig
 from .data import Batch, collate, encode_pair, infinite_batches, lm_batch
 from .errors import ConfigError
 from .models import slice_vocab
@@ -57,6 +57,8 @@ from .teacher_store import TeacherCacheReader, local_stage, mark_fixed
 from .token_ops import cross_entropy, disable_dropout, gather_logprobs  # noqa: F401 (re-exported)
 from .divergences import (DIVERGENCES, akl, alpha_beta, forward_kl, generalized_jsd, js, masked_mean,  # noqa: F401
                           masked_token_loss, reverse_kl, skew_forward_kl, skew_reverse_kl, tvd)
+
+FULL = -1  # MethodContext._tcache_k of train.teacher_cache=full: every token, float32
 
 __all__ = ["METHODS", "Method", "MethodConfig", "MethodContext", "check_range", "check_choice", "DATA_SOURCES",
            "LossOutput", "Batch", "ResumableBatches", "cross_entropy", "gather_logprobs", "disable_dropout",
@@ -124,7 +126,8 @@ class MethodContext:
         # the stage function of the teacher cache (Stages.teacher_cache_stage; default: run_dir)
         self._teacher_cache_fn = teacher_cache_fn
         self._tcache = None  # kdbench.teacher_store.TeacherCacheReader, made on first use
-        self._tcache_k = train_cfg.teacher_cache_k if train_cfg.teacher_cache == "topk" else 0
+        # k of the teacher cache: 0 off, FULL every token (float32, exact)
+        self._tcache_k = {"topk": train_cfg.teacher_cache_k, "full": FULL}.get(train_cfg.teacher_cache, 0)
 
     # -- data ------------------------------------------------------------------------------------
     @property
@@ -219,8 +222,16 @@ class MethodContext:
         there is no teacher, or the teacher's tokenizer differs from the student's."""
         if self._tcache is None and self._tcache_k and self.teacher is not None and \
                 self.teacher_tokenizer is self.tokenizer:
-            stage = self._teacher_cache_fn or local_stage(Path(self.run_dir) if self.run_dir else None)
-            self._tcache = TeacherCacheReader(self, self._tcache_k, stage, log=self.log)
+            stage = self._teacher_cache_fn or local_stage(Path(self.run_dir) if self.run_dir else None, self.teacher)
+            if self._tcache_k == FULL:
+                vocab = self.vocab_size or len(self.tokenizer)
+                if vocab > FULL_CACHE_MAX_VOCAB:
+                    raise ConfigError(f"train.teacher_cache=full keeps all {vocab} log-probs of every position "
+                                      f"({vocab * 4 / 1024:.0f} kB each); above {FULL_CACHE_MAX_VOCAB} tokens use "
+                                      "train.teacher_cache=topk (train.teacher_cache_k, e.g. 256)")
+                self._tcache = TeacherCacheReader(self, vocab, stage, dtype="float32", log=self.log)
+            else:
+                self._tcache = TeacherCacheReader(self, self._tcache_k, stage, log=self.log)
         return self._tcache
 
     def enable_teacher_cache(self, k: int) -> None:

@@ -65,7 +65,13 @@ class DataStages:
     def _teacher_samples_spec(self, split: str | None = None):
         scfg = sampling_config(self.cfg.eval, self.cfg.max_length - self.cfg.max_prompt_length)
         scfg.no_repeat_ngram_size = 0
-        spec = {"teacher": self.teacher_model()[1], "data": self.data_fp(), "sampling": dataclasses.asdict(scfg),
+        teacher_path, teacher_key = self.teacher_model()
+        n_tok = M.vocab_size_of(self.tokenizer())
+        if M.embedding_rows(M.load_config(teacher_path)) > n_tok:
+            # a padded embedding's extra rows are not tokens: never drawn. Set only for such a teacher, whose
+            # samples it changes, so every other teacher's stage keeps its key
+            scfg.vocab_size = n_tok
+        spec = {"teacher": teacher_key, "data": self.data_fp(), "sampling": dataclasses.asdict(scfg),
                 "seed": self.cfg.distill.seed}
         if split is not None:  # the train split's key predates the others: it stays as it was
             spec["split"] = split

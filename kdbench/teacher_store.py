@@ -46,11 +46,29 @@ def examples_fingerprint(examples: Sequence[Example]) -> str:
     return stable_hash([[ex.id, ex.prompt, ex.target] for ex in examples], n=16)
 
 
-def local_stage(root: Path | None) -> StageFn:
+def weights_fingerprint(model) -> str:
+    """A hash of a model's parameters and buffers by content (names, shapes, dtypes and bytes): two
+    teachers with other weights never share a cache folder. About a second per GB of weights."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def local_stage(root: Path | None, teacher=None) -> StageFn:
     """A stage function for a context without a run's stage cache (tests, benchmarks): a folder in
-    `root` per key, or an in-memory build when root is None."""
+    `root` per key, or an in-memory build when root is None. The key holds `teacher`'s weights
+    fingerprint when given (the runner's stage keys the teacher by its own stage key instead)."""
+    fp: list[str] = []
+
     def stage(spec: dict, build):
-        key = stable_hash(spec)
+        if teacher is not None and not fp:
+            fp.append(weights_fingerprint(teacher))  # once: a stage function serves one context's teacher
+        key = stable_hash({**spec, "teacher": fp[0]} if fp else spec)
         folder = Path(root) / f"teacher-topk-{key}" if root is not None else None
         if folder is not None and (folder / "topk.pt").exists():
             return folder, key

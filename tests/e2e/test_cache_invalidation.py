@@ -149,3 +149,29 @@ def test_teacher_cache_stage_follows_k_and_the_teacher(base, tmp_path):
     assert main(ARGS + ["--out", str(out)] + gold + ["--set", "teacher_sft.steps=5"]) == 0
     got = kinds(rebuilt(gold_keys, done_keys(out)))
     assert {"teacher-sft", "teacher-topk", "train:kd"} <= got and "student-sft" not in got
+
+
+def test_a_method_that_does_not_read_the_cache_gets_the_live_teacher_and_its_key_says_so(base, tmp_path):
+    """rkl weights the teacher's tail by the student, which a top-k cache flattens (docs/teacher_cache.md):
+    with the cache on, the runner trains it on the live teacher, builds no cache stage for it, and its
+    key equals the cache-off key, so switching the cache off retrains nothing."""
+    src, _ = base
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    rkl = ARGS[: ARGS.index("--methods")] + ["--methods", "rkl"] + ARGS[ARGS.index("--methods") + 2:]
+    assert main(rkl + ["--out", str(out), "--set", "distill.teacher_cache=topk"]) == 0
+    assert not list((out / "cache").glob("teacher-topk-*"))
+    done = next(out.rglob("train/*/rkl/DONE"))
+    assert "teacher-cache" not in (json.loads(done.read_text()).get("depends") or {})
+    # the frozen train config holds the cache settings only when the cache is on (TrainConfig's key)
+    assert "teacher_cache" not in json.loads((done.parent / "config.json").read_text())["train"]
+    before = done_keys(out)
+    assert main(rkl + ["--out", str(out)]) == 0
+    assert not rebuilt(before, done_keys(out))
+    # the exact full cache distorts nothing: rkl reads it, and its key and depends say so
+    assert main(rkl + ["--out", str(out), "--set", "distill.teacher_cache=full"]) == 0
+    assert kinds(rebuilt(before, done_keys(out))) == {"teacher-topk", "train:rkl", "eval:rkl"}
+    done = json.loads(next(out.rglob("train/*/rkl/DONE")).read_text())
+    assert len(done["depends"]["teacher-cache"]) >= 1
+    assert json.loads((next(out.rglob("train/*/rkl/DONE")).parent / "config.json").read_text()
+                      )["train"]["teacher_cache"] == "full"

@@ -235,6 +235,39 @@ def test_local_models_end_to_end_with_dtype_and_teacher_placement(data_dir, mode
     assert (frozen["dtype"], frozen["device"], frozen["teacher_device"]) == ("bfloat16", "cpu", "cpu")
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_teacher_samples_never_draw_a_padded_embedding_row(data_dir, models, tmp_path, monkeypatch, padded):
+    """SeqKD's teacher-samples stage samples over the tokenizer's ids only, as evaluation does: the
+    padded teacher (40 extra rows) gets the cut; an unpadded one samples (and keys) as before."""
+    import kdbench.stage_data as SD
+
+    teacher = models["teacher"]
+    if not padded:
+        tok = M.load_tokenizer(models["student"])
+        M.save_model(build_random_model("gpt2", tok, hidden=32, layers=1, n_positions=256, seed=3), tok,
+                     tmp_path / "unpadded")
+        teacher = str(tmp_path / "unpadded")
+
+    seen = []
+    real_sample = SD.sample
+
+    def spy(model, prompts, scfg, *a, **kw):
+        seen.append(scfg.vocab_size)
+        r = real_sample(model, prompts, scfg, *a, **kw)
+        assert all(t < len(M.load_tokenizer(models["student"]).get_vocab()) for ids in r.response_ids for t in ids)
+        return r
+
+    monkeypatch.setattr(SD, "sample", spy)
+    argv = _flags(data_dir, tmp_path / "run", "--preset", "ci", "--teacher", teacher, "--student",
+                  models["student"], "--methods", "seqkd", "--tasks", "dolly", "--train-task", "dolly",
+                  "--seeds", "10", "--set", "max_length=160", "--set", "max_prompt_length=128",
+                  "--set", "teacher_sft.steps=0", "--set", "distill.steps=1", "--set", "distill.batch_size=4",
+                  "--set", "eval.max_examples=2", "--set", "eval.max_new_tokens=3", "--set", "eval.metrics=[rouge_l]")
+    assert main(argv) == 0
+    n = len(M.load_tokenizer(models["student"]).get_vocab())
+    assert seen and set(seen) == ({n} if padded else {None})
+
+
 def test_tokenizer_mismatch_fails_before_any_work(data_dir, models, tmp_path, capsys):
     out = tmp_path / "never"
     argv = _flags(data_dir, out, "--teacher", models["teacher"], "--student", models["other"],

@@ -139,11 +139,12 @@ def _gpt2(tok, seed, std):
 
 def _ctx(world, run_dir, stage_root=None, seed=1234, steps=6, teacher=None, **train):
     cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-2, schedule="constant", log_every=1, seed=seed, **train)
-    ctx = MethodContext(student=_gpt2(world.tok, 1, 0.02), teacher=teacher or _gpt2(world.tok, 7, 0.5).eval(),
+    teacher = teacher or _gpt2(world.tok, 7, 0.5).eval()
+    ctx = MethodContext(student=_gpt2(world.tok, 1, 0.02), teacher=teacher,
                         tokenizer=world.tok, train_examples=world.exs, train_cfg=cfg, max_length=40,
                         max_prompt_length=20, run_dir=run_dir, device="cpu", method_name="t", progress=False,
                         sampling=SamplingConfig(max_new_tokens=6),
-                        teacher_cache_fn=local_stage(stage_root) if stage_root else None)
+                        teacher_cache_fn=local_stage(stage_root, teacher) if stage_root else None)
     ctx.vocab_size = len(world.tok)
     return ctx
 
@@ -181,10 +182,23 @@ def test_one_stage_is_built_once_and_read_by_two_methods_and_two_seeds(world, tm
     assert built == int(ctxs[0].encode(world.exs).attention_mask.sum())
     for ctx in ctxs[1:]:  # every later method and seed: no teacher forward at all
         assert ctx.counters.get("teacher_forward_tokens", 0) == 0 and ctx.counters["teacher_cache_tokens"] > 0
-    # another k (or another teacher: its stage key holds the teacher's) is another stage
+    # another k is another stage
     ctx = _ctx(world, tmp_path / "k8", root, steps=1, teacher=teacher, teacher_cache="topk", teacher_cache_k=8)
     make_method("kd").train(ctx)
     assert len(list(root.glob("teacher-topk-*"))) == 2 and ctx.counters["teacher_forward_tokens"] == built
+    # and so is another teacher at the same k, even one that differs in a single weight: the key holds
+    # a fingerprint of its weights, so it never reads the first teacher's logits
+    other = _gpt2(world.tok, 7, 0.5).eval()
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    ctx = _ctx(world, tmp_path / "other", root, steps=1, teacher=other, teacher_cache="topk", teacher_cache_k=8)
+    make_method("kd").train(ctx)
+    assert len(list(root.glob("teacher-topk-*"))) == 3 and ctx.counters["teacher_forward_tokens"] == built
+    # the same weights in another object: the same stage
+    same = _gpt2(world.tok, 7, 0.5).eval()
+    ctx = _ctx(world, tmp_path / "same", root, steps=1, teacher=same, teacher_cache="topk", teacher_cache_k=8)
+    make_method("kd").train(ctx)
+    assert len(list(root.glob("teacher-topk-*"))) == 3 and ctx.counters.get("teacher_forward_tokens", 0) == 0
 
 
 def test_rollouts_are_never_read_from_the_cache(world, tmp_path):
@@ -218,6 +232,33 @@ def test_gkd_reads_the_cache_only_on_its_off_policy_steps(world, tmp_path, lmbda
         assert ctx.counters["teacher_forward_tokens"] == int(ctx.encode(ctx.guided_examples()).attention_mask.sum())
 
 
+@pytest.mark.parametrize("name", ["kd", "rkl", "tvd"])
+def test_full_cache_is_the_exact_teacher_for_every_divergence(world, tmp_path, name):
+    """teacher_cache=full keeps every token's log-prob in float32: kd, reverse KL (which weights the tail
+    by the student) and TVD train as on the live teacher up to float rounding (a float16 or top-k store
+    is off by ~1e-4 or far more), and the teacher reads each training example once."""
+    cfg = {"data": "gold"} if name == "tvd" else None
+    live = _ctx(world, tmp_path / "live")
+    make_method(name, cfg).train(live)
+    full = _ctx(world, tmp_path / "full", tmp_path / "stages", teacher_cache="full")
+    make_method(name, cfg).train(full)
+    for a, b in zip(live.history, full.history, strict=True):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=2e-6, abs_tol=1e-7), (a, b)
+    assert full.counters["teacher_cache_tokens"] > 0
+    assert full.counters["teacher_forward_tokens"] == int(live.encode(world.exs).attention_mask.sum())
+    stored = TopKTeacherCache.load(next((tmp_path / "stages").glob("teacher-topk-*")) / "topk.pt")
+    assert (stored.k, stored.vocab, stored.dtype) == (len(world.tok),) * 2 + ("float32",)
+
+
+def test_full_cache_refuses_a_large_vocabulary(world, tmp_path, monkeypatch):
+    import kdbench.method as method_module
+
+    monkeypatch.setattr(method_module, "FULL_CACHE_MAX_VOCAB", len(world.tok) - 1)
+    ctx = _ctx(world, tmp_path, tmp_path / "stages", steps=1, teacher_cache="full")
+    with pytest.raises(ConfigError, match="teacher_cache=full .* use train.teacher_cache=topk"):
+        make_method("kd").train(ctx)
+
+
 def test_cache_settings_are_validated_and_in_the_key_only_when_on():
     with pytest.raises(ConfigError, match="teacher_cache"):
         TrainConfig(teacher_cache="lru")
@@ -229,6 +270,8 @@ def test_cache_settings_are_validated_and_in_the_key_only_when_on():
     on = TrainConfig(teacher_cache="topk", teacher_cache_k=32)
     assert train_key(on)["teacher_cache_k"] == 32
     assert train_key(on, teacher=False) == train_key(TrainConfig())  # an SFT student is the same without it
+    full = train_key(TrainConfig(teacher_cache="full", teacher_cache_k=32))
+    assert full["teacher_cache"] == "full" and "teacher_cache_k" not in full  # k means nothing when all are kept
 
 
 # every method that reads the teacher on fixed responses reads the cache (no code of its own); the
