@@ -102,15 +102,23 @@ class DistiLLM(Method):
         divergence = LOSSES[cfg.loss]
 
         @torch.no_grad()
-        def dev_loss() -> float:
-            ctx.student.eval()
+        def dev_part(rows: list[int]) -> tuple[float, int]:
+            """(summed token loss, tokens) over dev examples `rows`."""
             tot, n = 0.0, 0
-            for i in range(0, len(dev), B):
-                b = ctx.encode(dev[i: i + B])
+            for i in range(0, len(rows), B):
+                b = ctx.encode([dev[j] for j in rows[i: i + B]])
                 tot += float(ctx.cross_entropy(ctx.outputs(ctx.student, b), b.labels)) * b.n_tokens
                 n += b.n_tokens
-            ctx.student.train()
-            return tot / max(n, 1)
+            return tot, n
+
+        def dev_loss() -> float:
+            # several ranks: each scores its share of the dev examples, every rank gets the total
+            ctx.student.eval()
+            try:
+                parts = ctx.map_rows(len(dev), dev_part)
+            finally:
+                ctx.student.train()
+            return sum(t for t, _ in parts) / max(sum(n for _, n in parts), 1)
 
         def step(k: int, rb: ResumableBatches) -> Batch:
             # buffer, threshold and reference loss come from earlier students: checkpointed state,
@@ -119,10 +127,11 @@ class DistiLLM(Method):
             if not st:
                 st.update(rng=random.Random(ctx.train_cfg.seed + 1), buffer=deque(maxlen=cfg.capacity),
                           tau=cfg.init_threshold, ref=dev_loss())
+                st["dev"] = st["ref"]
             rng, buffer = st["rng"], st["buffer"]
             step_exs = rb.draw("examples")
             if k > 0 and k % eval_every == 0:
-                cur = dev_loss()
+                cur = st["dev"] = dev_loss()
                 if cur >= st["ref"] + cfg.loss_eps:
                     st["tau"], st["ref"] = min(1.0, st["tau"] + cfg.threshold_step), cur
             tau = st["tau"]
@@ -138,7 +147,8 @@ class DistiLLM(Method):
             else:
                 b, src = ctx.encode(step_exs), 0.0
             # per-row bookkeeping for the logs: data source and current threshold
-            b.extras.update(source=torch.full((b.size,), src), threshold=torch.full((b.size,), tau))
+            b.extras.update(source=torch.full((b.size,), src), threshold=torch.full((b.size,), tau),
+                            dev_loss=torch.full((b.size,), st["dev"]))
             return b
 
         def loss_fn(batch: Batch) -> LossOutput:
@@ -147,7 +157,8 @@ class DistiLLM(Method):
             loss = d
             src = batch.extras["source"]
             logs = {cfg.loss: d.item(), "fresh": float((src == 1).float().mean()),
-                    "replay": float((src == 2).float().mean()), "threshold": float(batch.extras["threshold"].mean())}
+                    "replay": float((src == 2).float().mean()), "threshold": float(batch.extras["threshold"].mean()),
+                    "dev_loss": float(batch.extras["dev_loss"].mean())}  # the latest dev check's
             if cfg.kd_ratio < 1:
                 ce = ctx.cross_entropy(s, batch.labels)
                 loss = cfg.kd_ratio * d + (1 - cfg.kd_ratio) * ce

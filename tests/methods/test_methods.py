@@ -225,6 +225,30 @@ def test_distillm_default_threshold_trains_on_gold(world, teacher, tmp_path):
     assert "generated_tokens" not in ctx.counters
 
 
+def test_distillm_dev_loss_is_pooled_over_every_ranks_share(world, teacher, tmp_path):
+    """Under several ranks each scores its share of the dev examples (ctx.map_rows) and the dev loss
+    is the token mean over all shares: two uneven shares give one process's dev loss (a mean of the
+    shares' means would not), and every dev example is scored once."""
+    logs, seen = {}, {}
+    for name, cut in (("one", None), ("two", 3)):
+        ctx = make_ctx(world, teacher, tmp_path / name, steps=5)
+        rows_seen = seen.setdefault(name, [])
+
+        def fake_ranks(n, fn, cut=cut, rows_seen=rows_seen):
+            rows = list(range(n))
+            shares = [rows] if cut is None else [rows[:cut], rows[cut:]]
+            rows_seen.append(sorted(r for s in shares for r in s))
+            return [fn(s) for s in shares]
+
+        ctx.map_rows = fake_ranks
+        train("distillm", ctx, dev_size=8, eval_every=2)
+        logs[name] = [h["dev_loss"] for h in ctx.history]
+    assert seen["one"] == seen["two"] == [list(range(8))] * 3  # the reference, then steps 2 and 4
+    assert len(set(logs["one"])) > 1  # the student moved between dev checks
+    for a, b in zip(logs["one"], logs["two"], strict=True):
+        assert math.isclose(a, b, rel_tol=1e-6), (logs["one"], logs["two"])
+
+
 def test_distillm_sgo_probability():
     from methods.distillm import sgo_probability
 
