@@ -62,7 +62,9 @@ def run_variant(name: str, extra: list[str], quick: bool, threads: int, keep: bo
            "train_cells_s": _sum_wall(out / "cells" / "train", "**/result.json"),  # <student>/<method>[/train-seed<s>]
            "stages_s": _sum_wall(out / "cache", "**/DONE"),
            "goal_s": GOALS_S[name], "meets_goal": None if quick else (wall <= GOALS_S[name] and p.returncode == 0),
-           "loadavg_start": load0, "loadavg_end": list(os.getloadavg()), "out": str(out) if keep else None}
+           "loadavg_start": load0, "loadavg_end": list(os.getloadavg()), "kept": keep}
+    if keep:  # on stderr only: results never hold this machine's paths
+        print(f"  kept {out}", file=sys.stderr)
     if p.returncode != 0:
         row["stderr_tail"] = p.stderr[-2000:]
     if not keep:
