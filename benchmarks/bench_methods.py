@@ -123,7 +123,7 @@ def main() -> int:
         print(f" {r.get('student_tok_per_s', r.get('error'))} tok/s", file=sys.stderr)
         rows.append(r)
     payload = {"preset": args.preset, "steps": args.steps, "threads": args.threads, "machine": machine,
-               "prepare": prep, "work_dir": str(out), "methods": rows,
+               "prepare": prep, "methods": rows,
                "loadavg_end": list(os.getloadavg())}
     cols = ["method", "steps", "wall_s", "steps_per_s", "student_tok_per_s", "teacher_forward_tokens",
             "generated_tokens", "peak_rss_mb", "train_rss_mb", "error"]

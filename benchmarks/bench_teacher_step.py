@@ -103,7 +103,7 @@ def main(argv=None) -> int:
              f"{torch.get_num_threads()}. The machine was shared with other jobs: times are noisy, compare the "
              "ratios of a round.\n\n"
              f"python benchmarks/bench_teacher_step.py --rounds {args.rounds} --steps {args.steps} --threads {args.threads}")
-    write_results("bench_teacher_step", {"machine": machine, "args": vars(args), "times_s": times}, table,
+    write_results("bench_teacher_step", {"machine": machine, "args": {k: v for k, v in vars(args).items() if k != "out"}, "times_s": times}, table,
                   list(table[0]), notes, Path(args.out) if args.out else None)
     return 0
 
