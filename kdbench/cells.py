@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import adapters, ranks, tracking
 from . import models as M
-from .config import BenchConfig, stable_hash, to_dict, train_key
+from .config import FULL_CACHE_MAX_VOCAB, BenchConfig, stable_hash, to_dict, train_key
 from .errors import ConfigError
 from .evaluation import eval_cache_spec, evaluate, generate, task_eval_config
 from .io import atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_json
@@ -56,6 +56,13 @@ class Cells:
         if train.teacher_cache == "topk" and not method.reads_teacher_cache():
             # a flattened top-k tail would distort its loss: the live teacher, and the key says so (the full
             # cache is the exact distribution: every method reads it)
+            train = dataclasses.replace(train, teacher_cache="none")
+        if train.teacher_cache == "full" and method.requires_teacher and \
+                len(self.stages.tokenizer()) > FULL_CACHE_MAX_VOCAB:
+            # the tiny preset's exact cache with a real model's vocabulary: the live (equally exact) teacher
+            log.warning("train.teacher_cache=full is for vocabularies up to %d tokens; this teacher's has %d: %s "
+                        "gets the live teacher (train.teacher_cache=topk caches the top k)", FULL_CACHE_MAX_VOCAB,
+                        len(self.stages.tokenizer()), method_name)
             train = dataclasses.replace(train, teacher_cache="none")
         cell = self.layout.train_cell(student, method_name, train_seed, point_label(point) if point else None)
         if cls.shared_stage:  # the SFT student is a shared cached stage (MiniLLM's init too)

@@ -24,7 +24,7 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 
 TEACHER_CACHES = ("none", "full", "topk")
-# `full` stores V float32 log-probs a position: above this vocabulary use topk (49,152: 197 kB a position)
+# `full` stores V float32 log-probs and int32 ids a position: above this vocabulary, topk (49,152: 393 kB)
 FULL_CACHE_MAX_VOCAB = 8192
 
 
@@ -59,7 +59,7 @@ class TrainConfig:
     loss_chunk_elements: int = 256 * 32768
     # The teacher on fixed responses from a stage shared by every method, epoch and seed, never on
     # rollouts (docs/teacher_cache.md). none: the live teacher every step. full: every token's log-prob
-    # in float32, exact (small vocabularies: V x 4 bytes a position; the toy presets). topk: the k most
+    # in float32, exact (small vocabularies: V x 8 bytes a position; the tiny preset). topk: the k most
     # likely, the rest spread evenly; k = 256: kd loss 0.44 %, gradient 0.12 % off the exact teacher on
     # SmolLM2 (benchmarks/bench_topk_error.py), read only by the methods that stay accurate with it
     teacher_cache: str = "none"  # none | full | topk

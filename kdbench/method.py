@@ -363,7 +363,11 @@ class MethodContext:
 
     def map_rows(self, n: int, fn: Callable[[list[int]], Any]) -> list:
         """[fn(row indices)] per rank, in rank order: work on rows every rank needs whole (scoring a
-        rollout round) split across ranks instead of repeated on each (kdbench.ranks.map_rows)."""
+        rollout round) split across ranks instead of repeated on each (kdbench.ranks.map_rows). Under an
+        FSDP/DeepSpeed engine a student forward is a collective that every rank must join as often as the
+        others, and uneven shares would hang: there every rank runs every row, as one process."""
+        if self.trainer.forward_model is not None:
+            return [fn(list(range(n)))]
         return ranks.map_rows(n, fn)
 
     def rollout_batch(self, rollout: Rollout, token_extras: dict[str, list[list[float]]] | None = None) -> Batch:

@@ -53,9 +53,10 @@ def weights_fingerprint(model) -> str:
 
     h = hashlib.blake2b(digest_size=8)
     for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.is_meta or not t.numel():  # no data to read (offloaded or empty): its name and shape only
+            continue
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
     return h.hexdigest()
 
 

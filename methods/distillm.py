@@ -127,7 +127,7 @@ class DistiLLM(Method):
             if not st:
                 st.update(rng=random.Random(ctx.train_cfg.seed + 1), buffer=deque(maxlen=cfg.capacity),
                           tau=cfg.init_threshold, ref=dev_loss())
-                st["dev"] = st["ref"]
+            st.setdefault("dev", st["ref"])  # a checkpoint from before the dev loss was logged has none
             rng, buffer = st["rng"], st["buffer"]
             step_exs = rb.draw("examples")
             if k > 0 and k % eval_every == 0:

@@ -43,7 +43,10 @@ class KD(Method):
 
     def train(self, ctx: MethodContext) -> None:
         r, T = self.config.kd_ratio, self.config.temperature
-        if self.config.teacher_cache == "topk" and self.reads_teacher_cache():
+        if self.config.teacher_cache == "topk" and ctx.train_cfg.teacher_cache == "full":
+            ctx.log.warning("method_config.kd.teacher_cache=topk (deprecated) is ignored: train.teacher_cache=full "
+                            "already gives the exact teacher")
+        elif self.config.teacher_cache == "topk" and self.reads_teacher_cache():
             ctx.log.warning("method_config.kd.teacher_cache is deprecated: set train.teacher_cache=topk and "
                             "train.teacher_cache_k (e.g. method_train.kd) instead; using k=%d", self.config.topk)
             ctx.enable_teacher_cache(self.config.topk)

@@ -175,3 +175,18 @@ def test_a_method_that_does_not_read_the_cache_gets_the_live_teacher_and_its_key
     assert len(done["depends"]["teacher-cache"]) >= 1
     assert json.loads((next(out.rglob("train/*/rkl/DONE")).parent / "config.json").read_text()
                       )["train"]["teacher_cache"] == "full"
+
+
+def test_full_cache_above_its_vocabulary_limit_falls_back_to_the_live_teacher(base, tmp_path, monkeypatch):
+    """The tiny preset's exact cache with a vocabulary too large for it (a real model under the default
+    preset): every reader gets the live teacher, with a warning, and keys as if the cache were off, so the
+    finished run is reused whole."""
+    import kdbench.cells as cells
+
+    src, before = base
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    monkeypatch.setattr(cells, "FULL_CACHE_MAX_VOCAB", 10)
+    assert main(ARGS + ["--out", str(out), "--set", "distill.teacher_cache=full"]) == 0
+    assert not rebuilt(before, done_keys(out)) and not list((out / "cache").glob("teacher-topk-*"))
+    assert "train.teacher_cache=full is for vocabularies up to 10 tokens" in (out / "run.log").read_text()

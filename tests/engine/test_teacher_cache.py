@@ -232,15 +232,16 @@ def test_gkd_reads_the_cache_only_on_its_off_policy_steps(world, tmp_path, lmbda
         assert ctx.counters["teacher_forward_tokens"] == int(ctx.encode(ctx.guided_examples()).attention_mask.sum())
 
 
-@pytest.mark.parametrize("name", ["kd", "rkl", "tvd"])
-def test_full_cache_is_the_exact_teacher_for_every_divergence(world, tmp_path, name):
-    """teacher_cache=full keeps every token's log-prob in float32: kd, reverse KL (which weights the tail
-    by the student) and TVD train as on the live teacher up to float rounding (a float16 or top-k store
-    is off by ~1e-4 or far more), and the teacher reads each training example once."""
-    cfg = {"data": "gold"} if name == "tvd" else None
-    live = _ctx(world, tmp_path / "live")
+@pytest.mark.parametrize("name, cfg, chunked", [("kd", None, "off"), ("kd", None, "on"), ("kd", {"temperature": 2.0}, "on"),
+                                               ("rkl", None, "off"), ("tvd", {"data": "gold"}, "on")])
+def test_full_cache_is_the_exact_teacher_for_every_divergence(world, tmp_path, name, cfg, chunked):
+    """teacher_cache=full keeps every token's log-prob in float32: kd (also tempered), reverse KL (which
+    weights the tail by the student) and TVD train as on the live teacher up to float rounding (a float16
+    or top-k store is off by ~1e-4 or far more), dense or a chunk of rows at a time, and the teacher reads
+    each training example once."""
+    live = _ctx(world, tmp_path / "live", chunked_loss=chunked)
     make_method(name, cfg).train(live)
-    full = _ctx(world, tmp_path / "full", tmp_path / "stages", teacher_cache="full")
+    full = _ctx(world, tmp_path / "full", tmp_path / "stages", teacher_cache="full", chunked_loss=chunked)
     make_method(name, cfg).train(full)
     for a, b in zip(live.history, full.history, strict=True):
         assert math.isclose(a["loss"], b["loss"], rel_tol=2e-6, abs_tol=1e-7), (a, b)
@@ -248,6 +249,23 @@ def test_full_cache_is_the_exact_teacher_for_every_divergence(world, tmp_path, n
     assert full.counters["teacher_forward_tokens"] == int(live.encode(world.exs).attention_mask.sum())
     stored = TopKTeacherCache.load(next((tmp_path / "stages").glob("teacher-topk-*")) / "topk.pt")
     assert (stored.k, stored.vocab, stored.dtype) == (len(world.tok),) * 2 + ("float32",)
+
+
+def test_weights_fingerprint_reads_every_tensor_kind():
+    from kdbench.teacher_store import weights_fingerprint
+
+    m = torch.nn.Linear(3, 2)
+    m.register_buffer("scale", torch.tensor(2.0))  # 0-dim (Gemma's embed_scale)
+    m.register_buffer("bf", torch.ones(2, dtype=torch.bfloat16))
+    a = weights_fingerprint(m)
+    assert a == weights_fingerprint(m)
+    m.scale.fill_(3.0)
+    b = weights_fingerprint(m)
+    m.bf[0] = 2
+    assert len({a, b, weights_fingerprint(m)}) == 3
+    with torch.device("meta"):
+        meta = torch.nn.Linear(3, 2)
+    assert weights_fingerprint(meta) != weights_fingerprint(torch.nn.Linear(3, 2))  # no data: names and shapes
 
 
 def test_full_cache_refuses_a_large_vocabulary(world, tmp_path, monkeypatch):

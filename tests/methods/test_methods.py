@@ -249,6 +249,20 @@ def test_distillm_dev_loss_is_pooled_over_every_ranks_share(world, teacher, tmp_
         assert math.isclose(a, b, rel_tol=1e-6), (logs["one"], logs["two"])
 
 
+def test_map_rows_does_not_split_under_a_sharded_engine(world, teacher, tmp_path, monkeypatch):
+    """Rows are split across ranks, except under an FSDP/DeepSpeed engine (trainer.forward_model), whose
+    forward every rank must join equally often: there each rank runs every row."""
+    from kdbench import ranks
+
+    ctx = make_ctx(world, teacher, tmp_path, steps=1)
+    monkeypatch.setattr(ranks, "world", lambda: 2)
+    monkeypatch.setattr(ranks, "rank", lambda: 0)
+    monkeypatch.setattr(ranks, "_collective", lambda: False)
+    assert ctx.map_rows(5, lambda rows: rows) == [[0, 1, 2]]  # rank 0's share
+    ctx.trainer.forward_model = object()
+    assert ctx.map_rows(5, lambda rows: rows) == [[0, 1, 2, 3, 4]]
+
+
 def test_distillm_sgo_probability():
     from methods.distillm import sgo_probability
 
