@@ -227,7 +227,7 @@ class MethodContext:
                 vocab = self.vocab_size or len(self.tokenizer)
                 if vocab > FULL_CACHE_MAX_VOCAB:
                     raise ConfigError(f"train.teacher_cache=full keeps all {vocab} log-probs of every position "
-                                      f"({vocab * 4 / 1024:.0f} kB each); above {FULL_CACHE_MAX_VOCAB} tokens use "
+                                      f"(with their ids, {vocab * 8 / 1024:.0f} kB each); above {FULL_CACHE_MAX_VOCAB} tokens use "
                                       "train.teacher_cache=topk (train.teacher_cache_k, e.g. 256)")
                 self._tcache = TeacherCacheReader(self, vocab, stage, dtype="float32", log=self.log)
             else:

@@ -268,6 +268,15 @@ def test_weights_fingerprint_reads_every_tensor_kind():
     assert weights_fingerprint(meta) != weights_fingerprint(torch.nn.Linear(3, 2))  # no data: names and shapes
 
 
+def test_kd_deprecated_topk_flag_does_not_replace_the_full_cache(world, tmp_path):
+    """method_config.kd.teacher_cache=topk under train.teacher_cache=full: the exact store stays (float32,
+    every token), not kd's old float16 top-k one."""
+    ctx = _ctx(world, tmp_path, tmp_path / "stages", steps=1, teacher_cache="full")
+    make_method("kd", {"teacher_cache": "topk", "topk": 8}).train(ctx)
+    stored = TopKTeacherCache.load(next((tmp_path / "stages").glob("teacher-topk-*")) / "topk.pt")
+    assert (stored.k, stored.dtype) == (len(world.tok), "float32")
+
+
 def test_full_cache_refuses_a_large_vocabulary(world, tmp_path, monkeypatch):
     import kdbench.method as method_module
 
