@@ -40,23 +40,42 @@ class RowGenerators:
     """One generator per row; `draw` takes one token per row (only for `rows` when given, the others
     0), each from its own row's generator: one uniform u per row, and the token is the first whose
     cumulative probability exceeds u x the row's total (inverse CDF, in float64; a token of zero
-    probability is never drawn). One Python call per row and step, the rest batched."""
+    probability is never drawn).
+
+    A row's uniforms are its generator's float64 stream drawn CHUNK at a time: `torch.rand(n)` gives
+    the same numbers as n calls of `torch.rand(())` (tests/engine/test_row_sampling.py checks it), so
+    a step costs a few batched ops instead of one Python call per row."""
+
+    CHUNK = 64
 
     def __init__(self, seeds: Sequence[int]):
         self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.stream = torch.empty((len(self.gens), 0), dtype=torch.float64)  # drawn, per row
+        self.used = torch.zeros(len(self.gens), dtype=torch.long)  # consumed, per row
+
+    def _next_uniforms(self, take: torch.Tensor) -> torch.Tensor:
+        if int(self.used.max()) >= self.stream.shape[1]:
+            more = torch.stack([torch.rand(self.CHUNK, dtype=torch.float64, generator=g) for g in self.gens])
+            self.stream = torch.cat([self.stream, more], 1)
+        u = self.stream.gather(1, self.used[:, None]).squeeze(1)
+        self.used += take
+        return torch.where(take, u, torch.zeros_like(u))
 
     def draw(self, probs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        take = [rows is None or bool(rows[b]) for b in range(len(self.gens))]
-        u = torch.tensor([float(torch.rand((), dtype=torch.float64, generator=g)) if t else 0.0
-                          for g, t in zip(self.gens, take)], dtype=torch.float64)
+        take = torch.ones(len(self.gens), dtype=torch.bool) if rows is None else rows.to("cpu", torch.bool)
+        u = self._next_uniforms(take)
         cdf = probs.to(torch.float64).cumsum(-1)
-        if not bool(torch.isfinite(cdf[:, -1]).all()) or bool((probs < 0).any()):
+        if not bool(torch.isfinite(cdf[:, -1]).all() & (probs >= 0).all()):
             raise ValueError("probability tensor contains either inf, nan or element < 0")  # as torch.multinomial
         tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-        # u x total can round up to the total: the last token of positive probability then
-        last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1)
-        tok = torch.minimum(tok, last)
-        return torch.where(torch.tensor(take), tok, torch.zeros_like(tok))
+        tok = tok.clamp(max=probs.shape[-1] - 1)
+        # u x total can round up to the total (no cdf entry exceeds it): the last token of positive
+        # probability then; only such a row can land on a zero-probability token
+        zero = probs.gather(1, tok[:, None]).squeeze(1) <= 0
+        if bool(zero.any()):
+            last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1)
+            tok = torch.where(zero, last, tok)
+        return torch.where(take, tok, torch.zeros_like(tok))
 
 
 def _sample_rows(model, prompts, rows: list[int], cfg, eos_id, pad_id, seed, batch_size, **kw) -> Rollout:

@@ -14,7 +14,9 @@ prompt forward keeps only the last position's logits; transformers models decode
 get the decode mask ready-made (no per-step concatenation of cache or mask, no mask rebuilt per step);
 tokens and log-probs go into [B, max_new] tensors, not per-row Python appends; the n-gram ban is kept
 incrementally. The same seed draws the same tokens as before; log-probs agree to float rounding (~1e-6:
-attention over the static cache's masked slots sums in another order).
+attention over the static cache's masked slots sums in another order). GPT-2 and Llama models skip
+transformers' forward altogether: kdbench.lean.decode calls their weights directly (the same arithmetic,
+checked against transformers' forward), ~3x less time per decode step at the toy sizes.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+
+from .lean import lean_stepper
 
 
 @dataclass
@@ -209,6 +213,11 @@ class _Stepper:
         self.next_pos = self.next_pos + 1
 
 
+def _stepper(model, ids, att, max_new: int):
+    """The lean decoder where the model's architecture has one (kdbench.lean), else transformers' forward."""
+    return lean_stepper(model, ids, att, max_new) or _Stepper(model, ids, att, max_new)
+
+
 def _draw(probs: torch.Tensor, generator, rows: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row [B]: from one generator, or from one generator per row (an object with
     `draw(probs, rows)`, kdbench.row_sampling.RowGenerators) drawing only the `rows` asked for."""
@@ -237,8 +246,8 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, e
     model.eval()
     ids, att = _left_pad(prompts, pad_id)
     B, T = len(prompts), cfg.max_new_tokens
-    student = _Stepper(model, ids, att, T)
-    teacher = _Stepper(mix_model, ids, att, T) if mix_model is not None else None
+    student = _stepper(model, ids, att, T)
+    teacher = _stepper(mix_model, ids, att, T) if mix_model is not None else None
     done = torch.zeros(B, dtype=torch.bool)
     toks = torch.full((B, T), pad_id, dtype=torch.long)
     lengths = torch.zeros(B, dtype=torch.long)  # steps each row was still generating

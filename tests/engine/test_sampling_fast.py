@@ -1,6 +1,7 @@
 """The sampler's fast paths (kdbench.sampling): the incremental n-gram ban equals a rescan of every
-sequence, and the static KV cache with its ready-made decode mask gives the same tokens as the model's
-own growing cache and the same log-probs as one full forward over the finished sequences."""
+sequence, and transformers' path on a static KV cache with its ready-made decode mask gives the same
+tokens as the model's own growing cache and (as the lean decoder, kdbench.lean) the same log-probs as
+one full forward over the finished sequences."""
 from __future__ import annotations
 
 import random
@@ -75,6 +76,12 @@ def pair(request):
     return make(0, 0.2), make(1, 0.5)  # (student, teacher)
 
 
+@pytest.fixture
+def transformers_path(monkeypatch):
+    """Sample through transformers' forward (_Stepper), not the lean decoder these architectures get."""
+    monkeypatch.setattr(sampling, "lean_stepper", lambda *a, **k: None)
+
+
 def test_hf_models_step_on_a_static_cache_with_a_ready_mask(pair):
     student, _ = pair
     ids, att = sampling._left_pad(PROMPTS, PAD)
@@ -86,7 +93,7 @@ def test_hf_models_step_on_a_static_cache_with_a_ready_mask(pair):
     assert st.mask4[:, 0, 0].long().equal(st.mask)  # the 4-D mask sdpa reads is the same bookkeeping
 
 
-def test_static_cache_samples_what_the_growing_cache_samples(pair, monkeypatch):
+def test_static_cache_samples_what_the_growing_cache_samples(pair, monkeypatch, transformers_path):
     student, teacher = pair
     cfg = SamplingConfig(max_new_tokens=30, no_repeat_ngram_size=3)
     fast = sample(student, PROMPTS, cfg, EOS, PAD, seed=7, mix_model=teacher, mix_alpha=0.3)
@@ -101,9 +108,12 @@ def test_static_cache_samples_what_the_growing_cache_samples(pair, monkeypatch):
     assert plain.student_logp == [[] for _ in PROMPTS] and plain.replaced == []  # Rollout's shape for plain sampling
 
 
-def test_static_cache_logprobs_equal_a_full_forward(pair):
+@pytest.mark.parametrize("path", ["lean", "transformers"])
+def test_static_cache_logprobs_equal_a_full_forward(pair, path, monkeypatch):
     """Cached, left-padded, static-cache steps against one right-padded forward over the finished sequences."""
     student, teacher = pair
+    if path == "transformers":
+        monkeypatch.setattr(sampling, "lean_stepper", lambda *a, **k: None)
     r = sample(student, PROMPTS, SamplingConfig(max_new_tokens=30), EOS, PAD, seed=4, mix_model=teacher,
                mix_alpha=0.5)
     b = collate(list(zip(r.prompt_ids, r.response_ids)), PAD, {"s": r.student_logp, "t": r.teacher_logp})
