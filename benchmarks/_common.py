@@ -60,6 +60,21 @@ def write_results(name: str, payload: dict, table_rows: list[dict], columns: lis
     return jp, mp
 
 
+def ratio_ci(per_round: list[float]) -> list[float]:
+    """Geometric mean of per-round ratios with a 95% t-interval on their logs (rounds are the units)."""
+    import math
+    import statistics
+
+    from scipy import stats
+
+    logs = [math.log(r) for r in per_round]
+    m = statistics.fmean(logs)
+    if len(logs) < 2:
+        return [math.exp(m)] * 3
+    h = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return [math.exp(m), math.exp(m - h), math.exp(m + h)]
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, machine_info, python, write_results  # noqa: E402
+from _common import ROOT, machine_info, python, ratio_ci, write_results  # noqa: E402
 
 SETTING = {"batch_size": 16, "max_new_tokens": 24, "temperature": 0.9, "lmbda": 1.0, "beta": 0.5, "lr": 1e-4,
            "n_examples": 256, "seed": 0}
@@ -249,20 +249,6 @@ def ensure_trl_venv(venv: Path) -> Path:
     return py
 
 
-def _ratio_ci(per_round: list[float]) -> list[float]:
-    """Geometric mean of the per-round ratios with a 95% t-interval on their logs (rounds are the units)."""
-    import math
-
-    from scipy import stats
-
-    logs = [math.log(r) for r in per_round]
-    m = statistics.fmean(logs)
-    if len(logs) < 2:
-        return [math.exp(m)] * 3
-    h = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return [math.exp(m), math.exp(m - h), math.exp(m + h)]
-
-
 def _last_json(p: subprocess.CompletedProcess, what: str) -> dict:
     if p.returncode != 0:
         raise RuntimeError(f"{what} failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -314,7 +300,7 @@ def main() -> int:
         per_round = [k["steps_per_s"] / o["steps_per_s"] for k, o in
                      zip([x for x in runs if x["side"] == "kdbench"], [x for x in runs if x["side"] == other])]
         ratios[other] = {"median_ratio": med["kdbench"] / med[other], "per_round": per_round,
-                         "geomean_ratio_ci95": _ratio_ci(per_round)}
+                         "geomean_ratio_ci95": ratio_ci(per_round)}
     # where a step's time goes (median over runs): generating the rollouts, and the rest (teacher and student
     # forwards, loss, backward, optimizer). The rest is the same model work on both sides, so TRL's step time over
     # kdbench's rest is the ratio kdbench would reach if its generation cost nothing.
@@ -332,7 +318,7 @@ def main() -> int:
                      for k, o in zip([x for x in runs if x["side"] == "kdbench"],
                                      [x for x in runs if x["side"] == "trl-distill"])]
         split["ceiling_per_round"] = per_round
-        split["ceiling_geomean_ci95"] = _ratio_ci(per_round)
+        split["ceiling_geomean_ci95"] = ratio_ci(per_round)
     bar = ratios.get("trl-distill", {}).get("median_ratio")
     payload = {"setting": SETTING, "steps": args.steps, "rounds": args.rounds, "machine": machine,
                "trl_env": dict(zip(["trl", "transformers", "torch"], trl_ver)), "runs": runs,
