@@ -139,7 +139,7 @@ def main() -> int:
         rows.append(bench_decode("bench_vs_trl teacher (GPT-2 128 x 4)", teacher, V, 16, 10, 1, args.rounds))
         rows.append(bench_forward("bench_vs_trl teacher (GPT-2 128 x 4)", teacher, V, 16, 40, 1, args.rounds))
     if not args.skip_smol:
-        from kdbench.model_sources import resolve_model_name
+        from kdbench.models import resolve_model_name
         from kdbench.pruning import parse_prune_spec, prune_model
 
         smol = load_model(resolve_model_name("smollm2-135m-instruct")).eval()

@@ -51,7 +51,7 @@ from .trainer import LossOutput, ResumableBatches, Trainer
 from . import ranks
 from .chunked import (LazyLogits, chunked_ce_and_token_loss, chunked_cross_entropy, chunked_logprobs,
                       chunked_token_loss, rows_per_chunk, token_fn_of)
-from .hidden import lazy_forward
+from .hidden import dense_logits, lazy_forward
 from .teacher_cache import TopKLogits
 from .teacher_store import TeacherCacheReader, local_stage, mark_fixed
 from .token_ops import cross_entropy, disable_dropout, gather_logprobs  # noqa: F401 (re-exported)
@@ -256,7 +256,8 @@ class MethodContext:
         batch = batch.to(self.device)
         self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
         tdev = next(self.teacher.parameters()).device
-        out = self.teacher(input_ids=batch.input_ids.to(tdev), attention_mask=batch.attention_mask.to(tdev)).logits
+        # trimmed: the teacher never runs on the padding of rows shorter than the batch's longest
+        out = dense_logits(self.teacher, batch.input_ids.to(tdev), batch.attention_mask.to(tdev), trim=True)
         same = self.teacher_tokenizer is self.tokenizer
         return slice_vocab(out, self.vocab_size if same else self.teacher_vocab_size).to(self.device)
 
@@ -298,7 +299,7 @@ class MethodContext:
         batch = batch.to(self.device)
         same = self.teacher_tokenizer is self.tokenizer  # as teacher_logits: the teacher's own width otherwise
         out = lazy_forward(self.teacher, batch.input_ids, batch.attention_mask,
-                           self.vocab_size if same else self.teacher_vocab_size)
+                           self.vocab_size if same else self.teacher_vocab_size, trim=True)
         if out is not None:
             self.counters.add("teacher_forward_tokens", int(batch.attention_mask.sum()))
         return out if out is not None else LazyLogits.dense(self.teacher_logits(batch))

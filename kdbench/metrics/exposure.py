@@ -150,8 +150,10 @@ def sequence_errors(model, teacher, prompts: Sequence[Sequence[int]], responses:
         b = collate(pairs, pad_id)
         # collate's labels mark exactly the positions len(p)-1+t that predict response token t
         mask = b.labels != -100
-        q = forward_logits(model, b.input_ids.to(dev_m), b.attention_mask.to(dev_m), vocab_size).rows(mask.to(dev_m))
-        p = forward_logits(teacher, b.input_ids.to(dev_t), b.attention_mask.to(dev_t), vocab_size).rows(mask.to(dev_t))
+        q = forward_logits(model, b.input_ids.to(dev_m), b.attention_mask.to(dev_m), vocab_size,
+                           trim=True).rows(mask.to(dev_m))
+        p = forward_logits(teacher, b.input_ids.to(dev_t), b.attention_mask.to(dev_t), vocab_size,
+                           trim=True).rows(mask.to(dev_t))
         # the scored rows only, a chunk at a time: never two [B, L, V] logits and their log-softmaxes
         n = int(mask.sum())
         v = min(model_vocab(q), model_vocab(p), vocab_size or model_vocab(q))

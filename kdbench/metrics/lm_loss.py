@@ -68,7 +68,8 @@ def score_pairs(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int
         labels = batch.labels.to(device)
         # only the response rows' logits, a chunk at a time: never the batch's [B, L, V] (at V = 49k a
         # batch of 25 x 256 tokens would be 1.3 GB, and its log-softmax as much again)
-        out = forward_logits(model, batch.input_ids.to(device), batch.attention_mask.to(device), vocab_size)
+        out = forward_logits(model, batch.input_ids.to(device), batch.attention_mask.to(device), vocab_size,
+                             trim=True)
         tok = -chunked_logprobs(out, labels, eval_chunk_rows(vocab_size or model_vocab(out)))  # [B, L], 0 off labels
         # fp32 and a sum (not a per-batch mean): the result must not depend on batch size or dtype
         total += float(tok.sum())
