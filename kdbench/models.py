@@ -23,7 +23,6 @@ Real models (hub names or local folders, any causal LM family) follow these rule
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
