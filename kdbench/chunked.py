@@ -53,10 +53,12 @@ class LazyLogits:
 
     def head(self, h: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None):
         w = self.weight if weight is None else weight
-        w = w if self.vocab_size is None else w[: self.vocab_size]
         b = self.bias if bias is None else bias
-        if b is not None and self.vocab_size is not None:
-            b = b[: self.vocab_size]
+        # cut only what is padding: a slice, even of every row, makes autograd write its gradient into a
+        # zero-filled tensor of the whole weight (113 MB per chunk at SmolLM2's vocabulary)
+        if self.vocab_size is not None and self.vocab_size < w.shape[0]:
+            w = w[: self.vocab_size]
+            b = b[: self.vocab_size] if b is not None else None
         return F.linear(h, w, b)
 
     def chunk(self, i: int, j: int) -> torch.Tensor:
@@ -92,33 +94,43 @@ def token_fn_of(divergence: Callable) -> Callable:
 
 class _FusedChunks(torch.autograd.Function):
     """sum_c fn_c(hidden rows c) with each chunk's gradient computed in the forward pass and
-    freed with its logits; backward only scales the stored [N, H] / [V, H] gradients."""
+    freed with its logits; backward only scales the stored [N, H] / [V, H] gradients.
+
+    Per chunk only the loss's gradient with respect to the chunk's logits goes through autograd; the
+    lm_head's part is two matmuls written in place (grad_h[rows] = g W, grad_W += g^T h): no [V, H]
+    gradient allocated and added per chunk, no slice backward filling a whole-weight zero tensor."""
 
     @staticmethod
     def forward(actx, hidden, weight, bias, chunk_value, lazy, chunk):
-        leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
-                  for t in (hidden, weight, bias)]
-        need = [t is not None and t.requires_grad for t in leaves]
+        need = [t is not None and t.requires_grad for t in (hidden, weight, bias)]
+        V = weight.shape[0] if lazy.vocab_size is None else min(lazy.vocab_size, weight.shape[0])
+        w = weight.detach()[:V]  # padded embedding rows are not tokens: no logits, no gradient
+        b = bias.detach()[:V] if bias is not None else None
         # summed in fp32 over the chunks and cast once in backward: bf16 sums would round at every chunk
-        grads = [torch.zeros_like(t, dtype=torch.float32) if n else None for t, n in zip(leaves, need)]
+        grads = [torch.zeros_like(t, dtype=torch.float32) if n else None
+                 for t, n in zip((hidden, weight, bias), need)]
         total = hidden.new_zeros((), dtype=torch.float32)
         n = hidden.shape[0]
-        with torch.enable_grad():
-            for i in range(0, n, chunk):
-                j = min(i + chunk, n)
-                h = leaves[0][i:j]
-                val = chunk_value(lazy.head(h, leaves[1], leaves[2]), i, j)
-                want = [t for t, k in zip(leaves, need) if k]
-                got = iter(torch.autograd.grad(val, want, allow_unused=True))
-                for k, flag in enumerate(need):
-                    if flag:
-                        g = next(got)
-                        if g is not None:
-                            grads[k] += g
-                total = total + val.detach()
+        for i in range(0, n, chunk):
+            j = min(i + chunk, n)
+            h = hidden.detach()[i:j]
+            logits = lazy.head(h, w, b).requires_grad_(True)
+            with torch.enable_grad():
+                val = chunk_value(logits, i, j)
+                (g,) = torch.autograd.grad(val, logits)
+            if need[0]:
+                grads[0][i:j] = g @ w
+            if need[1]:
+                if g.dtype == torch.float32:
+                    grads[1][:V].addmm_(g.t(), h)
+                else:
+                    grads[1][:V] += (g.t() @ h).float()
+            if need[2]:
+                grads[2][:V] += g.sum(0).float()
+            total = total + val.detach()
         actx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         actx.need = need
-        actx.dtypes = [t.dtype if t is not None else None for t in leaves]
+        actx.dtypes = [t.dtype if t is not None else None for t in (hidden, weight, bias)]
         return total
 
     @staticmethod
