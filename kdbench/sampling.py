@@ -16,7 +16,8 @@ tokens and log-probs go into [B, max_new] tensors, not per-row Python appends; t
 incrementally. The same seed draws the same tokens as before; log-probs agree to float rounding (~1e-6:
 attention over the static cache's masked slots sums in another order). GPT-2 and Llama models skip
 transformers' forward altogether: kdbench.lean.decode calls their weights directly (the same arithmetic,
-checked against transformers' forward), ~3x less time per decode step at the toy sizes.
+checked against transformers' forward): half the time per decode step at the toy sizes
+(benchmarks/bench_lean.py).
 """
 from __future__ import annotations
 
