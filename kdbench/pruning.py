@@ -161,7 +161,9 @@ def prune_model(teacher, spec: PruneSpec):
     student.load_state_dict(new_sd, strict=True)
     if hasattr(student, "generation_config") and hasattr(teacher, "generation_config"):
         student.generation_config = copy.deepcopy(teacher.generation_config)
-    return student, kept
+    from .lean.activations import fuse_activations
+
+    return fuse_activations(student), kept  # as load_model does: the same outputs, a faster forward
 
 
 def _select_units(t_sd, s_prefix: str, t_layer: int, m, width: int, new_width: int, select: str):

@@ -1,4 +1,4 @@
-"""What a training checkpoint holds besides weights and optimizer, per rank: random states, the
+"""What a training checkpoint holds besides weights, per rank (and the optimizer's state loaded back): random states, the
 state objects a method hands the trainer (cost counters, selection), and how a checkpoint written
 by another number of processes is shared out."""
 from __future__ import annotations
@@ -23,6 +23,17 @@ def set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
     if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def load_optimizer_state(opt, saved: dict) -> None:
+    """opt.load_state_dict(saved), keeping the `fused` flag `opt` was built with: torch restores each group's
+    saved flag, and a checkpoint from before fused AdamW (fused None) would resume on the unfused update, which
+    also fails under fp16 loss scaling (the optimizer still reports fused-style scaling support)."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if isinstance(groups, list) and len(groups) == len(opt.param_groups):
+        saved = {**saved, "param_groups": [{**g, "fused": cur["fused"]} if "fused" in cur else g
+                                           for g, cur in zip(groups, opt.param_groups)]}
+    opt.load_state_dict(saved)
 
 
 def get_state(obj: Any) -> Any:

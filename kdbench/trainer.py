@@ -38,8 +38,8 @@ from .io import atomic_torch_save, remove_stale_temps
 from .launch import warn_if_not_sharded
 from . import ranks
 from .resumable import ResumableBatches, is_resumable as _is_resumable  # noqa: F401 (ResumableBatches: re-exported)
-from .train_state import get_state as _get_state, put_state as _put_state, regroup, rng_state as _rng_state, \
-    set_rng_state as _set_rng_state
+from .train_state import get_state as _get_state, load_optimizer_state, put_state as _put_state, regroup, \
+    rng_state as _rng_state, set_rng_state as _set_rng_state
 
 log = logging.getLogger("kdbench")
 
@@ -86,14 +86,16 @@ def get_accelerator(device: str = "auto", dtype: str = "float32"):
     return _ACCELERATOR
 
 
-def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model, cfg: TrainConfig, device: str | torch.device | None = None) -> torch.optim.Optimizer:
+    """AdamW, fused where the weights train on a CPU or a CUDA device (`device`: where they will train, when
+    they are not there yet): one kernel for all tensors instead of a Python loop of ~10 ops per tensor, the
+    same update to float rounding. HF Trainer's default (adamw_torch_fused) does the same."""
     # No weight decay on biases and norm weights (1-d tensors), as MiniLLM's SFT does.
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    # fused: one kernel for all tensors instead of a Python loop of ~10 ops per tensor (4x faster at the toy
-    # sizes); the same update to float rounding. HF Trainer's default (adamw_torch_fused) does the same.
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
-                for p in decay + no_decay)
+    kinds = {torch.device(device).type} if device is not None else {p.device.type for p in decay + no_decay}
+    fused = kinds <= {"cpu", "cuda"} and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                                           for p in decay + no_decay)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
                              lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
@@ -206,7 +208,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         model.train()
-        opt = make_optimizer(model, cfg)
+        opt = make_optimizer(model, cfg, self.device)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
         manual_ddp = self._manual_ddp()
         world = ranks.world()
@@ -234,7 +236,7 @@ class Trainer:
         saved = self._load_checkpoint(ckpt) if ckpt is not None else None
         if saved is not None:
             load_checkpoint_state(self.accelerator.unwrap_model(model), saved["model"])
-            opt.load_state_dict(saved["optimizer"])
+            load_optimizer_state(opt, saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
             start = saved["step"]
             self.history = saved.get("history", [])

@@ -3,15 +3,15 @@
 At the sizes kdbench trains on a CPU, a decode step of transformers' forward is mostly per-call
 overhead: module dispatch, mask and cache bookkeeping, output dataclasses. On the bench_vs_trl student
 (64 wide, 2 layers, batch 16, 1 thread) a step costs 0.46 ms through transformers and 0.24 ms here
-(benchmarks/bench_lean.py). The arithmetic is the same: the same weights in
-the same order of operations up to float rounding, checked against transformers' forward for every
-architecture file in tests/engine/test_lean.py.
+(benchmarks/bench_lean.py). The arithmetic is the same: the same weights in the same order of
+operations up to float rounding, checked against transformers' forward for every architecture file in
+tests/engine/test_lean.py.
 
 An architecture is one file with a class, built from (model, longest sequence), that reads the model's
-modules and provides `embed`, `block` and `head` (see gpt2.py, llama.py); `ARCHITECTURES` maps transformers' class names to those classes.
-Anything else (another family, a LoRA- or quantisation-wrapped layer, an option the file does not
-implement, offloaded weights) gets `None` from `lean_stepper`, and the sampler keeps transformers'
-forward.
+modules and provides `embed`, `block` and `head` (see gpt2.py, llama.py, docs/speed.md); `ARCHITECTURES`
+maps transformers' class names to those classes. Anything else (another family, a LoRA- or
+quantisation-wrapped layer, an option the file does not implement, offloaded or sharded weights, active
+dropout) gets `None` from `lean_stepper`, and the sampler keeps transformers' forward.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 log = logging.getLogger("kdbench")
 
 ARCHITECTURES: dict[str, type] = {}
-# sdpa's enable_gqa, and zeros (not NaN) for a query row with every key masked, came with torch 2.5
+# sdpa's enable_gqa came with torch 2.5
 _TORCH_OK = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
@@ -49,7 +49,10 @@ def unsupported(model) -> str | None:
         return "weights not all on one device"
     if any(hasattr(m, "_hf_hook") for m in model.modules()):
         return "accelerate hooks (offloaded or dispatched weights)"
-    if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+    if any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") or p.numel() == 0 for p in params):
+        return "sharded weights (FSDP / DeepSpeed)"
+    if model.training and (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+                           or (getattr(model.config, "attention_dropout", 0) or 0) > 0):
         return "dropout is active"
     return arch.unsupported(model)
 
@@ -68,8 +71,9 @@ class LeanStepper:
     last-position logits [B, V] (fp32); `step(tokens)` feeds one token per row and updates them.
 
     Prompts are left-padded: position ids count real tokens only (as the sampler's transformers path
-    passes them) and padded keys are masked. A padded prompt position then has no key to attend to;
-    torch's sdpa returns zeros for such a row (never read), not NaN."""
+    passes them) and padded keys are masked. A padded prompt position also attends to itself: with every
+    key masked, sdpa returns zeros on some backends and NaN on others (MPS before torch 2.9), and its NaN
+    keys and values, cached, would reach every later query (0 x NaN). Real queries never see it."""
 
     def __init__(self, arch, ids: torch.Tensor, att: torch.Tensor, max_new: int):
         self.arch = arch
@@ -86,7 +90,7 @@ class LeanStepper:
         self.n = 0
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         causal = torch.ones((L, L), dtype=torch.bool, device=dev).tril()
-        prompt_mask = self.mask[:, :, :, :L] & causal
+        prompt_mask = (self.mask[:, :, :, :L] & causal) | torch.eye(L, dtype=torch.bool, device=dev)
         self.logits = self._forward(ids.to(dev), pos, prompt_mask)
         self.next_pos = pos[:, -1:] + 1
 

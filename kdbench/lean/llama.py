@@ -33,6 +33,8 @@ class Llama:
             return f"RoPE type {getattr(model.model.rotary_emb, 'rope_type', None)!r}"
         if getattr(c, "sliding_window", None):
             return "sliding-window attention"
+        if len(model.model.layers) != c.num_hidden_layers:  # transformers runs layers[:num_hidden_layers]
+            return "more layers than config.num_hidden_layers"
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
             linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)

@@ -247,3 +247,24 @@ def test_context_sizes_chunks_by_the_element_budget(world, name):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     for k in a["grads"]:
         assert _rel(a["grads"][k], b["grads"][k]) <= 1e-5, k
+
+
+def test_bf16_gradients_accumulate_in_fp32_and_match_the_unchunked_loss():
+    """A bf16 student (mixed precision keeps the head in bf16 on GPUs): the chunked gradients of hidden
+    states, the padded weight and the bias match the unchunked loss's to bf16 precision, arrive in bf16,
+    and the padded rows get none."""
+    hs, ws, bs, ht, wt, mask = _setup(3)
+    with torch.no_grad():
+        hs[0, :2] = 0.5
+    h16, w16, b16 = (x.detach().to(torch.bfloat16).requires_grad_() for x in (hs, ws, bs))
+    s = LazyLogits(h16, w16, b16, V)
+    t = LazyLogits(ht.to(torch.bfloat16), wt.to(torch.bfloat16), None, V)
+    chunked_token_loss(D.token_forward_kl, s, t, mask, chunk=2).backward()
+    ref = [x.detach().float().requires_grad_() for x in (h16, w16, b16)]
+    with torch.no_grad():
+        tl = (ht.to(torch.bfloat16).float() @ wt.to(torch.bfloat16).float().T)[..., :V]
+    D.forward_kl((ref[0] @ ref[1].T + ref[2])[..., :V], tl, mask).backward()
+    for got, want in zip((h16, w16, b16), ref):
+        assert got.grad.dtype == torch.bfloat16
+        assert _rel(got.grad.float(), want.grad) < 2e-2
+    assert (w16.grad[V:] == 0).all() and (b16.grad[V:] == 0).all()

@@ -79,6 +79,31 @@ def test_lean_steps_equal_transformers_steps(variant):
             ref.step(tok)
 
 
+def test_padded_prompt_positions_cannot_poison_the_cache_on_a_backend_that_returns_nan(monkeypatch):
+    """sdpa gives NaN for a query whose keys are all masked on some backends (MPS before torch 2.9): with such
+    an attention, left-padded rows must still decode exactly (their padded positions attend to themselves)."""
+    import types
+
+    from kdbench.lean import decode
+
+    def nan_attention(q, k, v, attn_mask=None, enable_gqa=False):
+        if enable_gqa:
+            k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], 1) for x in (k, v))
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        return scores.masked_fill(~attn_mask, float("-inf")).softmax(-1) @ v  # all -inf: NaN
+
+    monkeypatch.setattr(decode, "F", types.SimpleNamespace(scaled_dot_product_attention=nan_attention))
+    model = _randomise_biases(llama())
+    ids, att = sampling._left_pad(PROMPTS, PAD)
+    lean = lean_stepper(model, ids, att, max_new=3)
+    ref = sampling._Stepper(model, ids, att, max_new=3)
+    for step in range(3):
+        torch.testing.assert_close(lean.logits, ref.logits.detach(), rtol=1e-5, atol=1e-5, msg=f"step {step}")
+        tok = torch.full((len(PROMPTS),), 4)
+        lean.step(tok)
+        ref.step(tok)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_samples_draw_the_same_tokens_on_both_paths(arch, monkeypatch):
     student = _randomise_biases(gpt2(1) if arch == "gpt2" else llama(1))
@@ -86,10 +111,15 @@ def test_samples_draw_the_same_tokens_on_both_paths(arch, monkeypatch):
     cfg = SamplingConfig(max_new_tokens=20, temperature=0.9, no_repeat_ngram_size=3)
     built = []
     real = sampling.lean_stepper
-    monkeypatch.setattr(sampling, "lean_stepper", lambda *a, **k: built.append(1) or real(*a, **k))
+    def spy(*a, **k):
+        out = real(*a, **k)
+        built.append(isinstance(out, LeanStepper))
+        return out
+
+    monkeypatch.setattr(sampling, "lean_stepper", spy)
     lean_plain = sample(student, PROMPTS, cfg, EOS, PAD, seed=3)
     lean_mixed = sample(student, PROMPTS, cfg, EOS, PAD, seed=3, mix_model=teacher, mix_alpha=0.4)
-    assert len(built) == 3  # the lean decoder ran: the student twice, the teacher once
+    assert built == [True] * 3  # the lean decoder ran: the student twice, the teacher once
     monkeypatch.setattr(sampling, "lean_stepper", lambda *a, **k: None)
     hf_plain = sample(student, PROMPTS, cfg, EOS, PAD, seed=3)
     hf_mixed = sample(student, PROMPTS, cfg, EOS, PAD, seed=3, mix_model=teacher, mix_alpha=0.4)
@@ -113,6 +143,15 @@ def test_what_the_lean_decoder_does_not_cover_falls_back_to_transformers():
     drop = gpt2(attn_pdrop=0.5)
     drop.train()
     cases["dropout in training mode"] = drop
+    attn_drop = llama(attention_dropout=0.3)  # a rate in the config, no Dropout module
+    attn_drop.train()
+    cases["Llama attention dropout in training mode"] = attn_drop
+    cut = llama()
+    cut.config.num_hidden_layers = 1  # transformers would run layers[:1]
+    cases["fewer layers in the config than in the model"] = cut
+    sharded = gpt2()
+    sharded.transformer.h[0].mlp.c_fc.weight.ds_id = 7  # how DeepSpeed ZeRO-3 marks a partitioned weight
+    cases["DeepSpeed-partitioned weights"] = sharded
     wrapped = llama()
     wrapped.model.layers[1].mlp.up_proj = torch.nn.Sequential(wrapped.model.layers[1].mlp.up_proj)
     cases["a wrapped projection"] = wrapped

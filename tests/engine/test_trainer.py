@@ -142,3 +142,43 @@ def test_collate_aligns_labels_with_logits():
     assert b.labels.tolist() == [[IGNORE, 7, 8, 1, IGNORE], [9, 1, IGNORE, IGNORE, IGNORE]]
     assert b.n_tokens == 5
     assert isinstance(b, Batch)
+
+
+def test_adamw_is_fused_on_cpu_and_an_unfused_checkpoint_resumes_fused():
+    """The optimizer is torch's fused AdamW where the weights train (CPU here). A checkpoint written by the
+    unfused optimizer (before kdbench fused it) must resume fused with the same moments: torch's own
+    load_state_dict restores the saved group's flag (None), and under fp16 loss scaling that update raises."""
+    from kdbench.train_state import load_optimizer_state
+    from kdbench.trainer import make_optimizer
+
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    model = tiny_model()
+    assert all(g["fused"] for g in make_optimizer(model, cfg).param_groups)
+    assert not any(g["fused"] for g in make_optimizer(model, cfg, device="meta").param_groups)
+
+    def groups(m):
+        return [{"params": [p for p in m.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+                {"params": [p for p in m.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+
+    old = torch.optim.AdamW(groups(model), lr=1e-2)  # unfused, as checkpoints before fused AdamW were
+    for seed in range(2):
+        loss_fn_for(model)(uneven_batch(seed=seed)).loss.backward()
+        old.step()
+        old.zero_grad()
+    saved = copy.deepcopy(old.state_dict())
+    assert saved["param_groups"][0]["fused"] is None
+    plain = make_optimizer(model, cfg)
+    plain.load_state_dict(copy.deepcopy(saved))
+    assert plain.param_groups[0]["fused"] is None  # what torch alone would resume with
+    twin = copy.deepcopy(model)
+    resumed = make_optimizer(model, cfg)
+    load_optimizer_state(resumed, copy.deepcopy(saved))
+    assert all(g["fused"] for g in resumed.param_groups)
+    unfused = torch.optim.AdamW(groups(twin), lr=1e-2)
+    unfused.load_state_dict(copy.deepcopy(saved))
+    for opt, m in ((resumed, model), (unfused, twin)):
+        loss_fn_for(m)(uneven_batch(seed=2)).loss.backward()
+        opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):  # the moments and step count came back
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert float(resumed.state[next(model.parameters())]["step"]) == 3

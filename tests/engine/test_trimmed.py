@@ -117,6 +117,38 @@ def test_left_padded_or_gradient_forwards_run_in_one_call():
     assert n[0] == 1
 
 
+def test_sharded_or_length_scaled_models_keep_one_call():
+    b = _batch()
+    for what in ("ds_id", "dynamic rope"):
+        model = _models()["llama"]
+        if what == "ds_id":
+            model.model.layers[0].mlp.up_proj.weight.ds_id = 3  # a DeepSpeed ZeRO-3 partitioned weight
+        else:
+            model.config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+        calls = [0]
+        orig = model.model.forward
+
+        def counting(*a, **k):
+            calls[0] += 1
+            return orig(*a, **k)
+
+        model.model.forward = counting
+        with torch.no_grad():
+            forward_logits(model, b.input_ids, b.attention_mask, None, trim=True)
+        assert calls[0] == 1, what
+    plain = _models()["llama"]
+    calls = [0]
+    orig = plain.model.forward
+    plain.model.forward = lambda *a, **k: calls.__setitem__(0, calls[0] + 1) or orig(*a, **k)
+    hidden._CALL_FLOPS, saved = {"cpu": 0.0}, hidden._CALL_FLOPS
+    try:
+        with torch.no_grad():
+            forward_logits(plain, b.input_ids, b.attention_mask, None, trim=True)
+    finally:
+        hidden._CALL_FLOPS = saved
+    assert calls[0] > 1  # the same batch on a plain model does split
+
+
 def test_call_cost_is_a_calls_overhead_in_tokens():
     toy = _models()["gpt2"]
     n = sum(p.numel() for p in toy.parameters())
