@@ -4,8 +4,8 @@ soft-capping) or whose head is not a plain Linear (e.g. a LoRA-wrapped lm_head) 
 caller then materialises the logits as before.
 
 Forwards that need no gradient (the teacher's, evaluation's) can also run `trimmed`: the batch's rows
-grouped by length and each group cut to its longest row, so padding is not computed. Dolly batches of 8
-at <= 256 tokens are ~43 % padding; a teacher forward over them then costs about the real tokens only.
+grouped by length and each group cut to its longest row, so padding is not computed: Dolly responses run
+from a few tokens to the 256-token limit, and a teacher forward then costs about the real tokens only.
 Gradient forwards (the student's) keep one call: several forwards per backward would not suit DDP."""
 from __future__ import annotations
 
