@@ -66,13 +66,18 @@ def length_groups(lengths: list[int], call_cost: float) -> list[list[int]]:
     return groups[::-1]
 
 
+def has_sharded_weights(model) -> bool:
+    """Weights partitioned across ranks: FSDP2's DTensors, DeepSpeed ZeRO-3's `ds_id` (empty local shards)."""
+    return any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in model.parameters())
+
+
 def one_call_only(model) -> bool:
     """A model whose forward must stay one call: sharded weights or an engine wrapper (each forward is a
     collective every rank must match), or RoPE that rescales with the sequence length (a shorter call
     would change its angles)."""
     if any(k in type(model).__name__ for k in ("FullyShardedDataParallel", "DeepSpeedEngine", "DistributedDataParallel")):
         return True
-    if any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in model.parameters()):
+    if has_sharded_weights(model):
         return True
     cfg = getattr(model, "config", None)
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)

@@ -20,6 +20,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from ..hidden import has_sharded_weights
+
 log = logging.getLogger("kdbench")
 
 ARCHITECTURES: dict[str, type] = {}
@@ -49,7 +51,7 @@ def unsupported(model) -> str | None:
         return "weights not all on one device"
     if any(hasattr(m, "_hf_hook") for m in model.modules()):
         return "accelerate hooks (offloaded or dispatched weights)"
-    if any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") or p.numel() == 0 for p in params):
+    if has_sharded_weights(model) or any(p.numel() == 0 for p in params):
         return "sharded weights (FSDP / DeepSpeed)"
     if model.training and (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
                            or (getattr(model.config, "attention_dropout", 0) or 0) > 0):
