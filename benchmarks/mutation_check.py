@@ -28,6 +28,10 @@ SAMPLE_T = ["tests/engine/test_sampling_filters.py", "tests/engine/test_sampling
 CACHE_T = ["tests/e2e/test_cache_invalidation.py"]
 TCACHE_T = ["tests/engine/test_teacher_cache.py"]
 METRIC_T = ["tests/metrics"]
+LEAN_T = ["tests/engine/test_lean.py"]
+TRIM_T = ["tests/engine/test_trimmed.py"]
+CHUNK_T = ["tests/engine/test_chunked.py", "tests/engine/test_chunked_combined.py"]
+ROW_T = ["tests/engine/test_row_sampling.py"]
 
 # (id, file, [(old, new), ...], tests)
 MUTANTS = [
@@ -160,6 +164,32 @@ MUTANTS = [
      [("other = tail.float() - math.log(max(vocab - k, 1))", "other = tail.float() - float('inf')")], TCACHE_T),
     ("tcache-sft-key-reads-the-cache", "kdbench/stages.py",
      [('"train": train_key(train, teacher=False), "data"', '"train": train_key(train), "data"')], CACHE_T),
+    # --- the fast paths (kdbench/lean, hidden.trimmed, chunked._FusedChunks, row streams)
+    ("lean-gpt2-ln-bias-dropped", "kdbench/lean/gpt2.py",
+     [("F.layer_norm(x, (C,), ln1_w, ln1_b, eps1)", "F.layer_norm(x, (C,), ln1_w, None, eps1)")], LEAN_T),
+    ("lean-llama-rope-sign", "kdbench/lean/llama.py",
+     [("torch.cat((-x[..., half:], x[..., :half]), dim=-1)", "torch.cat((x[..., half:], -x[..., :half]), dim=-1)")],
+     LEAN_T),
+    ("lean-llama-rms-eps-ignored", "kdbench/lean/llama.py",
+     [("F.rms_norm(x.float(), x.shape[-1:], eps=eps)", "F.rms_norm(x.float(), x.shape[-1:], eps=1e-3)")], LEAN_T),
+    ("lean-decode-position-frozen", "kdbench/lean/decode.py",
+     [("self.next_pos = self.next_pos + 1", "self.next_pos = self.next_pos")], LEAN_T),
+    ("lean-decode-mask-column-off", "kdbench/lean/decode.py",
+     [("self.mask[:, 0, 0, self.n] = True", "self.mask[:, 0, 0, self.n] = False")], LEAN_T),
+    ("lean-positions-count-padding", "kdbench/lean/decode.py",
+     [("pos = (att.cumsum(-1) - 1).clamp(min=0)", "pos = torch.arange(L, device=dev).expand(B, L)")], LEAN_T),
+    ("trim-groups-without-call-cost", "kdbench/hidden.py",
+     [("c = best[i] + (j - i) * ls[j - 1] + call_cost", "c = best[i] + (j - i) * ls[j - 1]")], TRIM_T),
+    ("trim-groups-cut-to-shortest-row", "kdbench/hidden.py",
+     [("c = best[i] + (j - i) * ls[j - 1] + call_cost", "c = best[i] + (j - i) * ls[i] + call_cost")], TRIM_T),
+    ("chunk-head-grad-last-chunk-only", "kdbench/chunked.py",
+     [("grads[1][:V].addmm_(g.t(), h)", "grads[1][:V].copy_(g.t() @ h)")], CHUNK_T),
+    ("chunk-hidden-grad-first-rows", "kdbench/chunked.py",
+     [("grads[0][i:j] = g @ w", "grads[0][: j - i] = g @ w")], CHUNK_T),
+    ("row-stream-rereads-after-refill", "kdbench/row_sampling.py",
+     [("u = self.stream.gather(1, self.used[:, None]).squeeze(1)",
+       "u = self.stream.gather(1, self.used[:, None] % self.CHUNK).squeeze(1)")], ROW_T),
+    ("row-masked-draw-consumes", "kdbench/row_sampling.py", [("self.used += take", "self.used += 1")], ROW_T),
 ]
 
 

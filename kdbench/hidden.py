@@ -6,7 +6,8 @@ caller then materialises the logits as before.
 Forwards that need no gradient (the teacher's, evaluation's) can also run `trimmed`: the batch's rows
 grouped by length and each group cut to its longest row, so padding is not computed: Dolly responses run
 from a few tokens to the 256-token limit, and a teacher forward then costs about the real tokens only.
-Gradient forwards (the student's) keep one call: several forwards per backward would not suit DDP."""
+Gradient forwards (the student's) keep one call: several forwards per backward would not suit DDP.
+No-gradient forwards of the architectures kdbench.lean covers call the weights directly (lean/forward.py)."""
 from __future__ import annotations
 
 import torch
@@ -108,6 +109,13 @@ def trimmed(fn, input_ids: torch.Tensor, attention_mask: torch.Tensor, call_cost
     return out
 
 
+def _lean(model, logits: bool):
+    """kdbench.lean's whole-sequence forward for `model` when no gradient is recorded and it covers the model."""
+    from .lean.forward import lean_forward  # here: kdbench.lean imports this module
+
+    return lean_forward(model, logits)
+
+
 def lazy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  vocab_size: int | None, trim: bool = False) -> LazyLogits | None:
     """The model's logits as LazyLogits (hidden states + head), or None if it cannot be split. `trim`: the
@@ -116,9 +124,11 @@ def lazy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if parts is None:
         return None
     body, head = parts
+    lean = _lean(model, logits=False)
 
     def run(ids, mask):
-        return body(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = lean(ids, mask) if lean is not None else None
+        return out if out is not None else body(input_ids=ids, attention_mask=mask).last_hidden_state
 
     trim = trim and not torch.is_grad_enabled() and not one_call_only(model)
     hidden = trimmed(run, input_ids, attention_mask, call_cost_tokens(model)) if trim else run(input_ids, attention_mask)
@@ -127,8 +137,11 @@ def lazy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 def dense_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trim: bool = False) -> torch.Tensor:
     """model(...).logits, per length group when `trim` and no gradient is recorded (see lazy_forward)."""
+    lean = _lean(model, logits=True)
+
     def run(ids, mask):
-        return model(input_ids=ids, attention_mask=mask).logits
+        out = lean(ids, mask) if lean is not None else None
+        return out if out is not None else model(input_ids=ids, attention_mask=mask).logits
 
     if trim and not torch.is_grad_enabled() and not one_call_only(model):
         return trimmed(run, input_ids, attention_mask, call_cost_tokens(model))

@@ -57,6 +57,9 @@ class GPT2:
         h = F.layer_norm(x, (C,), ln2_w, ln2_b, eps2)
         return x + _conv1d(act(_conv1d(h, fc_w, fc_b)), out_w, out_b)
 
-    def head(self, x):
+    def final_norm(self, x):
         f = self.t.ln_f
-        return F.linear(F.layer_norm(x, x.shape[-1:], f.weight, f.bias, f.eps), self.head_w)
+        return F.layer_norm(x, x.shape[-1:], f.weight, f.bias, f.eps)
+
+    def head(self, x):
+        return F.linear(self.final_norm(x), self.head_w)

@@ -31,6 +31,9 @@ class Llama:
             return "Llama tensor-parallel pretraining_tp > 1"
         if getattr(model.model.rotary_emb, "rope_type", None) not in _STATIC_ROPE:
             return f"RoPE type {getattr(model.model.rotary_emb, 'rope_type', None)!r}"
+        rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None)  # as hidden.one_call_only
+        if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) not in (None, *_STATIC_ROPE):
+            return f"RoPE type {rope.get('rope_type', rope.get('type'))!r} in the config"
         if getattr(c, "sliding_window", None):
             return "sliding-window attention"
         if len(model.model.layers) != c.num_hidden_layers:  # transformers runs layers[:num_hidden_layers]
@@ -80,6 +83,8 @@ class Llama:
         h = _rms(x, n2_w, eps2)
         return x + F.linear(act(F.linear(h, gate_w, gate_b)) * F.linear(h, up_w, up_b), down_w, down_b)
 
+    def final_norm(self, x):
+        return _rms(x, self.m.norm.weight, self.m.norm.variance_epsilon)
+
     def head(self, x):
-        return F.linear(_rms(x, self.m.norm.weight, self.m.norm.variance_epsilon), self.lm_head.weight,
-                        self.lm_head.bias)
+        return F.linear(self.final_norm(x), self.lm_head.weight, self.lm_head.bias)

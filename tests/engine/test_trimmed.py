@@ -117,7 +117,8 @@ def test_left_padded_or_gradient_forwards_run_in_one_call():
     assert n[0] == 1
 
 
-def test_sharded_or_length_scaled_models_keep_one_call():
+def test_sharded_or_length_scaled_models_keep_one_call(monkeypatch):
+    monkeypatch.setattr(hidden, "_lean", lambda model, logits: None)  # count transformers' calls (trimming alone)
     b = _batch()
     for what in ("ds_id", "dynamic rope"):
         model = _models()["llama"]
@@ -171,17 +172,25 @@ def test_the_teacher_runs_trimmed_in_a_context_and_the_loss_is_unchanged(monkeyp
                         device="cpu", progress=False, method_name="kd")
     b = _batch()
     b.input_ids = b.input_ids % len(tok)
-    shapes = []
-    orig = teacher.forward
+    shapes, hf_calls = [], [0]
+    orig, orig_trimmed = teacher.forward, hidden.trimmed
 
     def spy(*a, **k):
-        shapes.append(tuple(k["input_ids"].shape))
+        hf_calls[0] += 1
         return orig(*a, **k)
 
+    def spy_trimmed(fn, *a, **k):
+        def run(ids, mask):
+            shapes.append(tuple(ids.shape))
+            return fn(ids, mask)
+        return orig_trimmed(run, *a, **k)
+
     teacher.forward = spy
+    monkeypatch.setattr(hidden, "trimmed", spy_trimmed)
     monkeypatch.setattr(hidden, "_CALL_FLOPS", {"cpu": 1e3})  # a call as cheap as a few tokens: it splits
     got = ctx.teacher_logits(b)
     assert len(shapes) > 1 and max(s[1] for s in shapes) == b.input_ids.shape[1] > min(s[1] for s in shapes)
+    assert hf_calls[0] == 0  # a GPT-2 teacher without gradient: kdbench.lean's forward, not transformers'
     teacher.forward = orig
     with torch.no_grad():
         want = teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
