@@ -40,9 +40,15 @@ _CALL_FLOPS = {"cpu": 1e8}
 _CALL_FLOPS_ACCELERATOR = 5e10
 
 
+def weights(model) -> list[torch.Tensor]:
+    """model's parameters (a weight tied in two places listed twice): a plain walk over the modules, a
+    fraction of `model.parameters()`'s cost, which these per-batch checks would otherwise pay several times."""
+    return [p for m in model.modules() for p in m._parameters.values() if p is not None]
+
+
 def call_cost_tokens(model) -> float:
     """A forward call's fixed cost in tokens of `model` (see _CALL_FLOPS)."""
-    params = list(model.parameters())
+    params = list({id(p): p for p in weights(model)}.values())
     n = sum(p.numel() for p in params) or 1
     dev = params[0].device.type if params else "cpu"
     return _CALL_FLOPS.get(dev, _CALL_FLOPS_ACCELERATOR) / (2 * n)
@@ -67,9 +73,9 @@ def length_groups(lengths: list[int], call_cost: float) -> list[list[int]]:
     return groups[::-1]
 
 
-def has_sharded_weights(model) -> bool:
+def has_sharded_weights(model, params: list[torch.Tensor] | None = None) -> bool:
     """Weights partitioned across ranks: FSDP2's DTensors, DeepSpeed ZeRO-3's `ds_id` (empty local shards)."""
-    return any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in model.parameters())
+    return any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in (params or weights(model)))
 
 
 def one_call_only(model) -> bool:

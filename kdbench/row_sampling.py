@@ -51,31 +51,49 @@ class RowGenerators:
     def __init__(self, seeds: Sequence[int]):
         self.gens = [torch.Generator().manual_seed(s) for s in seeds]
         self.stream = torch.empty((len(self.gens), 0), dtype=torch.float64)  # drawn, per row
-        self.used = torch.zeros(len(self.gens), dtype=torch.long)  # consumed, per row
+        # While every draw has taken every row (plain sampling), each row has consumed `step` numbers and a
+        # draw reads one column of the stream; the first masked draw (SKD's teacher on rejects) switches to
+        # per-row counts in `used`.
+        self.lockstep, self.step = True, 0
+        self.used = torch.zeros(len(self.gens), dtype=torch.long)  # consumed, per row (once not in lockstep)
 
-    def _next_uniforms(self, take: torch.Tensor) -> torch.Tensor:
+    def _refill(self) -> None:
+        more = torch.stack([torch.rand(self.CHUNK, dtype=torch.float64, generator=g) for g in self.gens])
+        self.stream = torch.cat([self.stream, more], 1)
+
+    def _next_uniforms(self, take: torch.Tensor | None) -> torch.Tensor:
+        if take is None and self.lockstep:
+            if self.step >= self.stream.shape[1]:
+                self._refill()
+            self.step += 1
+            return self.stream[:, self.step - 1]
+        if self.lockstep:
+            self.lockstep = False
+            self.used.fill_(self.step)
+        if take is None:
+            take = torch.ones(len(self.gens), dtype=torch.bool)
         if int(self.used.max()) >= self.stream.shape[1]:
-            more = torch.stack([torch.rand(self.CHUNK, dtype=torch.float64, generator=g) for g in self.gens])
-            self.stream = torch.cat([self.stream, more], 1)
+            self._refill()
         u = self.stream.gather(1, self.used[:, None]).squeeze(1)
         self.used += take
         return torch.where(take, u, torch.zeros_like(u))
 
     def draw(self, probs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        take = torch.ones(len(self.gens), dtype=torch.bool) if rows is None else rows.to("cpu", torch.bool)
+        take = None if rows is None else rows.to("cpu", torch.bool)
         u = self._next_uniforms(take)
         cdf = probs.to(torch.float64).cumsum(-1)
-        if not bool(torch.isfinite(cdf[:, -1]).all() & (probs >= 0).all()):
+        total = cdf[:, -1]
+        if not bool(torch.isfinite(total).all() & (probs.min() >= 0)):
             raise ValueError("probability tensor contains either inf, nan or element < 0")  # as torch.multinomial
-        tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-        tok = tok.clamp(max=probs.shape[-1] - 1)
-        # u x total can round up to the total (no cdf entry exceeds it): the last token of positive
-        # probability then; only such a row can land on a zero-probability token
-        zero = probs.gather(1, tok[:, None]).squeeze(1) <= 0
-        if bool(zero.any()):
+        tok = torch.searchsorted(cdf, (u * total).unsqueeze(-1), right=True).squeeze(-1)
+        # u x total can round up to the total (no cdf entry exceeds it): searchsorted then returns V, and the
+        # row takes its last token of positive probability. Only then can a zero-probability token come up:
+        # below the total the first cdf entry above u x total is always a step up.
+        past = tok >= probs.shape[-1]
+        if bool(past.any()):
             last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1)
-            tok = torch.where(zero, last, tok)
-        return torch.where(take, tok, torch.zeros_like(tok))
+            tok = torch.where(past, last, tok)
+        return tok if take is None else torch.where(take, tok, torch.zeros_like(tok))
 
 
 def _sample_rows(model, prompts, rows: list[int], cfg, eos_id, pad_id, seed, batch_size, **kw) -> Rollout:

@@ -46,14 +46,15 @@ def unsupported(model) -> str | None:
     arch = ARCHITECTURES.get(type(model).__name__)
     if arch is None:
         return f"no lean decoder for {type(model).__name__}"
-    params = list(model.parameters())
+    modules = list(model.modules())  # walked once: this runs for every sampled batch and teacher forward
+    params = [p for m in modules for p in m._parameters.values() if p is not None]
     if not params or any(p.is_meta for p in params) or len({p.device for p in params}) > 1:
         return "weights not all on one device"
-    if any(hasattr(m, "_hf_hook") for m in model.modules()):
+    if any("_hf_hook" in m.__dict__ for m in modules):
         return "accelerate hooks (offloaded or dispatched weights)"
-    if has_sharded_weights(model) or any(p.numel() == 0 for p in params):
+    if has_sharded_weights(model, params) or any(p.numel() == 0 for p in params):
         return "sharded weights (FSDP / DeepSpeed)"
-    if model.training and (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    if model.training and (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in modules)
                            or (getattr(model.config, "attention_dropout", 0) or 0) > 0):
         return "dropout is active"
     return arch.unsupported(model)
@@ -85,9 +86,14 @@ class LeanStepper:
         shape = (arch.n_layers, B, arch.n_kv_heads, n, arch.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=dev)
         self.v = torch.zeros(shape, dtype=dtype, device=dev)
+        self.k_layers = [self.k[i] for i in range(arch.n_layers)]  # per-layer views, taken once
+        self.v_layers = [self.v[i] for i in range(arch.n_layers)]
         self.mask = torch.zeros((B, 1, 1, n), dtype=torch.bool, device=dev)  # keys written so far, pads off
         att = att.to(dev)
         self.mask[:, 0, 0, :L] = att.bool()
+        # the decode steps' mask as sdpa's additive float form, kept up to date in place: sdpa would
+        # otherwise convert the boolean mask in every layer of every step
+        self.bias = torch.zeros((B, 1, 1, n), dtype=dtype, device=dev).masked_fill_(~self.mask, float("-inf"))
         self.gqa = arch.n_heads != arch.n_kv_heads
         self.n = 0
         pos = (att.cumsum(-1) - 1).clamp(min=0)
@@ -98,14 +104,14 @@ class LeanStepper:
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         s, e = self.n, self.n + ids.shape[1]
-        k_all, v_all = self.k, self.v
+        k_all, v_all, gqa = self.k_layers, self.v_layers, self.gqa
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             """q [B, H, T, D] against the cache after writing this call's k, v [B, H_kv, T, D]."""
-            k_all[i, :, :, s:e] = k
-            v_all[i, :, :, s:e] = v
-            return F.scaled_dot_product_attention(q, k_all[i, :, :, :e], v_all[i, :, :, :e], attn_mask=mask,
-                                                  enable_gqa=self.gqa)
+            k_i, v_i = k_all[i], v_all[i]
+            k_i[:, :, s:e] = k
+            v_i[:, :, s:e] = v
+            return F.scaled_dot_product_attention(q, k_i[:, :, :e], v_i[:, :, :e], attn_mask=mask, enable_gqa=gqa)
 
         x, ctx = self.arch.embed(ids, pos)
         for i in range(self.arch.n_layers):
@@ -115,8 +121,9 @@ class LeanStepper:
 
     def step(self, tokens: torch.Tensor) -> None:
         self.mask[:, 0, 0, self.n] = True
+        self.bias[:, 0, 0, self.n] = 0.0
         self.logits = self._forward(tokens.to(self.mask.device)[:, None], self.next_pos,
-                                    self.mask[:, :, :, : self.n + 1])
+                                    self.bias[:, :, :, : self.n + 1])
         self.next_pos = self.next_pos + 1
 
 

@@ -14,6 +14,13 @@ def _conv1d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*shape, -1)
 
 
+def _function(act):
+    """The fused GELU module as its function (one module call less per layer and step), else the module."""
+    from .activations import FusedTanhGELU
+
+    return (lambda x: F.gelu(x, approximate="tanh")) if type(act) is FusedTanhGELU else act
+
+
 @register("GPT2LMHeadModel")
 class GPT2:
     @staticmethod
@@ -27,6 +34,8 @@ class GPT2:
         for blk in model.transformer.h:
             if any(type(m) is not Conv1D for m in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)):
                 return "a wrapped or replaced GPT-2 projection"
+        if type(model.transformer.wte) is not torch.nn.Embedding or type(model.transformer.wpe) is not torch.nn.Embedding:
+            return "a replaced GPT-2 embedding"
         head = model.lm_head
         if type(head) is not torch.nn.Linear or head.bias is not None:
             return "a non-plain lm_head"
@@ -39,7 +48,8 @@ class GPT2:
         # attribute access at every step (the same Parameter objects: nothing is copied)
         self.blocks = [(b.ln_1.weight, b.ln_1.bias, b.ln_1.eps, b.attn.c_attn.weight, b.attn.c_attn.bias,
                         b.attn.c_proj.weight, b.attn.c_proj.bias, b.ln_2.weight, b.ln_2.bias, b.ln_2.eps,
-                        b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.act, b.mlp.c_proj.weight, b.mlp.c_proj.bias)
+                        b.mlp.c_fc.weight, b.mlp.c_fc.bias, _function(b.mlp.act), b.mlp.c_proj.weight,
+                        b.mlp.c_proj.bias)
                        for b in t.h]
         self.n_layers = len(self.blocks)
         self.n_heads = self.n_kv_heads = model.config.n_head
@@ -47,7 +57,7 @@ class GPT2:
         self.device, self.dtype = t.wte.weight.device, t.wte.weight.dtype
 
     def embed(self, ids, pos):
-        return self.t.wte(ids) + self.t.wpe(pos), None
+        return F.embedding(ids, self.t.wte.weight) + F.embedding(pos, self.t.wpe.weight), None
 
     def block(self, i, x, ctx, attend):
         ln1_w, ln1_b, eps1, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, eps2, fc_w, fc_b, act, out_w, out_b = self.blocks[i]

@@ -43,6 +43,8 @@ class Llama:
             linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
             if any(type(x) is not torch.nn.Linear for x in linears):
                 return "a wrapped or replaced Llama projection"
+        if type(model.model.embed_tokens) is not torch.nn.Embedding:
+            return "a replaced Llama embedding"
         if type(model.lm_head) is not torch.nn.Linear:
             return "a non-plain lm_head"
         return None
@@ -69,7 +71,7 @@ class Llama:
         self.cos, self.sin = cos[0], sin[0]  # [positions, head_dim]
 
     def embed(self, ids, pos):
-        return self.m.embed_tokens(ids), (self.cos[pos][:, None], self.sin[pos][:, None])  # [B, 1, T, D]
+        return F.embedding(ids, self.m.embed_tokens.weight), (self.cos[pos][:, None], self.sin[pos][:, None])  # [B, 1, T, D]
 
     def block(self, i, x, ctx, attend):
         (n1_w, eps1, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, n2_w, eps2, gate_w, gate_b, act, up_w, up_b, down_w,

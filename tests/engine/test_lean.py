@@ -90,7 +90,8 @@ def test_padded_prompt_positions_cannot_poison_the_cache_on_a_backend_that_retur
         if enable_gqa:
             k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], 1) for x in (k, v))
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-        return scores.masked_fill(~attn_mask, float("-inf")).softmax(-1) @ v  # all -inf: NaN
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+        return scores.softmax(-1) @ v  # all -inf: NaN
 
     monkeypatch.setattr(decode, "F", types.SimpleNamespace(scaled_dot_product_attention=nan_attention))
     model = _randomise_biases(llama())

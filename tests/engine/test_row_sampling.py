@@ -87,13 +87,26 @@ def test_a_rows_uniforms_are_its_generators_stream_in_order():
     cdf_probe = torch.full((1, 4096), 1 / 4096)  # token = floor(u * 4096) (up to the cdf's rounding)
     toks = [int(gens.draw(cdf_probe)) for _ in range(ref.numel())]
     assert toks == [int(u * 4096) for u in ref.tolist()]
+    # the same with masked draws in between (per-row counts): each row still reads its own stream in order
+    gens = RowGenerators([11, 12])
+    refs = [torch.rand(3 * RowGenerators.CHUNK, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+            for s in (11, 12)]
+    got: list[list[int]] = [[], []]
+    for k in range(2 * RowGenerators.CHUNK + 9):
+        rows = torch.tensor([True, k % 3 != 1]) if k > 5 else None  # plain draws first, then masked ones
+        out = gens.draw(cdf_probe.expand(2, -1), rows).tolist()
+        for r in range(2):
+            if rows is None or rows[r]:
+                got[r].append(out[r])
+    for r in range(2):
+        assert got[r] == [int(u * 4096) for u in refs[r][: len(got[r])].tolist()], r
 
 
-def test_teacher_mixed_rows_are_independent_of_their_batch_too():
-    q, p = FixedLM([0.7, 0.1, 0.1, 0.1]), FixedLM([0.1, 0.1, 0.1, 0.7])
-    cfg = SamplingConfig(max_new_tokens=6)
-    prompts = [[2, 3]] * 8
-    whole, _ = sample_rows(q, prompts, cfg, EOS, PAD, 1, batch_size=8, mix_model=p, mix_alpha=0.5)
-    part = _sample_rows(q, prompts, [6, 7], cfg, EOS, PAD, 1, 2, mix_model=p, mix_alpha=0.5)
-    assert part.response_ids == whole.response_ids[6:]
-    assert part.mix_logp == whole.mix_logp[6:] and len(part.mix_logp[0]) == 6
+def test_a_draw_at_the_total_takes_the_last_token_of_positive_probability(monkeypatch):
+    """The guard for u x total reaching the total (no cdf entry exceeds it; u = 1 stands in for a product that
+    rounds up): the draw falls on the last token of positive probability, never on the zero-probability
+    tokens after it."""
+    gens = RowGenerators([0, 1])
+    monkeypatch.setattr(gens, "_next_uniforms", lambda take: torch.tensor([1.0, 0.5], dtype=torch.float64))
+    probs = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    assert gens.draw(probs).tolist() == [2, 2]  # row 1: u x total = 1.5 falls in token 2's step
