@@ -38,25 +38,31 @@ MUTANTS = [
     # --- divergences and the shared reductions
     ("div-reverse-kl-swapped", "kdbench/divergences.py",
      [('''log_q, log_p = _log_probs(student_logits, teacher_logits)
-    return _kl_from_log(log_q, log_p)''', '''log_q, log_p = _log_probs(student_logits, teacher_logits)
-    return _kl_from_log(log_p, log_q)''')], DIV_T),
+    return _kl_from_log(log_q, log_p, positive(log_q, log_p))''', '''log_q, log_p = _log_probs(student_logits, teacher_logits)
+    return _kl_from_log(log_p, log_q, positive(log_q, log_p))''')], DIV_T),
     ("div-js-beta-flipped", "kdbench/divergences.py",
-     [("log_m = _log_mix(log_p, log_q, beta)", "log_m = _log_mix(log_p, log_q, 1.0 - beta)")], DIV_T),
+     [("log_m = _log_mix(log_p, log_q, beta, pos)", "log_m = _log_mix(log_p, log_q, 1.0 - beta, pos)")], DIV_T),
     ("div-tvd-no-half", "kdbench/divergences.py",
      [("return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)", "return (log_p.exp() - log_q.exp()).abs().sum(-1)")],
      DIV_T),
     ("div-skew-rkl-mixture-swapped", "kdbench/divergences.py",
-     [("_kl_from_log(log_q, _log_mix(log_q, log_p, alpha))", "_kl_from_log(log_q, _log_mix(log_p, log_q, alpha))")],
+     [("_kl_from_log(log_q, _log_mix(log_q, log_p, alpha, pos), pos)", "_kl_from_log(log_q, _log_mix(log_p, log_q, alpha, pos), pos)")],
      DIV_T),
     ("div-masked-mean-over-all-positions", "kdbench/divergences.py",
      [("    denom = m.sum()\n", "    denom = torch.ones_like(m).sum()\n")], DIV_T),
     # stop-gradients: the value stays, the update breaks
     # (detaching log w inside the log-ratio instead would be an equivalent mutant: sum_v dw_v = 0)
     ("div-kl-weight-detached", "kdbench/divergences.py",
-     [("return torch.where(ok, lw.exp() * (lw - lo), zero).sum(-1)",
-       "return torch.where(ok, lw.exp().detach() * (lw - lo), zero).sum(-1)")], DIV_T),
+     [("    return lw.exp() * (lw - lo)\n", "    return lw.exp().detach() * (lw - lo)\n")], DIV_T),
+    # the guarded path alone (entries of probability 0): its selects must keep the formula's terms
+    ("div-kl-guard-drops-the-terms", "kdbench/divergences.py",
+     [("return torch.where(ok, _kl_terms(lw, lo), zero).sum(-1)", "return torch.where(ok, zero, zero).sum(-1)")],
+     DIV_T),
+    ("div-mix-guard-drops-an-input", "kdbench/divergences.py",
+     [("out = torch.logaddexp(torch.where(both, zero, x), torch.where(both, zero, y))",
+       "out = torch.logaddexp(torch.where(both, zero, x), torch.where(both, zero, x))")], DIV_T),
     ("div-skew-mixture-detached", "kdbench/divergences.py",
-     [("_kl_from_log(log_q, _log_mix(log_q, log_p, alpha))", "_kl_from_log(log_q, _log_mix(log_q, log_p, alpha).detach())")],
+     [("_kl_from_log(log_q, _log_mix(log_q, log_p, alpha, pos), pos)", "_kl_from_log(log_q, _log_mix(log_q, log_p, alpha, pos).detach(), pos)")],
      DIV_T),
     ("ce-normalised-per-sequence", "kdbench/method.py",
      [("return -(gather_logprobs(logits, labels) * mask).sum() / mask.sum().clamp(min=1)",

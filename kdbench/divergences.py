@@ -85,25 +85,42 @@ def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tu
     )
 
 
-def _kl_from_log(log_w: torch.Tensor, log_o: torch.Tensor) -> torch.Tensor:
+def positive(*log_probs: torch.Tensor) -> bool:
+    """No probability is exactly 0: every log-prob > -inf, as after a log-softmax of finite logits (no
+    filtered vocabulary). The guarded forms of `_kl_from_log` and `_log_mix` then select every entry, so
+    they reduce, value for value and gradient for gradient, to the plain formulas, which skip their masks
+    and selects (about 2.5x faster for a JS forward and backward; tests/methods/test_divergences.py checks
+    both paths bitwise equal)."""
+    return all(bool((x > NEG_INF).all()) for x in log_probs)
+
+
+def _kl_terms(lw: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
+    return lw.exp() * (lw - lo)
+
+
+def _kl_from_log(log_w: torch.Tensor, log_o: torch.Tensor, all_positive: bool = False) -> torch.Tensor:
     """Per-position sum_v w (log w - log o) from log-probs, reduced over the last dimension.
 
     Entries with w == 0 (log w = -inf) contribute 0; entries with o == 0 and w > 0 (true +inf) are
     dropped (see module docstring). The double ``where`` (sanitise inputs, then select) keeps the
-    backward pass free of inf - inf and 0 * inf.
+    backward pass free of inf - inf and 0 * inf. `all_positive` (see `positive`): no entry is -inf, and
+    the guards are skipped.
     """
+    if all_positive:
+        return _kl_terms(log_w, log_o).sum(-1)
     ok = (log_w > NEG_INF) & (log_o > NEG_INF)
     zero = torch.zeros_like(log_w)
     lw = torch.where(ok, log_w, zero)
     lo = torch.where(ok, log_o, zero)
-    return torch.where(ok, lw.exp() * (lw - lo), zero).sum(-1)
+    return torch.where(ok, _kl_terms(lw, lo), zero).sum(-1)
 
 
-def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float, all_positive: bool = False) -> torch.Tensor:
     """log(weight_a * a + (1 - weight_a) * b), computed in log space.
 
     The endpoints return an input unchanged (log 0 would otherwise enter the sum). Entries where
     both terms are -inf are sanitised before ``logaddexp`` whose backward would give exp(-inf+inf).
+    `all_positive`: no entry of either input is -inf, so none of the mixture's is.
     """
     if weight_a == 0.0:
         return log_b
@@ -111,6 +128,8 @@ def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch
         return log_a
     x = log_a + math.log(weight_a)
     y = log_b + math.log1p(-weight_a)
+    if all_positive:
+        return torch.logaddexp(x, y)
     both = (x == NEG_INF) & (y == NEG_INF)
     zero = torch.zeros_like(x)
     out = torch.logaddexp(torch.where(both, zero, x), torch.where(both, zero, y))
@@ -124,14 +143,14 @@ def token_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
     """KL(p || q) per position, shape [B,T] (unreduced; used by metrics)."""
     _check(student_logits, teacher_logits)
     log_q, log_p = _log_probs(student_logits, teacher_logits)
-    return _kl_from_log(log_p, log_q)
+    return _kl_from_log(log_p, log_q, positive(log_q, log_p))
 
 
 def token_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL(q || p) per position, shape [B,T] (unreduced; used by metrics)."""
     _check(student_logits, teacher_logits)
     log_q, log_p = _log_probs(student_logits, teacher_logits)
-    return _kl_from_log(log_q, log_p)
+    return _kl_from_log(log_q, log_p, positive(log_q, log_p))
 
 
 def token_js(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
@@ -141,8 +160,9 @@ def token_js(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: f
     log_q, log_p = _log_probs(student_logits, teacher_logits)
     if beta in (0.0, 1.0):  # m equals one of the two and the other term has weight 0
         return _kl_from_log(log_q, log_q)  # an exact 0 that keeps the graph (log_q*0 is NaN at -inf)
-    log_m = _log_mix(log_p, log_q, beta)
-    return beta * _kl_from_log(log_p, log_m) + (1.0 - beta) * _kl_from_log(log_q, log_m)
+    pos = positive(log_q, log_p)
+    log_m = _log_mix(log_p, log_q, beta, pos)
+    return beta * _kl_from_log(log_p, log_m, pos) + (1.0 - beta) * _kl_from_log(log_q, log_m, pos)
 
 
 def token_generalized_jsd(
@@ -173,7 +193,8 @@ def token_skew_forward_kl(
     log_q, log_p = _log_probs(student_logits, teacher_logits)
     if alpha == 1.0:  # KL(p || p) = 0 whatever the student: keep a graph so backward does not raise
         return _kl_from_log(log_q, log_q)
-    return _kl_from_log(log_p, _log_mix(log_p, log_q, alpha))
+    pos = positive(log_q, log_p)
+    return _kl_from_log(log_p, _log_mix(log_p, log_q, alpha, pos), pos)
 
 
 def token_skew_reverse_kl(
@@ -183,7 +204,8 @@ def token_skew_reverse_kl(
     alpha = _check_unit("alpha", alpha)
     _check(student_logits, teacher_logits)
     log_q, log_p = _log_probs(student_logits, teacher_logits)
-    return _kl_from_log(log_q, _log_mix(log_q, log_p, alpha))
+    pos = positive(log_q, log_p)
+    return _kl_from_log(log_q, _log_mix(log_q, log_p, alpha, pos), pos)
 
 
 def _w_phi(log_w: torch.Tensor, x: float, u: torch.Tensor) -> torch.Tensor:

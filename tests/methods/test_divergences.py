@@ -326,3 +326,22 @@ def test_registry_and_validation(rand):
         D.forward_kl(s, t[..., :4], ones(2, 3))
     with pytest.raises(ValueError, match="mask shape"):
         D.forward_kl(s, t, ones(3, 2))
+
+
+@pytest.mark.parametrize("name,kw", ALL, ids=IDS)
+def test_unguarded_path_equals_the_guarded_one_bitwise(name, kw, rand, monkeypatch):
+    """Without a probability of exactly 0 the -inf guards are skipped (divergences.positive): values and
+    gradients must be bitwise those of the guarded forms, which the same inputs take when it is forced."""
+    def run():
+        s, t = (x.clone().requires_grad_(True) for x in rand)
+        out = D.get_divergence(name)(s, t, ones(2, 3), **kw)
+        out.backward()
+        return out.detach(), s.grad, t.grad
+
+    assert D.positive(*(torch.log_softmax(x, -1) for x in rand))
+    fast = run()
+    monkeypatch.setattr(D, "positive", lambda *a: False)
+    guarded = run()
+    for a, b in zip(fast, guarded):
+        assert torch.equal(a, b)
+    assert not D.positive(torch.tensor([0.0, NEG]))
