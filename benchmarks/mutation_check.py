@@ -181,7 +181,7 @@ MUTANTS = [
     ("lean-decode-position-frozen", "kdbench/lean/decode.py",
      [("self.next_pos = self.next_pos + 1", "self.next_pos = self.next_pos")], LEAN_T),
     ("lean-decode-mask-column-off", "kdbench/lean/decode.py",
-     [("self.mask[:, 0, 0, self.n] = True", "self.mask[:, 0, 0, self.n] = False")], LEAN_T),
+     [("self.bias[:, 0, 0, self.n] = 0.0", "self.bias[:, 0, 0, self.n - 1] = 0.0")], LEAN_T),
     ("lean-positions-count-padding", "kdbench/lean/decode.py",
      [("pos = (att.cumsum(-1) - 1).clamp(min=0)", "pos = torch.arange(L, device=dev).expand(B, L)")], LEAN_T),
     ("trim-groups-without-call-cost", "kdbench/hidden.py",

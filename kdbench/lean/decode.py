@@ -88,17 +88,17 @@ class LeanStepper:
         self.v = torch.zeros(shape, dtype=dtype, device=dev)
         self.k_layers = [self.k[i] for i in range(arch.n_layers)]  # per-layer views, taken once
         self.v_layers = [self.v[i] for i in range(arch.n_layers)]
-        self.mask = torch.zeros((B, 1, 1, n), dtype=torch.bool, device=dev)  # keys written so far, pads off
+        keys = torch.zeros((B, 1, 1, n), dtype=torch.bool, device=dev)  # keys written so far, pads off
         att = att.to(dev)
-        self.mask[:, 0, 0, :L] = att.bool()
-        # the decode steps' mask as sdpa's additive float form, kept up to date in place: sdpa would
-        # otherwise convert the boolean mask in every layer of every step
-        self.bias = torch.zeros((B, 1, 1, n), dtype=dtype, device=dev).masked_fill_(~self.mask, float("-inf"))
+        keys[:, 0, 0, :L] = att.bool()
+        # the decode steps' mask in sdpa's additive float form, kept up to date in place: sdpa would
+        # otherwise convert a boolean mask in every layer of every step
+        self.bias = torch.zeros((B, 1, 1, n), dtype=dtype, device=dev).masked_fill_(~keys, float("-inf"))
         self.gqa = arch.n_heads != arch.n_kv_heads
         self.n = 0
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         causal = torch.ones((L, L), dtype=torch.bool, device=dev).tril()
-        prompt_mask = (self.mask[:, :, :, :L] & causal) | torch.eye(L, dtype=torch.bool, device=dev)
+        prompt_mask = (keys[:, :, :, :L] & causal) | torch.eye(L, dtype=torch.bool, device=dev)
         self.logits = self._forward(ids.to(dev), pos, prompt_mask)
         self.next_pos = pos[:, -1:] + 1
 
@@ -120,9 +120,8 @@ class LeanStepper:
         return self.arch.head(x[:, -1]).float()
 
     def step(self, tokens: torch.Tensor) -> None:
-        self.mask[:, 0, 0, self.n] = True
-        self.bias[:, 0, 0, self.n] = 0.0
-        self.logits = self._forward(tokens.to(self.mask.device)[:, None], self.next_pos,
+        self.bias[:, 0, 0, self.n] = 0.0  # this step's key
+        self.logits = self._forward(tokens.to(self.bias.device)[:, None], self.next_pos,
                                     self.bias[:, :, :, : self.n + 1])
         self.next_pos = self.next_pos + 1
 
