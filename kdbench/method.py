@@ -146,8 +146,15 @@ class MethodContext:
         return mark_fixed(collate(seqs, self.pad_id)) if responses is None else collate(seqs, self.pad_id)
 
     def prompt_ids(self, examples: Sequence[Example]) -> list[list[int]]:
-        return [encode_pair(self.tokenizer, ex.prompt, None, self.max_length, self.max_prompt_length)[0]
-                for ex in examples]
+        # tokenised once per prompt: on-policy methods sample the same prompts every epoch
+        memo = self.__dict__.setdefault("_prompt_memo", {})
+        out = []
+        for ex in examples:
+            key = (ex.prompt, id(self.tokenizer), self.max_length, self.max_prompt_length)
+            if key not in memo:
+                memo[key] = encode_pair(self.tokenizer, ex.prompt, None, self.max_length, self.max_prompt_length)[0]
+            out.append(list(memo[key]))
+        return out
 
     @property
     def prompt_examples(self) -> list[Example]:
