@@ -1,5 +1,5 @@
-"""Issue 17's fast paths against what they replace, side by side: the lean decoder, the fused GELU and the
-chunked loss's in-place head gradient.
+"""Issue 17's fast paths against what they replace, side by side: the lean decoder and whole-sequence forward,
+the fused GELU, the divergences without their -inf guards, and the chunked loss's in-place head gradient.
 
     python benchmarks/bench_lean.py [--rounds 7] [--skip-smol]
 
@@ -13,6 +13,12 @@ Rows:
 * forward: the no-grad forward a teacher runs to score a batch (16 x 40 tokens) with GPT-2's `gelu_new`
   as transformers runs it (NewGELUActivation) and fused (kdbench.lean.activations), bench_vs_trl's
   teacher, 1 thread.
+* no-grad forward: a teacher's forward over whole rows through transformers and through kdbench.lean.forward
+  (what the teacher's and the metrics' forwards now run): bench_vs_trl's teacher (16 x 34 tokens, 1 thread) and,
+  unless --skip-smol, SmolLM2-135M (8 x 160 tokens, 2 threads).
+* divergence: generalized JSD (beta 0.5) forward + backward over bench_vs_trl's step shapes (384 response rows,
+  its vocabulary, 1 thread) and forward KL over a kd chunk at SmolLM2's vocabulary (170 x 49,152, 2 threads),
+  with the -inf guards forced and skipped (kdbench.divergences.positive).
 * chunked CE: a chunked cross-entropy's forward and backward from hidden states at SmolLM2's shapes
   (820 response rows, width 576, vocabulary 49,152, chunks of 170 rows, 2 threads), with
   kdbench.chunked._FusedChunks as it was before (`_FusedChunksBefore` below: autograd over the lm_head per
@@ -109,6 +115,75 @@ def bench_forward(label: str, model, vocab: int, batch: int, length: int, thread
             diff = max(diff, float((out["now"] - out["before"]).abs().max()))
     return _row("teacher forward (no grad): NewGELU -> fused GELU", label, f"{batch} x {length} tokens",
                 threads, times, diff)
+
+
+def bench_whole_forward(label: str, model, vocab: int, batch: int, length: int, threads: int, rounds: int) -> dict:
+    """A no-grad forward over whole rows: transformers' forward (before) and kdbench.lean.forward (now)."""
+    import torch
+
+    from kdbench.lean.forward import lean_forward
+
+    torch.set_num_threads(threads)
+    ids = torch.randint(2, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
+    att = torch.ones_like(ids)
+    with torch.no_grad():
+        lean = lean_forward(model, logits=True)
+        assert lean is not None, f"{label}: not covered by kdbench.lean.forward"
+        paths = {"before": lambda: model(input_ids=ids, attention_mask=att).logits, "now": lambda: lean(ids, att)}
+        times: dict[str, list[float]] = {k: [] for k in paths}
+        diff = 0.0
+        for f in paths.values():
+            f()
+        reps = 5 if length * batch < 4096 else 1
+        for r in range(rounds):
+            out = {}
+            for name in (list(paths) if r % 2 == 0 else list(reversed(paths))):
+                t = time.perf_counter()
+                for _ in range(reps):
+                    out[name] = paths[name]()
+                times[name].append((time.perf_counter() - t) / reps * 1e3)
+            diff = max(diff, float((out["now"] - out["before"]).abs().max()))
+    return _row("no-grad forward: transformers -> kdbench.lean.forward", label, f"{batch} x {length} tokens", threads,
+                times, diff)
+
+
+def bench_divergence(label: str, name: str, rows: int, vocab: int, threads: int, rounds: int) -> dict:
+    """A divergence's forward and backward over [rows, vocab] logits with its -inf guards (before) and
+    without them where no probability is 0 (now: kdbench.divergences.positive)."""
+    import torch
+
+    from kdbench import divergences as D
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    s0, t = torch.randn(rows, vocab, generator=g) * 2, torch.randn(rows, vocab, generator=g) * 2
+    fn, real_positive = D.get_divergence(name), D.positive
+
+    def run(guarded: bool):
+        D.positive = (lambda *a: False) if guarded else real_positive
+        try:
+            s = s0.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            fn(s, t, torch.ones(rows)).backward()
+            return (time.perf_counter() - t0) * 1e3, s.grad
+        finally:
+            D.positive = real_positive
+
+    times: dict[str, list[float]] = {"before": [], "now": []}
+    run(True), run(False)
+    diff = 0.0
+    reps = 5 if rows * vocab < 1 << 20 else 1
+    for r in range(rounds):
+        out = {}
+        for key in (["before", "now"] if r % 2 == 0 else ["now", "before"]):
+            ms = []
+            for _ in range(reps):
+                m, out[key] = run(key == "before")
+                ms.append(m)
+            times[key].append(statistics.median(ms))
+        diff = max(diff, float((out["now"] - out["before"]).abs().max()))
+    return _row(f"{name} forward + backward: -inf guards -> skipped when no probability is 0", label,
+                f"{rows} rows x {vocab} vocabulary", threads, times, diff)
 
 
 class _FusedChunksBefore:
@@ -228,6 +303,8 @@ def main() -> int:
         rows.append(bench_decode("bench_vs_trl student (GPT-2 64 x 2)", student, V, 16, 10, 1, args.rounds))
         rows.append(bench_decode("bench_vs_trl teacher (GPT-2 128 x 4)", teacher, V, 16, 10, 1, args.rounds))
         rows.append(bench_forward("bench_vs_trl teacher (GPT-2 128 x 4)", teacher, V, 16, 40, 1, args.rounds))
+        rows.append(bench_whole_forward("bench_vs_trl teacher (GPT-2 128 x 4)", teacher, V, 16, 34, 1, args.rounds))
+        rows.append(bench_divergence("bench_vs_trl step's shapes", "generalized_jsd", 384, V, 1, args.rounds))
     if not args.skip_smol:
         from kdbench.models import resolve_model_name
         from kdbench.pruning import parse_prune_spec, prune_model
@@ -238,11 +315,17 @@ def main() -> int:
         rows.append(bench_decode("SmolLM2-135M teacher (Llama)", smol, V, 25, 80, 2, max(3, args.rounds // 2)))
         rows.append(bench_decode("prune:drop=5-19 student (Llama)", pruned.eval(), V, 25, 80, 2,
                                  max(3, args.rounds // 2)))
+        rows.append(bench_whole_forward("SmolLM2-135M teacher (Llama)", smol, V, 8, 160, 2, max(3, args.rounds // 2)))
+        rows.append(bench_divergence("a kd chunk at SmolLM2's vocabulary", "forward_kl", 170, V, 2,
+                                     max(3, args.rounds // 2)))
     rows.append(bench_chunked_ce(max(3, args.rounds // 2)))
     notes = ("Each row: what runs before -> now. decode step: one token per row through a KV cache, per-step time "
              "over 23 steps after the prompt; before = kdbench.sampling._Stepper (transformers' forward on a static "
              "cache, the sampler's path before kdbench.lean), now = kdbench.lean.decode. teacher forward: the same "
-             "model with transformers' NewGELUActivation (before) and the fused tanh GELU (now). chunked CE: "
+             "model with transformers' NewGELUActivation (before) and the fused tanh GELU (now). no-grad forward: "
+             "transformers' forward (before) and kdbench.lean.forward (now), as the teacher's and the metrics' forwards "
+             "run it. divergence: the loss's forward and backward with the -inf guards forced (before) and skipped "
+             "(now; no probability is 0 in random logits). chunked CE: "
              "kdbench.chunked's fused chunks before the in-place head gradient (a copy in this script) and now. "
              "Times are medians over rounds; speedup = before / now, geometric mean of per-round ratios [95% "
              "t-interval over rounds]. max_abs_diff: the largest difference between the two paths' logits (the "
