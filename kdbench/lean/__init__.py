@@ -6,6 +6,8 @@ falls back to it for anything it does not cover.
   `gelu_new`), swapped in when a model is loaded.
 * `decode`: token-by-token decoding that calls the weights directly over a preallocated KV cache,
   for sampling (`kdbench.sampling`); one file per architecture (`gpt2`, `llama`).
+* `forward`: the same architecture files over whole right-padded rows, for forwards without gradient
+  (teacher forwards, LM-loss and exposure metrics, through `kdbench.hidden`).
 """
 from . import gpt2, llama  # noqa: E402,F401  (register the architectures)
 from .activations import fuse_activations  # noqa: E402,F401

@@ -2,8 +2,9 @@
 weights directly through the same architecture files as the lean decoder (gpt2.py, llama.py).
 
 transformers' forward builds a 4-D mask from the attention mask, dispatches a dozen modules per layer
-and wraps outputs in dataclasses on every call; on the bench_vs_trl teacher (GPT-2 128 wide x 4 layers,
-16 x 35 tokens, 1 thread) that is about a fifth of the call (`benchmarks/bench_lean.py`, forward rows).
+and wraps outputs in dataclasses on every call: on the bench_vs_trl teacher (GPT-2 128 wide x 4 layers,
+16 x 34 tokens, 1 thread) this forward is 1.11x [1.06, 1.15] as fast, and within noise on SmolLM2-135M,
+whose matmuls dominate (`benchmarks/bench_lean.py`, no-grad forward rows).
 Here attention is causal only, which is exact for every real position of a right-padded row (a prefix
 of real tokens: no real query ever sees a later padding key). Positions past a row's length are not
 transformers' values (its padded queries see no padding keys); nothing reads them (the losses and
@@ -30,8 +31,9 @@ def is_right_padded(attention_mask: torch.Tensor) -> bool:
 
 def lean_forward(model, logits: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None:
     """fn(input_ids, attention_mask) -> the model's logits (`logits`) or its final hidden states (after
-    the final norm: what `lm_head` reads) [B, L, .], or None from fn for a mask that is not right-padded;
-    None when no gradient must be recorded is false or the model is not covered."""
+    the final norm: what `lm_head` reads) [B, L, .], or None from fn for a mask that is not right-padded
+    (the caller then runs transformers' forward). None itself while autograd records (gradient forwards
+    keep transformers' forward) or when the model is not covered (`decode.unsupported`)."""
     if torch.is_grad_enabled() or unsupported(model) is not None:
         return None
     cls = ARCHITECTURES[type(model).__name__]

@@ -34,7 +34,8 @@ class GPT2:
         for blk in model.transformer.h:
             if any(type(m) is not Conv1D for m in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)):
                 return "a wrapped or replaced GPT-2 projection"
-        if type(model.transformer.wte) is not torch.nn.Embedding or type(model.transformer.wpe) is not torch.nn.Embedding:
+        if any(type(e) is not torch.nn.Embedding or e.max_norm is not None
+               for e in (model.transformer.wte, model.transformer.wpe)):
             return "a replaced GPT-2 embedding"
         head = model.lm_head
         if type(head) is not torch.nn.Linear or head.bias is not None:

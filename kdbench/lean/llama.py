@@ -43,7 +43,7 @@ class Llama:
             linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
             if any(type(x) is not torch.nn.Linear for x in linears):
                 return "a wrapped or replaced Llama projection"
-        if type(model.model.embed_tokens) is not torch.nn.Embedding:
+        if type(model.model.embed_tokens) is not torch.nn.Embedding or model.model.embed_tokens.max_norm is not None:
             return "a replaced Llama embedding"
         if type(model.lm_head) is not torch.nn.Linear:
             return "a non-plain lm_head"

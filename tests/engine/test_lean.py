@@ -156,6 +156,9 @@ def test_what_the_lean_decoder_does_not_cover_falls_back_to_transformers():
     wrapped = llama()
     wrapped.model.layers[1].mlp.up_proj = torch.nn.Sequential(wrapped.model.layers[1].mlp.up_proj)
     cases["a wrapped projection"] = wrapped
+    renorm = gpt2()
+    renorm.transformer.wte.max_norm = 1.0  # nn.Embedding renormalising rows on lookup
+    cases["an embedding with max_norm"] = renorm
     for what, model in cases.items():
         assert unsupported(model) is not None, what
         assert lean_stepper(model, ids, att, 4) is None, what
