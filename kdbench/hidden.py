@@ -14,6 +14,7 @@ import torch
 
 from .chunked import LazyLogits, rows_per_chunk
 from .config import TrainConfig
+from .weights import has_sharded_weights, weights
 
 # config attributes that post-process lm_head's output in some architectures (Gemma 2/3, Cohere, ...)
 _POSTPROCESS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
@@ -38,12 +39,6 @@ def split_model(model):
 # worth: ~60 for the toy teacher, under 1 for SmolLM2-135M on a CPU, ~190 on a GPU.
 _CALL_FLOPS = {"cpu": 1e8}
 _CALL_FLOPS_ACCELERATOR = 5e10
-
-
-def weights(model) -> list[torch.Tensor]:
-    """model's parameters (a weight tied in two places listed twice): a plain walk over the modules, a
-    fraction of `model.parameters()`'s cost, which these per-batch checks would otherwise pay several times."""
-    return [p for m in model.modules() for p in m._parameters.values() if p is not None]
 
 
 def call_cost_tokens(model) -> float:
@@ -71,11 +66,6 @@ def length_groups(lengths: list[int], call_cost: float) -> list[list[int]]:
         groups.append(order[cut[j]: j])
         j = cut[j]
     return groups[::-1]
-
-
-def has_sharded_weights(model, params: list[torch.Tensor] | None = None) -> bool:
-    """Weights partitioned across ranks: FSDP2's DTensors, DeepSpeed ZeRO-3's `ds_id` (empty local shards)."""
-    return any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in (params or weights(model)))
 
 
 def one_call_only(model) -> bool:

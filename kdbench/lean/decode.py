@@ -20,7 +20,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..hidden import has_sharded_weights
+from ..weights import has_sharded_weights
 
 log = logging.getLogger("kdbench")
 
