@@ -130,7 +130,7 @@ def arithmetic_ms(work: Path, B: int, L: int, new: int, reps: int = 20) -> dict:
         c = load_model(str(path)).config
         return c.n_embd, c.n_layer, c.n_head, c.vocab_size
 
-    def forward_ops(C, layers, H, V, N, Bq, Lq, Lk, backward=False):
+    def forward_ops(C, layers, H, V, N, Bq, Lq, Lk):
         """Closures for one forward's products (N rows) and attention (Bq x H x Lq against Lk keys)."""
         prods = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * layers + [(C, V)]
         xs = [(torch.randn(N, i, generator=g), torch.randn(i, o, generator=g)) for i, o in prods]
@@ -162,7 +162,7 @@ def arithmetic_ms(work: Path, B: int, L: int, new: int, reps: int = 20) -> dict:
     Cs, ls, Hs, _ = dims(work / "student")
     N = B * L
     t_fwd, _ = forward_ops(Ct, lt, Ht, V, N, B, L, L)
-    s_fwd, s_bwd = forward_ops(Cs, ls, Hs, V, N, B, L, L, backward=True)
+    s_fwd, s_bwd = forward_ops(Cs, ls, Hs, V, N, B, L, L)
     P = L - new  # the prompt
     pre, _ = forward_ops(Cs, ls, Hs, V, B * P, B, P, P)
     steps = [forward_ops(Cs, ls, Hs, V, B, B, 1, P + i + 1)[0] for i in range(new - 1)]

@@ -112,6 +112,17 @@ def _lean(model, logits: bool):
     return lean_forward(model, logits)
 
 
+def _lean_or(model, logits: bool, fallback):
+    """fn(ids, mask): the lean forward where it covers the call (the model, no gradient, right padding), else
+    `fallback(ids, mask)` (transformers' forward)."""
+    lean = _lean(model, logits)
+
+    def run(ids, mask):
+        out = lean(ids, mask) if lean is not None else None
+        return out if out is not None else fallback(ids, mask)
+    return run
+
+
 def lazy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  vocab_size: int | None, trim: bool = False) -> LazyLogits | None:
     """The model's logits as LazyLogits (hidden states + head), or None if it cannot be split. `trim`: the
@@ -120,11 +131,7 @@ def lazy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if parts is None:
         return None
     body, head = parts
-    lean = _lean(model, logits=False)
-
-    def run(ids, mask):
-        out = lean(ids, mask) if lean is not None else None
-        return out if out is not None else body(input_ids=ids, attention_mask=mask).last_hidden_state
+    run = _lean_or(model, False, lambda ids, mask: body(input_ids=ids, attention_mask=mask).last_hidden_state)
 
     trim = trim and not torch.is_grad_enabled() and not one_call_only(model)
     hidden = trimmed(run, input_ids, attention_mask, call_cost_tokens(model)) if trim else run(input_ids, attention_mask)
@@ -133,12 +140,7 @@ def lazy_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 def dense_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trim: bool = False) -> torch.Tensor:
     """model(...).logits, per length group when `trim` and no gradient is recorded (see lazy_forward)."""
-    lean = _lean(model, logits=True)
-
-    def run(ids, mask):
-        out = lean(ids, mask) if lean is not None else None
-        return out if out is not None else model(input_ids=ids, attention_mask=mask).logits
-
+    run = _lean_or(model, True, lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits)
     if trim and not torch.is_grad_enabled() and not one_call_only(model):
         return trimmed(run, input_ids, attention_mask, call_cost_tokens(model))
     return run(input_ids, attention_mask)

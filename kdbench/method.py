@@ -128,6 +128,7 @@ class MethodContext:
         self._tcache = None  # kdbench.teacher_store.TeacherCacheReader, made on first use
         # k of the teacher cache: 0 off, FULL every token (float32, exact)
         self._tcache_k = {"topk": train_cfg.teacher_cache_k, "full": FULL}.get(train_cfg.teacher_cache, 0)
+        self._prompt_memo: dict[tuple, list[int]] = {}  # prompt_ids: each prompt tokenised once
 
     # -- data ------------------------------------------------------------------------------------
     @property
@@ -147,13 +148,13 @@ class MethodContext:
 
     def prompt_ids(self, examples: Sequence[Example]) -> list[list[int]]:
         # tokenised once per prompt: on-policy methods sample the same prompts every epoch
-        memo = self.__dict__.setdefault("_prompt_memo", {})
         out = []
         for ex in examples:
             key = (ex.prompt, id(self.tokenizer), self.max_length, self.max_prompt_length)
-            if key not in memo:
-                memo[key] = encode_pair(self.tokenizer, ex.prompt, None, self.max_length, self.max_prompt_length)[0]
-            out.append(list(memo[key]))
+            if key not in self._prompt_memo:
+                self._prompt_memo[key] = encode_pair(self.tokenizer, ex.prompt, None, self.max_length,
+                                                     self.max_prompt_length)[0]
+            out.append(list(self._prompt_memo[key]))
         return out
 
     @property
